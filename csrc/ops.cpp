@@ -1,0 +1,131 @@
+// Schemas of the fused ops, the checks every backend shares, and the Python
+// module that loading the extension registers them through.
+#include <Python.h>
+
+#include <torch/library.h>
+
+#include "odecore/ops.h"
+#include "odecore/rk_math.h"
+
+#ifndef ODECORE_TORCH_VERSION
+#define ODECORE_TORCH_VERSION "unknown"
+#endif
+
+namespace odecore {
+
+void check_terms(const char* op, const at::Tensor& y0, at::TensorList k, size_t n_coeffs,
+                 const char* coeff_name) {
+  TORCH_CHECK_TYPE(at::isFloatingType(y0.scalar_type()), op,
+                   ": y0 must be a floating point tensor, got dtype ", y0.scalar_type());
+  TORCH_CHECK_VALUE(k.size() == n_coeffs, op, ": got ", k.size(), " stage tensors in k but ",
+                    n_coeffs, " coefficients in ", coeff_name);
+  TORCH_CHECK_VALUE(k.size() <= static_cast<size_t>(kMaxTerms), op, ": at most ", kMaxTerms,
+                    " stage tensors are supported, got ", k.size());
+  for (size_t j = 0; j < k.size(); ++j) {
+    TORCH_CHECK_VALUE(k[j].defined(), op, ": k[", j, "] is undefined");
+    TORCH_CHECK_VALUE(k[j].sizes() == y0.sizes(), op, ": k[", j, "] has shape ", k[j].sizes(),
+                      " but y0 has shape ", y0.sizes());
+    TORCH_CHECK_TYPE(k[j].scalar_type() == y0.scalar_type(), op, ": k[", j, "] has dtype ",
+                     k[j].scalar_type(), " but y0 has dtype ", y0.scalar_type());
+    TORCH_CHECK_VALUE(k[j].device() == y0.device(), op, ": k[", j, "] is on ", k[j].device(),
+                      " but y0 is on ", y0.device());
+  }
+}
+
+void check_same_as_y0(const char* op, const char* name, const at::Tensor& t, const at::Tensor& y0) {
+  TORCH_CHECK_VALUE(t.sizes() == y0.sizes(), op, ": ", name, " has shape ", t.sizes(),
+                    " but y0 has shape ", y0.sizes());
+  TORCH_CHECK_TYPE(t.scalar_type() == y0.scalar_type(), op, ": ", name, " has dtype ",
+                   t.scalar_type(), " but y0 has dtype ", y0.scalar_type());
+  TORCH_CHECK_VALUE(t.device() == y0.device(), op, ": ", name, " is on ", t.device(),
+                    " but y0 is on ", y0.device());
+}
+
+void check_tolerance(const char* op, const char* name, const at::Tensor& tol, const at::Tensor& y0) {
+  TORCH_CHECK_TYPE(at::isFloatingType(tol.scalar_type()), op, ": ", name,
+                   " must be a floating point tensor, got dtype ", tol.scalar_type());
+  TORCH_CHECK_VALUE(tol.numel() == 1 || tol.numel() == y0.numel(), op, ": ", name,
+                    " must have 1 element or as many as y0 (", y0.numel(), "), got ", tol.numel());
+  TORCH_CHECK_VALUE(tol.device() == y0.device(), op, ": ", name, " is on ", tol.device(),
+                    " but y0 is on ", y0.device());
+}
+
+void check_segments(const char* op, at::IntArrayRef segments, int64_t numel) {
+  int64_t total = 0;
+  for (size_t s = 0; s < segments.size(); ++s) {
+    TORCH_CHECK_VALUE(segments[s] >= 0, op, ": segments[", s, "] is negative (", segments[s], ")");
+    total += segments[s];
+  }
+  TORCH_CHECK_VALUE(total == numel, op, ": segments sum to ", total, " but y0 has ", numel,
+                    " elements");
+}
+
+int64_t check_dense_poly(const char* op, at::TensorList k, at::ArrayRef<double> poly) {
+  if (k.empty()) {
+    TORCH_CHECK_VALUE(poly.empty(), op, ": poly must be empty when k is empty, got ", poly.size(),
+                      " coefficients");
+    return 0;
+  }
+  TORCH_CHECK_VALUE(poly.size() % k.size() == 0, op, ": poly has ", poly.size(),
+                    " coefficients, not a multiple of the ", k.size(), " stage tensors in k");
+  return static_cast<int64_t>(poly.size() / k.size());
+}
+
+std::vector<double> scaled_weights(at::ArrayRef<double> coeffs, double dt) {
+  std::vector<double> w(coeffs.size());
+  for (size_t j = 0; j < coeffs.size(); ++j) {
+    w[j] = coeffs[j] * dt;
+  }
+  return w;
+}
+
+std::vector<double> dense_weights(at::ArrayRef<double> poly, int64_t m, double x, double dt) {
+  std::vector<double> w(m);
+  const int degree = m > 0 ? static_cast<int>(poly.size() / m) : 0;
+  for (int64_t j = 0; j < m; ++j) {
+    w[j] = dense_weight(poly.data(), degree, static_cast<int>(j), x, dt);
+  }
+  return w;
+}
+
+std::vector<int64_t> dense_output_shape(const at::Tensor& y0, size_t n_points) {
+  std::vector<int64_t> shape{static_cast<int64_t>(n_points)};
+  shape.insert(shape.end(), y0.sizes().begin(), y0.sizes().end());
+  return shape;
+}
+
+}  // namespace odecore
+
+TORCH_LIBRARY(odecore, m) {
+  // y0 + dt * sum_j a[j] * k[j]
+  m.def("rk_stage(Tensor y0, Tensor[] k, float[] a, float dt) -> Tensor");
+  // (y1 = y0 + dt * sum_j b[j] * k[j], error ratio of err = dt * sum_j e[j] * k[j])
+  m.def(
+      "rk_finish(Tensor y0, Tensor[] k, float[] b, float[] e, float dt, Tensor rtol, "
+      "Tensor atol, int[] segments) -> (Tensor, Tensor)");
+  // error ratio when y1 is already known (first-same-as-last methods)
+  m.def(
+      "rk_error_ratio(Tensor y0, Tensor y1, Tensor[] k, float[] e, float dt, Tensor rtol, "
+      "Tensor atol, int[] segments) -> Tensor");
+  // dense output: out[n] = y0 + dt * sum_j P_j(x[n]) * k[j]
+  m.def("rk_interp(Tensor y0, Tensor[] k, float[] poly, float dt, float[] x) -> Tensor");
+}
+
+extern "C" {
+PyMODINIT_FUNC PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  PyObject* module = PyModule_Create(&module_def);
+  if (module == nullptr) {
+    return nullptr;
+  }
+#ifdef ODECORE_WITH_CUDA
+  PyModule_AddIntConstant(module, "with_cuda", 1);
+  PyModule_AddStringConstant(module, "cuda_version", ODECORE_CUDA_VERSION);
+#else
+  PyModule_AddIntConstant(module, "with_cuda", 0);
+#endif
+  PyModule_AddIntConstant(module, "with_cpu", 1);
+  PyModule_AddStringConstant(module, "torch_version", ODECORE_TORCH_VERSION);
+  return module;
+}
+}

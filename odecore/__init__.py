@@ -1,0 +1,14 @@
+"""odecore: neural differential equation solvers with fused C++/CUDA step kernels.
+
+``import odecore as torchdiffeq`` works: `odeint` takes torchdiffeq's arguments, options and
+method names and gives the same results.
+"""
+from ._extension import backend_info
+from .api import odeint
+from .ops import get_backend, set_backend
+from .solvers import SOLVERS
+from .solvers.base import Perturb
+
+__version__ = "0.1.0"
+
+__all__ = ["odeint", "backend_info", "set_backend", "get_backend", "SOLVERS", "Perturb", "__version__"]

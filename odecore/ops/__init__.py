@@ -1,0 +1,59 @@
+"""The one backend switch: every solver gets its step arithmetic from `get_ops`.
+
+Two backends implement the same four ops with the same signatures:
+
+* ``fused``: the C++/CUDA kernels of ``torch.ops.odecore`` (``odecore/ops/fused.py``);
+* ``reference``: plain torch ops (``odecore/ops/reference.py``), the oracle of the tests and
+  the fallback when the extension is not built.
+
+The ops (``y0`` and every ``k[j]`` share shape, dtype and device):
+
+* ``rk_stage(y0, k, a, dt)`` -> ``y0 + dt * sum_j a[j] * k[j]``
+* ``rk_finish(y0, k, b, e, dt, rtol, atol, segments)`` -> ``(y1, ratio)``: ``y1`` as
+  ``rk_stage`` with ``b``, and the error ratio of ``err = dt * sum_j e[j] * k[j]``: the largest
+  over ``segments`` (lengths of consecutive chunks of the flattened state) of
+  ``rms(err / (atol + rtol * max(|y0|, |y1|)))``, a 0-d float64 tensor; NaN when ``y1`` is not
+  finite or ``err`` is NaN. ``rtol``/``atol`` hold 1 or ``y0.numel()`` values.
+* ``rk_error_ratio(y0, y1, k, e, dt, rtol, atol, segments)`` -> ``ratio`` when ``y1`` is known.
+* ``rk_interp(y0, k, poly, dt, x)`` -> dense output of shape ``(len(x), *y0.shape)``:
+  ``y0 + dt * sum_j P_j(x) k[j]`` with ``P_j(x) = sum_d poly[j * D + d] * x**(d + 1)``.
+"""
+import threading
+
+from .._extension import has_fused
+from . import reference
+
+BACKENDS = ("fused", "reference")
+_state = threading.local()
+_default = ["fused"]
+
+
+def set_backend(name):
+    """Selects the step arithmetic for every later solve: 'fused' (default) or 'reference'."""
+    _check_name(name)
+    _default[0] = name
+
+
+def get_backend():
+    """The global backend name set by `set_backend`."""
+    return _default[0]
+
+
+def _check_name(name):
+    if name not in BACKENDS:
+        raise ValueError("backend must be one of %s, got %r" % (", ".join(map(repr, BACKENDS)), name))
+
+
+def get_ops(name=None, device=None):
+    """The op namespace of backend `name` (None: the global one) for tensors on `device`.
+
+    Asking for 'fused' where no kernels were built for that device gives the reference ops
+    (the extension's absence was already reported once when odecore was imported).
+    """
+    name = get_backend() if name is None else name
+    _check_name(name)
+    if name == "fused" and has_fused(device):
+        from . import fused
+
+        return fused
+    return reference

@@ -1,0 +1,46 @@
+"""The fused backend: thin wrappers over torch.ops.odecore, and their fake kernels."""
+import torch
+
+from .. import _extension  # noqa: F401  (loads the library that defines the ops)
+
+_ops = torch.ops.odecore
+
+rk_stage = _ops.rk_stage.default
+rk_finish = _ops.rk_finish.default
+rk_error_ratio = _ops.rk_error_ratio.default
+rk_interp = _ops.rk_interp.default
+
+
+def _check_terms(op, y0, k, n_coeffs):
+    torch._check(len(k) == n_coeffs, lambda: "%s: got %d stage tensors but %d coefficients" % (op, len(k), n_coeffs))
+    for j, kj in enumerate(k):
+        torch._check(kj.shape == y0.shape, lambda: "%s: k[%d] has shape %s but y0 has %s" % (op, j, kj.shape, y0.shape))
+        torch._check(kj.dtype == y0.dtype, lambda: "%s: k[%d] has dtype %s but y0 has %s" % (op, j, kj.dtype, y0.dtype))
+
+
+def _ratio_like(y0):
+    return y0.new_empty((), dtype=torch.float64)
+
+
+@torch.library.register_fake("odecore::rk_stage")
+def _(y0, k, a, dt):
+    _check_terms("rk_stage", y0, k, len(a))
+    return torch.empty_like(y0, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("odecore::rk_finish")
+def _(y0, k, b, e, dt, rtol, atol, segments):
+    _check_terms("rk_finish", y0, k, len(e))
+    return torch.empty_like(y0, memory_format=torch.contiguous_format), _ratio_like(y0)
+
+
+@torch.library.register_fake("odecore::rk_error_ratio")
+def _(y0, y1, k, e, dt, rtol, atol, segments):
+    _check_terms("rk_error_ratio", y0, k, len(e))
+    return _ratio_like(y0)
+
+
+@torch.library.register_fake("odecore::rk_interp")
+def _(y0, k, poly, dt, x):
+    _check_terms("rk_interp", y0, k, len(k))
+    return y0.new_empty((len(x), *y0.shape))

@@ -1,0 +1,215 @@
+"""The adaptive explicit Runge-Kutta loop shared by every embedded method.
+
+Step control follows torchdiffeq 0.2.5 (and Hairer, Norsett & Wanner, "Solving Ordinary
+Differential Equations I", section II.4), so the same steps are taken: the same initial
+step, error ratio, accept rule and step-size factor. Time lives on the host as Python
+floats; one host read per step (the error ratio) decides acceptance. The step arithmetic
+is the backend's: each stage is one `rk_stage`, the solution and its error ratio one
+`rk_finish` (or `rk_error_ratio` when the last stage already is the solution), and output
+times one `rk_interp` per step that holds any.
+"""
+import bisect
+import math
+
+import torch
+
+from .base import Perturb, check_finite_ratio, warn_unused
+
+_KNOWN = {"first_step", "step_t", "jump_t", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "dtype", "norm"}
+
+
+def rms_segments(x, segments):
+    """The largest RMS over consecutive segments of the flattened `x` (float64)."""
+    x = x.reshape(-1).to(torch.float64)
+    out = 0.0
+    for chunk in torch.split(x, list(segments)):
+        if chunk.numel():
+            out = max(out, chunk.pow(2).mean().sqrt().item())
+    return out
+
+
+class AdaptiveRKSolver:
+    """Base of the embedded RK methods; a subclass sets `tableau` and `order`."""
+
+    tableau = None
+    order = None
+
+    def __init__(self, func, y0, rtol, atol, *, ops, segments, norm=None, first_step=None, step_t=None, jump_t=None, min_step=0.0,
+                 max_step=math.inf, safety=0.9, ifactor=10.0, dfactor=0.2, max_num_steps=2 ** 31 - 1, dtype=torch.float64, **unused):
+        warn_unused(type(self), unused)
+        self.func = func
+        self.y0 = y0
+        self.ops = ops
+        self.segments = segments
+        self.norm = norm
+        self.rtol, self.atol = rtol, atol
+        self.first_step = None if first_step is None else float(first_step)
+        self.min_step, self.max_step = float(min_step), float(max_step)
+        self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
+        self.max_num_steps = int(max_num_steps)
+        self.time_dtype = torch.promote_types(dtype, y0.dtype)
+        self.step_t = self._sorted_times(step_t)
+        self.jump_t = self._sorted_times(jump_t)
+        if set(self.step_t) & set(self.jump_t):
+            raise ValueError("`step_t` and `jump_t` must not have any repeated elements between them.")
+        self.n_steps = self.n_accepted = 0
+
+    @staticmethod
+    def _sorted_times(times):
+        if times is None:
+            return []
+        return sorted(torch.as_tensor(times).detach().reshape(-1).to(torch.float64).tolist())
+
+    def _round(self, value):
+        """Time-like values carry the precision of `dtype` (float64 unless asked otherwise)."""
+        if self.time_dtype == torch.float64:
+            return value
+        return torch.tensor(value, dtype=self.time_dtype).item()
+
+    # -- the error norm ---------------------------------------------------------------
+    def _norm(self, x):
+        return rms_segments(x, self.segments) if self.norm is None else float(self.norm(x))
+
+    def _error_ratio(self, y0, y1, k, dt):
+        """Error ratio with a user-supplied norm: computed with plain torch ops."""
+        e_idx, e = self.tableau.e_terms
+        err = sum(k[j] * (ej * dt) for j, ej in zip(e_idx, e))
+        tol = self.atol.view(-1) + self.rtol.view(-1) * torch.max(y0.abs(), y1.abs()).reshape(-1)
+        ratio = float(abs(self.norm((err.reshape(-1) / tol).view_as(y0))))
+        if not torch.isfinite(y1).all():
+            return math.nan
+        return ratio
+
+    def _initial_step(self, t0, y0, f0):
+        with torch.no_grad():
+            scale = self.atol.view(-1) + y0.abs().reshape(-1).to(torch.float64) * self.rtol.view(-1)
+            d0 = abs(self._norm((y0.reshape(-1) / scale).view_as(y0)))
+            d1 = abs(self._norm((f0.reshape(-1) / scale).view_as(y0)))
+            h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+            f1 = self.func(t0 + h0, y0 + h0 * f0)
+            d2 = abs(self._norm(((f1 - f0).reshape(-1) / scale).view_as(y0))) / h0
+            if d1 <= 1e-15 and d2 <= 1e-15:
+                h1 = max(1e-6, h0 * 1e-3)
+            else:
+                h1 = (0.01 / max(d1, d2)) ** (1.0 / self.order)
+        return self._round(min(100 * h0, h1))
+
+    # -- the loop ---------------------------------------------------------------------
+    def integrate(self, t):
+        """Solves over the increasing float times `t`; returns (len(t), *y0.shape)."""
+        y0 = self.y0
+        self.t, self.y = t[0], y0
+        self.f = self.func(t[0], y0)
+        self.dt = self._initial_step(t[0], y0, self.f) if self.first_step is None else self.first_step
+        self.next_step_index = min(bisect.bisect(self.step_t, t[0]), len(self.step_t) - 1)
+        self.next_jump_index = min(bisect.bisect(self.jump_t, t[0]), len(self.jump_t) - 1)
+        chunks = [y0.unsqueeze(0)]
+        j, steps_here = 1, 0
+        while j < len(t):
+            if t[j] > self.t:
+                if steps_here >= self.max_num_steps:
+                    raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r" % (self.max_num_steps, self.t, self.dt))
+                self._step()
+                steps_here += 1
+                continue
+            first = j
+            while j < len(t) and t[j] <= self.t:
+                j += 1
+            chunks.extend(self._dense_output(t[first:j]))
+            steps_here = 0
+        return torch.cat(chunks)
+
+    def _step(self):
+        t0, y0, f0, dt = self.t, self.y, self.f, self.dt
+        if not t0 + dt > t0:
+            raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
+                               "its solution may blow up here)" % (t0, dt))
+        t1 = self._round(t0 + dt)
+        on_step_t = on_jump_t = False
+        if self.step_t:
+            next_t = self.step_t[self.next_step_index]
+            on_step_t = t0 < next_t < t1
+            if on_step_t:
+                t1, dt = next_t, self._round(next_t - t0)
+        if self.jump_t:
+            next_t = self.jump_t[self.next_jump_index]
+            on_jump_t = t0 < next_t < t0 + dt
+            if on_jump_t:
+                on_step_t = False
+                t1, dt = next_t, self._round(next_t - t0)
+
+        tab, ops, func = self.tableau, self.ops, self.func
+        k = [f0]
+        yi = y0
+        for i in range(1, tab.stages):
+            idx, coeffs = tab.stage_terms[i]
+            yi = ops.rk_stage(y0, [k[j] for j in idx], coeffs, dt)
+            if tab.c[i] == 1.0:  # evaluate just before the end, in case of discontinuities
+                k.append(func(t1, yi, Perturb.PREV))
+            else:
+                k.append(func(t0 + tab.c[i] * dt, yi))
+
+        if self.norm is not None:
+            y1 = yi if tab.fsal else ops.rk_stage(y0, k, tab.b, dt)
+            ratio = self._error_ratio(y0, y1, k, dt)
+        elif tab.fsal:
+            y1 = yi
+            e_idx, e = tab.e_terms
+            ratio = ops.rk_error_ratio(y0, y1, [k[j] for j in e_idx], e, dt, self.rtol, self.atol, self.segments).item()
+        else:
+            y1, ratio = ops.rk_finish(y0, k, tab.b, tab.e, dt, self.rtol, self.atol, self.segments)
+            ratio = ratio.item()
+        check_finite_ratio(ratio, t0, dt)
+
+        accept = ratio <= 1.0
+        if dt > self.max_step:
+            accept = False
+        if dt <= self.min_step:
+            accept = True
+        if accept and math.isinf(ratio):
+            check_finite_ratio(math.nan, t0, dt)
+        self.n_steps += 1
+        if accept:
+            self.n_accepted += 1
+            self.last_step = (t0, y0, k, dt)
+            self.t, self.y = t1, y1
+            f1 = k[-1]
+            if on_step_t and self.next_step_index != len(self.step_t) - 1:
+                self.next_step_index += 1
+            if on_jump_t:
+                if self.next_jump_index != len(self.jump_t) - 1:
+                    self.next_jump_index += 1
+                # past a discontinuity of f: take f from the side we are now on
+                f1 = func(t1, y1, Perturb.NEXT)
+            self.f = f1
+        self.dt = self._round(min(max(dt * self._step_factor(ratio), self.min_step), self.max_step))
+
+    def _step_factor(self, ratio):
+        if ratio == 0.0:
+            return self.ifactor
+        dfactor = self.dfactor if ratio >= 1.0 else 1.0
+        return min(self.ifactor, max(self.safety / ratio ** (1.0 / self.order), dfactor))
+
+    def _dense_output(self, times):
+        """Outputs at `times`, all inside the last accepted step; one op for the interior ones."""
+        t0, y0, k, dt = self.last_step
+        span = self.t - t0
+        pieces, pending = [], []
+        for time in times:
+            x = (time - t0) / span
+            if x == 1.0:
+                self._flush(pieces, pending, y0, k, dt)
+                pieces.append(self.y.unsqueeze(0))
+            else:
+                pending.append(x)
+        self._flush(pieces, pending, y0, k, dt)
+        return pieces
+
+    def _flush(self, pieces, pending, y0, k, dt):
+        if pending:
+            pieces.append(self.ops.rk_interp(y0, k, self.tableau.dense_flat, dt, list(pending)))
+            pending.clear()
+
+    def stats(self):
+        return {"nfe": self.func.nfe, "n_steps": self.n_steps, "n_accepted": self.n_accepted,
+                "n_rejected": self.n_steps - self.n_accepted, "final_dt": getattr(self, "dt", None)}

@@ -1,0 +1,78 @@
+"""What every solver shares: the wrapped right-hand side and the solver statistics."""
+import enum
+import math
+import warnings
+
+import numpy as np
+import torch
+
+
+class Perturb(enum.Enum):
+    """Which side of a time the right-hand side is evaluated on (torchdiffeq's Perturb)."""
+
+    NONE = 0
+    NEXT = 1  # just after t: the first evaluation of a step past a discontinuity
+    PREV = -1  # just before t: the evaluations at the end of a step
+
+
+def _nextafter(value, direction, dtype):
+    """The neighbour of `value` (rounded to `dtype`) towards +inf (direction 1) or -inf (-1)."""
+    toward = math.inf if direction > 0 else -math.inf
+    if dtype == torch.float64:
+        return math.nextafter(value, toward)
+    if dtype == torch.float32:
+        return float(np.nextafter(np.float32(value), np.float32(toward)))
+    t = torch.tensor(value, dtype=dtype)
+    return torch.nextafter(t, torch.tensor(toward, dtype=dtype)).item()
+
+
+class RHS:
+    """The user's ``func(t, y)`` as the solver calls it.
+
+    The solver keeps time as Python floats; `RHS` hands ``func`` a 0-d tensor of the state's
+    dtype (as torchdiffeq does), applies the time reversal and perturbation, counts
+    evaluations, and checks the first output so that a wrong shape or dtype is reported by
+    name rather than deep inside a kernel.
+    """
+
+    def __init__(self, func, y0, time_sign=1.0):
+        self.func = func
+        self.dtype = y0.dtype
+        self.device = y0.device
+        self.shape = y0.shape
+        self.time_sign = time_sign
+        self.nfe = 0
+        self._checked = False
+
+    def __call__(self, t, y, perturb=Perturb.NONE):
+        if perturb is not Perturb.NONE:
+            t = _nextafter(t, perturb.value, self.dtype)
+        out = self.func(torch.tensor(self.time_sign * t, dtype=self.dtype, device=self.device), y)
+        self.nfe += 1
+        if not self._checked:
+            self._check(out)
+        return -out if self.time_sign < 0 else out
+
+    def _check(self, out):
+        if not isinstance(out, torch.Tensor):
+            raise TypeError("func must return a torch.Tensor, got %s" % type(out).__name__)
+        if out.shape != self.shape:
+            raise ValueError("func returned a tensor of shape %s, but the state y0 has shape %s" % (tuple(out.shape), tuple(self.shape)))
+        if out.dtype != self.dtype:
+            raise TypeError("func returned dtype %s, but the state y0 has dtype %s" % (out.dtype, self.dtype))
+        if out.device != self.device:
+            raise ValueError("func returned a tensor on %s, but the state y0 is on %s" % (out.device, self.device))
+        self._checked = True
+
+
+def warn_unused(solver_cls, unused):
+    if unused:
+        warnings.warn("{}: Unexpected arguments {}".format(solver_cls.__name__, unused))
+
+
+def check_finite_ratio(ratio, t, dt):
+    if ratio != ratio:
+        raise RuntimeError(
+            "non-finite values (NaN or inf) in the solution or its error estimate at t=%r, dt=%r; "
+            "func returned NaN/inf or the solution overflowed" % (t, dt)
+        )

@@ -1,0 +1,117 @@
+"""The fixed-grid explicit Runge-Kutta loop shared by euler, midpoint, heun2, heun3 and rk4.
+
+Semantics follow torchdiffeq 0.2.5: the grid is `t` itself, or built from `step_size`
+(ending exactly on t[-1]), or returned by `grid_constructor(func, y0, t)`; outputs between
+grid points are interpolated linearly or by a cubic Hermite polynomial; `perturb=True`
+evaluates the first stage just after t0 and stages at the end of a step just before t1.
+"""
+import torch
+
+from .base import Perturb, warn_unused
+from .tableau import hermite_dense_flat, linear_dense
+
+INTERPOLATIONS = ("linear", "cubic")
+
+
+def grid_from_step_size(step_size):
+    def grid_constructor(func, y0, t):
+        start, end = t[0], t[-1]
+        niters = torch.ceil((end - start) / step_size + 1).item()
+        grid = torch.arange(0, niters, dtype=t.dtype, device=t.device) * step_size + start
+        grid[-1] = t[-1]
+        return grid
+
+    return grid_constructor
+
+
+class FixedGridRKSolver:
+    """Base of the fixed-grid methods; a subclass sets `tableau` and `order`."""
+
+    tableau = None
+    order = None
+
+    def __init__(self, func, y0, rtol=None, atol=None, *, ops, segments=None, norm=None, step_size=None, grid_constructor=None,
+                 interp="linear", perturb=False, **unused):
+        warn_unused(type(self), unused)
+        if step_size is not None and grid_constructor is not None:
+            raise ValueError("step_size and grid_constructor are mutually exclusive arguments.")
+        if interp not in INTERPOLATIONS:
+            raise ValueError("interp must be one of %s, got %r" % (", ".join(map(repr, INTERPOLATIONS)), interp))
+        if step_size is not None and not float(step_size) > 0:
+            raise ValueError("step_size must be positive, got %r" % (step_size,))
+        self.func = func
+        self.y0 = y0
+        self.ops = ops
+        self.interp = interp
+        self.perturb = bool(perturb)
+        if step_size is not None:
+            self.grid_constructor = grid_from_step_size(step_size)
+        elif grid_constructor is not None:
+            self.grid_constructor = grid_constructor
+        else:
+            self.grid_constructor = lambda func, y0, t: t
+        b = self.tableau.b
+        self._linear = [c for row in linear_dense(b) for c in row]
+        self._hermite = hermite_dense_flat(b)
+        self.n_steps = 0
+
+    def _grid(self, t):
+        grid = self.grid_constructor(self.func, self.y0, t)
+        if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or len(grid) < 1:
+            raise ValueError("grid_constructor must return a 1-D tensor of times")
+        grid = grid.detach().tolist()
+        if grid[0] != t[0].item() or grid[-1] != t[-1].item():
+            raise ValueError("grid_constructor must return a grid that starts at t[0] and ends at t[-1], got [%r, ..., %r]" % (grid[0], grid[-1]))
+        if any(not b > a for a, b in zip(grid[:-1], grid[1:])):
+            raise ValueError("grid_constructor must return strictly monotonic times in the direction of t")
+        return grid
+
+    def integrate(self, t, t_tensor):
+        grid = self._grid(t_tensor)
+        tab, ops, func = self.tableau, self.ops, self.func
+        first = Perturb.NEXT if self.perturb else Perturb.NONE
+        last = Perturb.PREV if self.perturb else Perturb.NONE
+        y = self.y0
+        chunks = [y.unsqueeze(0)]
+        j = 1
+        for t0, t1 in zip(grid[:-1], grid[1:]):
+            dt = t1 - t0
+            k = [func(t0, y, first)]
+            for i in range(1, tab.stages):
+                idx, coeffs = tab.stage_terms[i]
+                yi = ops.rk_stage(y, [k[m] for m in idx], coeffs, dt)
+                k.append(func(t1, yi, last) if tab.c[i] == 1.0 else func(t0 + tab.c[i] * dt, yi))
+            b_idx, b = tab.b_terms
+            y1 = ops.rk_stage(y, [k[m] for m in b_idx], b, dt)
+            self.n_steps += 1
+            if j < len(t) and t1 >= t[j]:
+                first_out = j
+                while j < len(t) and t1 >= t[j]:
+                    j += 1
+                chunks.extend(self._outputs(t[first_out:j], t0, t1, y, y1, k, dt))
+            y = y1
+        return torch.cat(chunks)
+
+    def _outputs(self, times, t0, t1, y0, y1, k, dt):
+        pieces, pending = [], []
+
+        def flush():
+            if pending:
+                if self.interp == "linear":
+                    pieces.append(self.ops.rk_interp(y0, k, self._linear, dt, list(pending)))
+                else:
+                    f1 = self.func(t1, y1)
+                    pieces.append(self.ops.rk_interp(y0, k + [f1], self._hermite, dt, list(pending)))
+                pending.clear()
+
+        for time in times:
+            if time == t0 or time == t1:
+                flush()
+                pieces.append((y0 if time == t0 else y1).unsqueeze(0))
+            else:
+                pending.append((time - t0) / (t1 - t0))
+        flush()
+        return pieces
+
+    def stats(self):
+        return {"nfe": self.func.nfe, "n_steps": self.n_steps, "n_accepted": self.n_steps, "n_rejected": 0}
