@@ -20,8 +20,11 @@ The ops (``y0`` and every ``k[j]`` share shape, dtype and device):
 """
 import threading
 
-from .._extension import has_fused
+from .._extension import _C, has_fused
 from . import reference
+
+if _C is not None:
+    from . import fused  # noqa: F401  (registers the fake kernels with the ops)
 
 BACKENDS = ("fused", "reference")
 _state = threading.local()
@@ -53,7 +56,5 @@ def get_ops(name=None, device=None):
     name = get_backend() if name is None else name
     _check_name(name)
     if name == "fused" and has_fused(device):
-        from . import fused
-
         return fused
     return reference

@@ -53,6 +53,8 @@ class AdaptiveRKSolver:
         if set(self.step_t) & set(self.jump_t):
             raise ValueError("`step_t` and `jump_t` must not have any repeated elements between them.")
         self.n_steps = self.n_accepted = 0
+        tab = self.tableau
+        self._stage_plan = [(idx, coeffs, tab.c[i]) for i, (idx, coeffs) in enumerate(tab.stage_terms) if i > 0]
 
     @staticmethod
     def _sorted_times(times):
@@ -138,16 +140,14 @@ class AdaptiveRKSolver:
                 on_step_t = False
                 t1, dt = next_t, self._round(next_t - t0)
 
-        tab, ops, func = self.tableau, self.ops, self.func
+        tab, func, rk_stage = self.tableau, self.func, self.ops.rk_stage
+        ops = self.ops
         k = [f0]
         yi = y0
-        for i in range(1, tab.stages):
-            idx, coeffs = tab.stage_terms[i]
-            yi = ops.rk_stage(y0, [k[j] for j in idx], coeffs, dt)
-            if tab.c[i] == 1.0:  # evaluate just before the end, in case of discontinuities
-                k.append(func(t1, yi, Perturb.PREV))
-            else:
-                k.append(func(t0 + tab.c[i] * dt, yi))
+        t_end = func.nudge(t1, Perturb.PREV)  # stages at the end run just before it, in case of discontinuities
+        for idx, coeffs, c in self._stage_plan:
+            yi = rk_stage(y0, [k[j] for j in idx], coeffs, dt)
+            k.append(func(t_end if c == 1.0 else t0 + c * dt, yi))
 
         if self.norm is not None:
             y1 = yi if tab.fsal else ops.rk_stage(y0, k, tab.b, dt)

@@ -44,10 +44,14 @@ class RHS:
         self.nfe = 0
         self._checked = False
 
+    def nudge(self, t, perturb):
+        """The time at which an evaluation perturbed by `perturb` happens, in y's dtype."""
+        return t if perturb is Perturb.NONE else _nextafter(t, perturb.value, self.dtype)
+
     def __call__(self, t, y, perturb=Perturb.NONE):
         if perturb is not Perturb.NONE:
             t = _nextafter(t, perturb.value, self.dtype)
-        out = self.func(torch.tensor(self.time_sign * t, dtype=self.dtype, device=self.device), y)
+        out = self.func(torch.scalar_tensor(self.time_sign * t, dtype=self.dtype, device=self.device), y)
         self.nfe += 1
         if not self._checked:
             self._check(out)
