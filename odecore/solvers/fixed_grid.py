@@ -90,7 +90,19 @@ class FixedGridRKSolver:
                     j += 1
                 chunks.extend(self._outputs(t[first_out:j], t0, t1, y, y1, k, dt))
             y = y1
-        return torch.cat(chunks)
+        solution = torch.cat(chunks)
+        self._check_finite(solution, t, grid)
+        return solution
+
+    @staticmethod
+    def _check_finite(solution, t, grid):
+        """A fixed grid never rejects a step, so NaN/inf is looked for once, in the outputs."""
+        finite = torch.isfinite(solution.detach()).reshape(len(t), -1).all(dim=1)
+        if not bool(finite.all()):
+            j = int((~finite).nonzero()[0, 0])
+            i = max(1, next((i for i, g in enumerate(grid) if g >= t[j]), len(grid) - 1))
+            raise RuntimeError("non-finite values (NaN or inf) in the solution at t=%r (output %d), dt=%r; "
+                               "func returned NaN/inf or the solution overflowed" % (t[j], j, grid[i] - grid[i - 1]))
 
     def _outputs(self, times, t0, t1, y0, y1, k, dt):
         pieces, pending = [], []
