@@ -107,6 +107,8 @@ class _TupleFunc:
                     raise TypeError("func returned %s at position %d, expected a torch.Tensor" % (type(o).__name__, i))
                 if o.shape != shape:
                     raise ValueError("func returned shape %s at position %d, but y0[%d] has shape %s" % (tuple(o.shape), i, i, tuple(shape)))
+                if o.dtype != y.dtype:
+                    raise TypeError("func returned dtype %s at position %d, but y0[%d] has dtype %s" % (o.dtype, i, i, y.dtype))
             self._checked = True
         return torch.cat([o.reshape(-1) for o in out])
 
