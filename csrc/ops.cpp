@@ -2,6 +2,7 @@
 // module that loading the extension registers them through.
 #include <Python.h>
 
+#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "odecore/ops.h"
@@ -88,10 +89,85 @@ std::vector<double> dense_weights(at::ArrayRef<double> poly, int64_t m, double x
   return w;
 }
 
-std::vector<int64_t> dense_output_shape(const at::Tensor& y0, size_t n_points) {
-  std::vector<int64_t> shape{static_cast<int64_t>(n_points)};
+namespace {
+
+std::vector<at::Tensor> contiguous_terms(at::TensorList k) {
+  std::vector<at::Tensor> out;
+  out.reserve(k.size());
+  for (const auto& t : k) {
+    out.push_back(t.contiguous());
+  }
+  return out;
+}
+
+at::Tensor empty_like_contiguous(const at::Tensor& y0) {
+  return at::empty(y0.sizes(), y0.options().memory_format(at::MemoryFormat::Contiguous));
+}
+
+Prepared prepare_norm(const char* op, const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> e,
+                      double dt, const at::Tensor& rtol, const at::Tensor& atol,
+                      at::IntArrayRef segments) {
+  check_terms(op, y0, k, e.size(), "e");
+  check_tolerance(op, "rtol", rtol, y0);
+  check_tolerance(op, "atol", atol, y0);
+  check_segments(op, segments, y0.numel());
+  Prepared p;
+  p.y0 = y0.contiguous();
+  p.k = contiguous_terms(k);
+  p.err_w = scaled_weights(e, dt);
+  p.rtol = rtol.to(at::kDouble).contiguous();
+  p.atol = atol.to(at::kDouble).contiguous();
+  p.segments = segments.vec();
+  return p;
+}
+
+}  // namespace
+
+Prepared prepare_stage(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt) {
+  check_terms("rk_stage", y0, k, a.size(), "a");
+  Prepared p;
+  p.y0 = y0.contiguous();
+  p.k = contiguous_terms(k);
+  p.w = scaled_weights(a, dt);
+  p.y1 = empty_like_contiguous(y0);
+  return p;
+}
+
+Prepared prepare_finish(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
+                        at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
+                        const at::Tensor& atol, at::IntArrayRef segments) {
+  TORCH_CHECK_VALUE(b.size() == e.size(), "rk_finish: b has ", b.size(), " coefficients but e has ",
+                    e.size());
+  Prepared p = prepare_norm("rk_finish", y0, k, e, dt, rtol, atol, segments);
+  p.w = scaled_weights(b, dt);
+  p.y1 = empty_like_contiguous(y0);
+  return p;
+}
+
+Prepared prepare_error_ratio(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k,
+                             at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
+                             const at::Tensor& atol, at::IntArrayRef segments) {
+  check_same_as_y0("rk_error_ratio", "y1", y1, y0);
+  Prepared p = prepare_norm("rk_error_ratio", y0, k, e, dt, rtol, atol, segments);
+  p.y1 = y1.contiguous();
+  p.write_y1 = false;
+  return p;
+}
+
+Prepared prepare_interp(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> poly,
+                        double dt, at::ArrayRef<double> x) {
+  check_terms("rk_interp", y0, k, k.size(), "k");
+  check_dense_poly("rk_interp", k, poly);
+  Prepared p;
+  p.y0 = y0.contiguous();
+  p.k = contiguous_terms(k);
+  for (const double xp : x) {
+    p.point_w.push_back(dense_weights(poly, static_cast<int64_t>(k.size()), xp, dt));
+  }
+  std::vector<int64_t> shape{static_cast<int64_t>(x.size())};
   shape.insert(shape.end(), y0.sizes().begin(), y0.sizes().end());
-  return shape;
+  p.y1 = at::empty(shape, y0.options().memory_format(at::MemoryFormat::Contiguous));
+  return p;
 }
 
 }  // namespace odecore

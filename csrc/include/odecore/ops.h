@@ -1,10 +1,14 @@
-// Host-side declarations shared by the op schemas, the backends and autograd.
+// Host-side front end shared by the op schemas, the backends and autograd: every
+// backend validates and prepares its arguments the same way, then runs its kernel.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
 #include <vector>
+
+#include "odecore/acc_type.h"
+#include "odecore/rk_math.h"
 
 namespace odecore {
 
@@ -21,7 +25,44 @@ std::vector<double> scaled_weights(at::ArrayRef<double> coeffs, double dt);
 // Dense-output weights of every stage at fraction x of the step.
 std::vector<double> dense_weights(at::ArrayRef<double> poly, int64_t m, double x, double dt);
 
-// Shape of the dense output: (len(x), *y0.shape).
-std::vector<int64_t> dense_output_shape(const at::Tensor& y0, size_t n_points);
+// One op's arguments after validation: contiguous inputs, weights and the output.
+struct Prepared {
+  at::Tensor y0;                              // contiguous
+  at::Tensor y1;                              // the output (or, for rk_error_ratio, the given y1)
+  std::vector<at::Tensor> k;                  // contiguous
+  std::vector<double> w;                      // dt * solution weights
+  std::vector<double> err_w;                  // dt * error weights
+  std::vector<std::vector<double>> point_w;   // rk_interp: weights at each output point
+  at::Tensor rtol, atol;                      // float64, contiguous
+  std::vector<int64_t> segments;
+  bool write_y1 = true;
+};
+
+Prepared prepare_stage(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt);
+Prepared prepare_finish(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
+                        at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
+                        const at::Tensor& atol, at::IntArrayRef segments);
+Prepared prepare_error_ratio(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k,
+                             at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
+                             const at::Tensor& atol, at::IntArrayRef segments);
+Prepared prepare_interp(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> poly,
+                        double dt, at::ArrayRef<double> x);
+
+// Kernel parameters for y0 + sum_j w[j] * k[j]; a null y0 leaves that term out.
+template <typename scalar_t, typename weight_t = acc_t<scalar_t>>
+CombineParams<scalar_t, weight_t> make_params(const at::Tensor* y0, const std::vector<at::Tensor>& k,
+                                              const std::vector<double>& w) {
+  CombineParams<scalar_t, weight_t> p;
+  p.y0 = y0 == nullptr ? nullptr : y0->const_data_ptr<scalar_t>();
+  p.m = static_cast<int>(k.size());
+  for (size_t j = 0; j < k.size(); ++j) {
+    p.k[j] = k[j].const_data_ptr<scalar_t>();
+    p.w[j] = static_cast<weight_t>(w[j]);
+  }
+  return p;
+}
 
 }  // namespace odecore
+
+#define ODECORE_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
