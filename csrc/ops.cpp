@@ -1,16 +1,9 @@
-// Schemas of the fused ops, the checks every backend shares, and the Python
-// module that loading the extension registers them through.
-#include <Python.h>
-
+// Schemas of the fused ops and the front end every backend shares.
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include "odecore/ops.h"
 #include "odecore/rk_math.h"
-
-#ifndef ODECORE_TORCH_VERSION
-#define ODECORE_TORCH_VERSION "unknown"
-#endif
 
 namespace odecore {
 
@@ -185,23 +178,4 @@ TORCH_LIBRARY(odecore, m) {
       "Tensor atol, int[] segments) -> Tensor");
   // dense output: out[n] = y0 + dt * sum_j P_j(x[n]) * k[j]
   m.def("rk_interp(Tensor y0, Tensor[] k, float[] poly, float dt, float[] x) -> Tensor");
-}
-
-extern "C" {
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  PyObject* module = PyModule_Create(&module_def);
-  if (module == nullptr) {
-    return nullptr;
-  }
-#ifdef ODECORE_WITH_CUDA
-  PyModule_AddIntConstant(module, "with_cuda", 1);
-  PyModule_AddStringConstant(module, "cuda_version", ODECORE_CUDA_VERSION);
-#else
-  PyModule_AddIntConstant(module, "with_cuda", 0);
-#endif
-  PyModule_AddIntConstant(module, "with_cpu", 1);
-  PyModule_AddStringConstant(module, "torch_version", ODECORE_TORCH_VERSION);
-  return module;
-}
 }

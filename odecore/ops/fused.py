@@ -1,14 +1,17 @@
-"""The fused backend: thin wrappers over torch.ops.odecore, and their fake kernels."""
+"""The fused backend: the ops of torch.ops.odecore, and their fake kernels.
+
+The solver calls them through odecore._C's direct entry points, which enter the same
+dispatcher (autograd, fake tensors, CPU/CUDA kernels) as ``torch.ops.odecore.<op>`` but
+skip its boxed argument conversion; use ``torch.ops.odecore.*`` under torch.compile.
+"""
 import torch
 
-from .. import _extension  # noqa: F401  (loads the library that defines the ops)
+from .._extension import _C
 
-_ops = torch.ops.odecore
-
-rk_stage = _ops.rk_stage.default
-rk_finish = _ops.rk_finish.default
-rk_error_ratio = _ops.rk_error_ratio.default
-rk_interp = _ops.rk_interp.default
+rk_stage = _C.rk_stage
+rk_finish = _C.rk_finish
+rk_error_ratio = _C.rk_error_ratio
+rk_interp = _C.rk_interp
 
 
 def _check_terms(op, y0, k, n_coeffs):
