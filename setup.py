@@ -37,7 +37,7 @@ def _extensions():
 
     debug = _flag("DEBUG")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
+    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
     want_cuda = _flag("FORCE_CUDA") or (
         torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and torch.cuda.is_available()
     )
@@ -47,13 +47,13 @@ def _extensions():
 
     define_macros = [("ODECORE_TORCH_VERSION", '"%s"' % torch.__version__.split("+")[0])]
     opt = ["-O0", "-g"] if debug else ["-O3"]
-    extra_compile_args = {"cxx": opt + ["-std=c++17"]}
+    extra_compile_args = {"cxx": list(opt)}  # the C++ standard is the one torch.utils.cpp_extension picks
     extension = cpp_extension.CppExtension
     if with_cuda:
         extension = cpp_extension.CUDAExtension
         sources += cuda_sources
         define_macros += [("ODECORE_WITH_CUDA", None), ("ODECORE_CUDA_VERSION", '"%s"' % torch.version.cuda)]
-        extra_compile_args["nvcc"] = opt + ["-std=c++17", "--expt-relaxed-constexpr"]
+        extra_compile_args["nvcc"] = opt + ["--expt-relaxed-constexpr"]
         if debug:
             extra_compile_args["nvcc"].append("-lineinfo")
     ext = extension(
