@@ -46,12 +46,11 @@ void check_tolerance(const char* op, const char* name, const at::Tensor& tol, co
 
 void check_segments(const char* op, at::IntArrayRef segments, int64_t numel) {
   int64_t total = 0;
-  for (size_t s = 0; s < segments.size(); ++s) {
-    TORCH_CHECK_VALUE(segments[s] >= 0, op, ": segments[", s, "] is negative (", segments[s], ")");
-    total += segments[s];
+  for (const int64_t len : segments) {
+    total += len < 0 ? -len : len;
   }
-  TORCH_CHECK_VALUE(total == numel, op, ": segments sum to ", total, " but y0 has ", numel,
-                    " elements");
+  TORCH_CHECK_VALUE(total == numel, op, ": the segment lengths (negative: left out of the norm) add up to ",
+                    total, " but y0 has ", numel, " elements");
 }
 
 int64_t check_dense_poly(const char* op, at::TensorList k, at::ArrayRef<double> poly) {

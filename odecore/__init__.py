@@ -4,6 +4,7 @@
 method names and gives the same results.
 """
 from ._extension import backend_info
+from .adjoint import odeint_adjoint
 from .api import odeint
 from .ops import get_backend, set_backend
 from .solvers import SOLVERS
@@ -11,4 +12,4 @@ from .solvers.base import Perturb
 
 __version__ = "0.1.0"
 
-__all__ = ["odeint", "backend_info", "set_backend", "get_backend", "SOLVERS", "Perturb", "__version__"]
+__all__ = ["odeint", "odeint_adjoint", "backend_info", "set_backend", "get_backend", "SOLVERS", "Perturb", "__version__"]

@@ -145,11 +145,43 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     """
     if event_fn is not None:
         raise NotImplementedError("odecore.odeint does not support event_fn yet")
+    p = _prepare(func, y0, t, rtol, atol, method, options)
+    if len(p.times) == 1:
+        solution = p.y0.unsqueeze(0)
+        stats = {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0}
+    else:
+        t_grad = t.requires_grad and torch.is_grad_enabled()
+        start = p.y0
+        if t_grad:
+            # Gradients for t, exact for the solved trajectory: an output time t_j moves
+            # the output along f(t_j, y_j), and the start time moves it by -(dy_j/dy0) f(t0, y0).
+            start = p.y0 - _time_sensitivity(p.func, t[:1], p.y0.unsqueeze(0)).squeeze(0)
+        solution, stats = _solve(p.func, start, p.times, t.detach(), p.reverse, p.rtol, p.atol, p.method, p.options,
+                                 p.backend, p.segments)
+        if t_grad:
+            solution = solution + _time_sensitivity(p.func, t, solution)
+    solution = p.unflatten(solution)
+    return (solution, stats) if p.return_stats else solution
+
+
+class _Problem:
+    """A validated, normalised call: flat state, flat func, host times, tolerances, options."""
+
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def unflatten(self, solution):
+        """(len(t), numel) back to the user's tuple of (len(t), *shape), or the tensor as is."""
+        if self.shapes is None:
+            return solution
+        parts = solution.split(self.segments, dim=1)
+        return tuple(part.reshape(len(solution), *shape) for part, shape in zip(parts, self.shapes))
+
+
+def _prepare(func, y0, t, rtol, atol, method, options):
     tensors = _check_y0(y0)
     is_tuple = not isinstance(y0, torch.Tensor)
-    device = tensors[0].device
-    times, reverse = _check_t(t, device)
-
+    times, reverse = _check_t(t, tensors[0].device)
     if method is None:
         method = "dopri5"
     if method not in SOLVERS:
@@ -167,14 +199,10 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
 
     shapes = [y.shape for y in tensors] if is_tuple else None
     y0_flat = torch.cat([y.reshape(-1) for y in tensors]) if is_tuple else y0
-    rtol_t = _tolerance("rtol", rtol, shapes, y0_flat)
-    atol_t = _tolerance("atol", atol, shapes, y0_flat)
-    user_func = _TupleFunc(func, shapes) if is_tuple else func
-
+    flat_func = _TupleFunc(func, shapes) if is_tuple else func
     if is_tuple and "norm" in options:
         user_norm = options["norm"]
-        tuple_func = user_func
-        options["norm"] = lambda flat: user_norm(tuple_func.split(flat))
+        options["norm"] = lambda flat: user_norm(flat_func.split(flat))
     if reverse:
         for key in ("step_t", "jump_t"):
             if key in options:
@@ -182,24 +210,12 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
         if options.get("grid_constructor") is not None:
             grid_constructor = options["grid_constructor"]
             options["grid_constructor"] = lambda f, y, tt: -grid_constructor(f, y, -tt)
-
-    if len(times) == 1:
-        solution = y0_flat.unsqueeze(0)
-        stats = {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0}
-    else:
-        t_grad = t.requires_grad and torch.is_grad_enabled()
-        start = y0_flat
-        if t_grad:
-            # Gradients for t, exact for the solved trajectory: an output time t_j moves
-            # the output along f(t_j, y_j), and the start time moves it by -(dy_j/dy0) f(t0, y0).
-            start = y0_flat - _time_sensitivity(user_func, t[:1], y0_flat.unsqueeze(0)).squeeze(0)
-        solution, stats = _solve(user_func, start, times, t.detach(), reverse, rtol_t, atol_t, method, options, backend, is_tuple, shapes)
-        if t_grad:
-            solution = solution + _time_sensitivity(user_func, t, solution)
-
-    if is_tuple:
-        solution = tuple(part.reshape(len(times), *shape) for part, shape in zip(solution.split([math.prod(s) for s in shapes], dim=1), shapes))
-    return (solution, stats) if return_stats else solution
+    return _Problem(
+        y0=y0_flat, func=flat_func, times=times, reverse=reverse, shapes=shapes,
+        segments=[math.prod(s) for s in shapes] if is_tuple else [y0_flat.numel()],
+        rtol=_tolerance("rtol", rtol, shapes, y0_flat), atol=_tolerance("atol", atol, shapes, y0_flat),
+        method=method, options=options, backend=backend, return_stats=return_stats,
+    )
 
 
 def _time_sensitivity(func, t, ys):
@@ -210,12 +226,13 @@ def _time_sensitivity(func, t, ys):
     return fs.detach() * delta.view(-1, *([1] * (ys.dim() - 1)))
 
 
-def _solve(func, y0, times, t, reverse, rtol, atol, method, options, backend, is_tuple, shapes):
+def _solve(func, y0, times, t, reverse, rtol, atol, method, options, backend, segments):
+    """Solves dy/dt = func(t, y) on the flat state y0 at `times` (host floats, in the
+    direction of `t`), with the error norm's `segments`; returns (solution, stats)."""
     solver_cls = SOLVERS[method]
     sign = -1.0 if reverse else 1.0
     rhs = RHS(func, y0, time_sign=sign)
     ops = get_ops(backend, y0.device)
-    segments = [math.prod(s) for s in shapes] if is_tuple else [y0.numel()]
     solver = solver_cls(rhs, y0, rtol, atol, ops=ops, segments=segments, **options)
     times = [sign * v for v in times]
     if isinstance(solver, AdaptiveRKSolver):

@@ -73,7 +73,15 @@ double finish_cpu(const Prepared& a) {
   const auto err_p = make_params<scalar_t, double>(nullptr, a.k, a.err_w);
   double ratio = 0.0;
   int64_t offset = 0;
-  for (const int64_t len : a.segments) {
+  for (const int64_t signed_len : a.segments) {
+    if (signed_len < 0) {  // left out of the norm (a seminorm): only the solution
+      if (a.write_y1) {
+        at::parallel_for(offset, offset - signed_len, kGrain, [&](int64_t b, int64_t e) { combine_range(y1 + b, sol, b, e); });
+      }
+      offset -= signed_len;
+      continue;
+    }
+    const int64_t len = signed_len;
     const int64_t nblocks = (len + kReduceBlock - 1) / kReduceBlock;
     std::vector<double> partial(nblocks, 0.0);
     const auto reduce_blocks = [&](int64_t b0, int64_t b1) {

@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include "launch.h"
@@ -30,17 +31,25 @@ at::Tensor error_ratio_cuda(const Prepared& p) {
   norm.atol = p.atol.const_data_ptr<double>();
   norm.rtol_stride = p.rtol.numel() == 1 ? 0 : 1;
   norm.atol_stride = p.atol.numel() == 1 ? 0 : 1;
-  norm.num_segments = static_cast<int>(p.segments.size());
   int64_t offset = 0;
   int blocks = 0;
-  for (size_t s = 0; s < p.segments.size(); ++s) {
-    norm.segment_len[s] = p.segments[s];
-    norm.segment_offset[s] = offset;
-    norm.segment_blocks[s] = cuda::segment_blocks(p.segments[s]);
-    norm.block_offset[s] = blocks;
-    offset += p.segments[s];
-    blocks += norm.segment_blocks[s];
+  int n = 0;
+  std::vector<std::pair<int64_t, int64_t>> excluded;  // (offset, length) left out of the norm
+  for (const int64_t len : p.segments) {
+    if (len < 0) {
+      excluded.emplace_back(offset, -len);
+      offset -= len;
+      continue;
+    }
+    norm.segment_len[n] = len;
+    norm.segment_offset[n] = offset;
+    norm.segment_blocks[n] = cuda::segment_blocks(len);
+    norm.block_offset[n] = blocks;
+    offset += len;
+    blocks += norm.segment_blocks[n];
+    ++n;
   }
+  norm.num_segments = n;
   const auto opts = p.y0.options().dtype(at::kDouble);
   auto partials = at::empty({blocks > 0 ? blocks : 1}, opts);
   auto ratio = at::empty({}, opts);
@@ -50,6 +59,16 @@ at::Tensor error_ratio_cuda(const Prepared& p) {
     const auto err = make_params<scalar_t, double>(nullptr, p.k, p.err_w);
     C10_CUDA_CHECK(cuda::launch_error_ratio<scalar_t>(y1, p.write_y1, sol, err, norm, partials.mutable_data_ptr<double>(),
                                                       ratio.mutable_data_ptr<double>(), current_stream()));
+    if (p.write_y1) {
+      for (const auto& [start, len] : excluded) {  // the solution there, without the norm
+        auto part = sol;
+        part.y0 += start;
+        for (int j = 0; j < part.m; ++j) {
+          part.k[j] += start;
+        }
+        C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(y1 + start, part, len, current_stream()));
+      }
+    }
   });
   return ratio;
 }

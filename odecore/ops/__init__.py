@@ -11,7 +11,8 @@ The ops (``y0`` and every ``k[j]`` share shape, dtype and device):
 * ``rk_stage(y0, k, a, dt)`` -> ``y0 + dt * sum_j a[j] * k[j]``
 * ``rk_finish(y0, k, b, e, dt, rtol, atol, segments)`` -> ``(y1, ratio)``: ``y1`` as
   ``rk_stage`` with ``b``, and the error ratio of ``err = dt * sum_j e[j] * k[j]``: the largest
-  over ``segments`` (lengths of consecutive chunks of the flattened state) of
+  over ``segments`` (lengths of consecutive chunks of the flattened state; a negative length
+  ``-L`` marks ``L`` elements left out of the norm, as a seminorm does) of
   ``rms(err / (atol + rtol * max(|y0|, |y1|)))``, a 0-d float64 tensor; NaN when ``y1`` is not
   finite or ``err`` is NaN. ``rtol``/``atol`` hold 1 or ``y0.numel()`` values.
 * ``rk_error_ratio(y0, y1, k, e, dt, rtol, atol, segments)`` -> ``ratio`` when ``y1`` is known.

@@ -19,11 +19,12 @@ _KNOWN = {"first_step", "step_t", "jump_t", "min_step", "max_step", "safety", "i
 
 
 def rms_segments(x, segments):
-    """The largest RMS over consecutive segments of the flattened `x` (float64)."""
+    """The largest RMS over consecutive segments of the flattened `x` (float64); a segment
+    of negative length -L covers L elements left out of the norm (a seminorm)."""
     x = x.reshape(-1).to(torch.float64)
     out = 0.0
-    for chunk in torch.split(x, list(segments)):
-        if chunk.numel():
+    for length, chunk in zip(segments, torch.split(x, [abs(n) for n in segments])):
+        if length > 0:
             out = max(out, chunk.pow(2).mean().sqrt().item())
     return out
 

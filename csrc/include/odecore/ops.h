@@ -34,7 +34,7 @@ struct Prepared {
   std::vector<double> err_w;                  // dt * error weights
   std::vector<std::vector<double>> point_w;   // rk_interp: weights at each output point
   at::Tensor rtol, atol;                      // float64, contiguous
-  std::vector<int64_t> segments;
+  std::vector<int64_t> segments;  // lengths; a negative length -L: L elements left out of the norm
   bool write_y1 = true;
 };
 

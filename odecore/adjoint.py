@@ -1,0 +1,227 @@
+"""odeint_adjoint: gradients by the adjoint sensitivity method in constant memory.
+
+Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
+2018, section 2 and appendix B: the backward pass solves the augmented system
+[a_t, y, a = dL/dy, a_theta] backwards in time, one vector-Jacobian product of `func` per
+evaluation, instead of storing the forward solver's activations. The forward pass saves
+only its outputs at `t`. The seminorm option is from Kidger, Chen & Lyons, "'Hey, that's
+not an ODE': Faster ODE Adjoints via Seminorms", ICML 2021.
+
+Semantics follow torchdiffeq 0.2.5's odeint_adjoint; the augmented state is one flat
+tensor [a_t (1), y (N), a (N), a_theta (P)] that the same solver classes and fused ops
+integrate, with its error norm computed in the same kernel pass (one segment per part).
+"""
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from .api import _prepare, _solve, _tolerance
+
+
+def find_parameters(module):
+    """The parameters of `module` that require grad (torchdiffeq's find_parameters)."""
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None,
+                   adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
+                   adjoint_params=None):
+    """Like `odeint`, with gradients from the adjoint method (memory constant in the steps).
+
+    ``func`` must be an ``nn.Module`` unless ``adjoint_params`` (possibly ``()``) lists the
+    tensors to differentiate. ``adjoint_rtol``/``adjoint_atol``/``adjoint_method`` default to
+    the forward ones and ``adjoint_options`` to ``options`` without its norm;
+    ``adjoint_options={'norm': 'seminorm'}`` leaves the parameter adjoints out of the
+    backward error norm. Gradients reach ``y0``, ``t`` (when it requires grad) and every
+    parameter; a parameter that ``func`` does not use gets a zero gradient.
+    """
+    if event_fn is not None:
+        raise NotImplementedError("odecore.odeint_adjoint does not support event_fn yet")
+    if adjoint_params is None and not isinstance(func, nn.Module):
+        raise ValueError("func must be an instance of nn.Module to specify the adjoint parameters; alternatively they "
+                         "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
+                         "then it is allowable to set `adjoint_params=()`.")
+    if adjoint_rtol is None:
+        adjoint_rtol = rtol
+    if adjoint_atol is None:
+        adjoint_atol = atol
+    if adjoint_method is None:
+        adjoint_method = method
+    if adjoint_method != method and options is not None and adjoint_options is None:
+        raise ValueError("If `adjoint_method != method` then we cannot infer `adjoint_options` from `options`. So as "
+                         "`options` has been passed then `adjoint_options` must be passed as well.")
+    if adjoint_options is None:
+        adjoint_options = {k: v for k, v in options.items() if k != "norm"} if options is not None else {}
+    else:
+        adjoint_options = dict(adjoint_options)
+    params = tuple(find_parameters(func)) if adjoint_params is None else tuple(adjoint_params)
+    n_given = len(params)
+    params = tuple(p for p in params if p.requires_grad)
+    if len(params) != n_given and callable(adjoint_options.get("norm")):
+        warnings.warn("An adjoint parameter was passed without requiring gradient. For efficiency this will be "
+                      "excluded from the adjoint pass, and will not appear as a tensor in the adjoint norm.")
+
+    p = _prepare(func, y0, t, rtol, atol, method, options)
+    back = _Backward(p, params, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options)
+    if len(p.times) == 1:
+        solution, stats = p.y0.unsqueeze(0), {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0}
+    else:
+        # Solve in increasing time: a decreasing t is negated (a differentiable op, so t's
+        # gradient gets the sign back) and func sees -t and returns -f, as in odeint.
+        t_solve = -t if p.reverse else t
+        func_solve = _Reversed(p.func) if p.reverse else p.func
+        stats = {}
+        solution = _AdjointSolve.apply(p, back, func_solve, stats, p.y0, t_solve, *params)
+    solution = p.unflatten(solution)
+    return (solution, stats) if p.return_stats else solution
+
+
+class _Reversed:
+    def __init__(self, func):
+        self.func = func
+
+    def __call__(self, t, y):
+        return -self.func(-t, y)
+
+
+class _Backward:
+    """The augmented backward system: flat state [a_t (1), y (N), a (N), a_theta (P)], its
+    tolerances, method, options and error-norm segments."""
+
+    def __init__(self, p, params, rtol, atol, method, options):
+        self.params = params
+        self.n = p.y0.numel()
+        self.param_sizes = [q.numel() for q in params]
+        self.parts = [1, self.n, self.n] + self.param_sizes
+        self.method = p.method if method is None else method
+        options.pop("return_stats", None)
+        self.backend = options.pop("backend", p.backend)
+        norm = options.pop("norm", None)
+        if norm is None or norm == "seminorm":
+            # torchdiffeq's default adjoint norm: the largest of |a_t|, the state norm of y and
+            # of a, and the RMS of each parameter adjoint; the seminorm leaves those out.
+            sign = -1 if norm == "seminorm" else 1
+            self.segments = [1] + p.segments + p.segments + [sign * size for size in self.param_sizes]
+        elif callable(norm):
+            self.segments = [sum(self.parts)]
+            options["norm"] = self._wrap_norm(norm, p)
+        else:
+            raise ValueError("adjoint_options['norm'] must be a callable or 'seminorm', got %r" % (norm,))
+        self.options = options
+        like = p.y0.new_empty(sum(self.parts))
+        self.rtol = self._tolerance("adjoint_rtol", rtol, like)
+        self.atol = self._tolerance("adjoint_atol", atol, like)
+
+    def _tolerance(self, name, tol, like):
+        """A float or one-element tensor, or (as torchdiffeq) one entry per augmented part."""
+        if isinstance(tol, (tuple, list)):
+            if len(tol) != len(self.parts):
+                raise ValueError("%s has %d entries, but the augmented state has %d parts (a_t, y, adj_y and one per "
+                                 "parameter)" % (name, len(tol), len(self.parts)))
+            return torch.cat([_tolerance(name, v, None, like[:1]).expand(size) for v, size in zip(tol, self.parts)])
+        if isinstance(tol, torch.Tensor) and tol.numel() != 1:
+            raise ValueError("%s must be a float, a one-element tensor or one entry per augmented part; got a tensor of "
+                             "shape %s (pass adjoint_rtol/adjoint_atol explicitly)" % (name, tuple(tol.shape)))
+        return _tolerance(name, tol, None, like)
+
+    def _wrap_norm(self, norm, p):
+        def adjoint_norm(flat):
+            a_t, y, adj_y, *adj_params = flat.split(self.parts)
+            if p.shapes is not None:
+                y = tuple(x[0] for x in p.unflatten(y.unsqueeze(0)))
+                adj_y = tuple(x[0] for x in p.unflatten(adj_y.unsqueeze(0)))
+            adj_params = [x.view_as(q) for x, q in zip(adj_params, self.params)]
+            return norm((a_t.reshape(()), y, adj_y, *adj_params))
+
+        return adjoint_norm
+
+    def split(self, z):
+        return z.split(self.parts)
+
+
+class _AugmentedDynamics:
+    """d/dt [a_t, y, a, a_theta] = [-a.df/dt, f, -a.df/dy, -a.df/dtheta]: one evaluation
+    and one vector-Jacobian product of func, written into one flat tensor."""
+
+    def __init__(self, func, back, shape, t_requires_grad):
+        self.func = func
+        self.back = back
+        self.shape = shape
+        self.t_requires_grad = t_requires_grad
+
+    def __call__(self, t, z):
+        back, n = self.back, self.back.n
+        y = z[1:1 + n].view(self.shape)
+        a = z[1 + n:1 + 2 * n].view(self.shape)
+        with torch.enable_grad():
+            y = y.detach().requires_grad_(True)
+            t = t.detach().requires_grad_(True) if self.t_requires_grad else t
+            f = self.func(t, y)
+            inputs = ((t,) if self.t_requires_grad else ()) + (y,) + back.params
+            vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True)
+        out = torch.empty_like(z)
+        a_t, f_out, a_y, *a_params = back.split(out)
+        if self.t_requires_grad:
+            vjp_t, vjps = vjps[0], vjps[1:]
+            a_t.copy_(vjp_t.reshape(1) if vjp_t is not None else torch.zeros(1))
+        else:
+            a_t.zero_()
+        f_out.copy_(f.detach().reshape(-1))
+        for dst, vjp in zip([a_y] + a_params, vjps):
+            if vjp is None:
+                dst.zero_()
+            else:
+                dst.copy_(vjp.reshape(-1))
+        return out
+
+
+class _AdjointSolve(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, p, back, func, stats, y0, t, *params):
+        with torch.no_grad():
+            solution, forward_stats = _solve(func, y0, t.tolist(), t.detach(), False, p.rtol, p.atol, p.method,
+                                             p.options, p.backend, p.segments)
+        stats.update(forward_stats)
+        ctx.p, ctx.back, ctx.func, ctx.stats = p, back, func, stats
+        ctx.t_requires_grad = t.requires_grad
+        ctx.save_for_backward(t, solution)
+        return solution
+
+    @staticmethod
+    def backward(ctx, grad_solution):
+        t, solution = ctx.saved_tensors
+        p, back, stats = ctx.p, ctx.back, ctx.stats
+        n, shape = back.n, p.y0.shape
+        dynamics = _AugmentedDynamics(ctx.func, back, shape, ctx.t_requires_grad)
+        times = t.tolist()
+        with torch.no_grad():
+            grad_solution = grad_solution.reshape(len(times), -1)
+            flat_solution = solution.reshape(len(times), -1)
+            aug = solution.new_zeros(sum(back.parts))
+            aug[1:1 + n] = flat_solution[-1]
+            aug[1 + n:1 + 2 * n] = grad_solution[-1]
+            time_vjps = torch.zeros(len(times), dtype=t.dtype, device=t.device) if ctx.t_requires_grad else None
+            totals = dict.fromkeys(("nfe", "n_steps", "n_accepted", "n_rejected"), 0)
+            for i in range(len(times) - 1, 0, -1):
+                if ctx.t_requires_grad:
+                    # moving the output time t_i moves y(t_i) along f(t_i, y_i)
+                    f_i = ctx.func(t[i].to(solution.dtype), solution[i])
+                    dl_dt = (f_i.reshape(-1) * grad_solution[i]).sum()
+                    aug[0] -= dl_dt
+                    time_vjps[i] = dl_dt
+                out, step_stats = _solve(dynamics, aug, [times[i], times[i - 1]], t[i - 1:i + 1].flip(0).detach(), True,
+                                         back.rtol, back.atol, back.method, dict(back.options), back.backend,
+                                         back.segments)
+                for key in totals:
+                    totals[key] += step_stats[key]
+                aug = out[1].clone()
+                aug[1:1 + n] = flat_solution[i - 1]  # the forward pass's state, not the re-integrated one
+                aug[1 + n:1 + 2 * n] += grad_solution[i - 1]
+            if ctx.t_requires_grad:
+                time_vjps[0] = aug[0]
+        stats.update({"backward_" + key: value for key, value in totals.items()})
+        _, _, adj_y, *adj_params = back.split(aug)
+        grad_params = [g.view_as(q).to(q.dtype) for g, q in zip(adj_params, back.params)]
+        return (None, None, None, None, adj_y.view(shape), time_vjps, *grad_params)
