@@ -226,17 +226,40 @@ def _time_sensitivity(func, t, ys):
     return fs.detach() * delta.view(-1, *([1] * (ys.dim() - 1)))
 
 
+class _SolverFactory:
+    """Everything needed to build the solver of one call, for the flat state given."""
+
+    def __init__(self, func, times, t, reverse, rtol, atol, method, options, backend, segments):
+        self.func, self.reverse = func, reverse
+        self.sign = -1.0 if reverse else 1.0
+        self.times = [self.sign * v for v in times]  # increasing, as the solver sees them
+        self.t = self.sign * t
+        self.rtol, self.atol, self.method, self.options = rtol, atol, method, options
+        self.backend, self.segments = backend, segments
+
+    def __call__(self, y0):
+        rhs = RHS(self.func, y0, time_sign=self.sign)
+        ops = get_ops(self.backend, y0.device)
+        return SOLVERS[self.method](rhs, y0, self.rtol, self.atol, ops=ops, segments=self.segments, **self.options)
+
+    def integrate(self, solver, recorder=None):
+        if isinstance(solver, AdaptiveRKSolver):
+            return solver.integrate(self.times, recorder=recorder)
+        return solver.integrate(self.times, self.t, recorder=recorder)
+
+
 def _solve(func, y0, times, t, reverse, rtol, atol, method, options, backend, segments):
     """Solves dy/dt = func(t, y) on the flat state y0 at `times` (host floats, in the
-    direction of `t`), with the error norm's `segments`; returns (solution, stats)."""
-    solver_cls = SOLVERS[method]
-    sign = -1.0 if reverse else 1.0
-    rhs = RHS(func, y0, time_sign=sign)
-    ops = get_ops(backend, y0.device)
-    solver = solver_cls(rhs, y0, rtol, atol, ops=ops, segments=segments, **options)
-    times = [sign * v for v in times]
-    if isinstance(solver, AdaptiveRKSolver):
-        solution = solver.integrate(times)
-    else:
-        solution = solver.integrate(times, sign * t)
-    return solution, solver.stats()
+    direction of `t`), with the error norm's `segments`; returns (solution, stats).
+    ``options['checkpoint'] = N`` (with grad enabled) keeps at most N step checkpoints
+    for the backward pass instead of the whole graph (odecore.checkpoint)."""
+    options = dict(options)
+    checkpoints = options.pop("checkpoint", None)
+    factory = _SolverFactory(func, times, t, reverse, rtol, atol, method, options, backend, segments)
+    if checkpoints is not None:
+        from .checkpoint import checkpointed_solve
+
+        if torch.is_grad_enabled():
+            return checkpointed_solve(factory, y0, checkpoints)
+    solver = factory(y0)
+    return factory.integrate(solver), solver.stats()

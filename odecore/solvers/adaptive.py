@@ -98,8 +98,13 @@ class AdaptiveRKSolver:
         return self._round(min(100 * h0, h1))
 
     # -- the loop ---------------------------------------------------------------------
-    def integrate(self, t):
-        """Solves over the increasing float times `t`; returns (len(t), *y0.shape)."""
+    def integrate(self, t, recorder=None):
+        """Solves over the increasing float times `t`; returns (len(t), *y0.shape).
+
+        A `recorder` (see odecore.checkpoint) is told of every accepted step and of the
+        output times emitted after it, so that `replay` can redo the solve exactly.
+        """
+        self.recorder = recorder
         y0 = self.y0
         self.t, self.y = t[0], y0
         self.f = self.func(t[0], y0)
@@ -119,6 +124,8 @@ class AdaptiveRKSolver:
             while j < len(t) and t[j] <= self.t:
                 j += 1
             chunks.extend(self._dense_output(t[first:j]))
+            if recorder is not None:
+                recorder.outputs(t[first:j])
             steps_here = 0
         return torch.cat(chunks)
 
@@ -141,25 +148,7 @@ class AdaptiveRKSolver:
                 on_step_t = False
                 t1, dt = next_t, self._round(next_t - t0)
 
-        tab, func, rk_stage = self.tableau, self.func, self.ops.rk_stage
-        ops = self.ops
-        k = [f0]
-        yi = y0
-        t_end = func.nudge(t1, Perturb.PREV)  # stages at the end run just before it, in case of discontinuities
-        for idx, coeffs, c in self._stage_plan:
-            yi = rk_stage(y0, [k[j] for j in idx], coeffs, dt)
-            k.append(func(t_end if c == 1.0 else t0 + c * dt, yi))
-
-        if self.norm is not None:
-            y1 = yi if tab.fsal else ops.rk_stage(y0, k, tab.b, dt)
-            ratio = self._error_ratio(y0, y1, k, dt)
-        elif tab.fsal:
-            y1 = yi
-            e_idx, e = tab.e_terms
-            ratio = ops.rk_error_ratio(y0, y1, [k[j] for j in e_idx], e, dt, self.rtol, self.atol, self.segments).item()
-        else:
-            y1, ratio = ops.rk_finish(y0, k, tab.b, tab.e, dt, self.rtol, self.atol, self.segments)
-            ratio = ratio.item()
+        k, y1, ratio = self._attempt(t0, y0, f0, dt, t1)
         check_finite_ratio(ratio, t0, dt)
 
         accept = ratio <= 1.0
@@ -172,18 +161,52 @@ class AdaptiveRKSolver:
         self.n_steps += 1
         if accept:
             self.n_accepted += 1
-            self.last_step = (t0, y0, k, dt)
-            self.t, self.y = t1, y1
-            f1 = k[-1]
+            if self.recorder is not None:
+                self.recorder.step((t0, dt, t1, on_jump_t), y0, f0)
             if on_step_t and self.next_step_index != len(self.step_t) - 1:
                 self.next_step_index += 1
-            if on_jump_t:
-                if self.next_jump_index != len(self.jump_t) - 1:
-                    self.next_jump_index += 1
-                # past a discontinuity of f: take f from the side we are now on
-                f1 = func(t1, y1, Perturb.NEXT)
-            self.f = f1
+            if on_jump_t and self.next_jump_index != len(self.jump_t) - 1:
+                self.next_jump_index += 1
+            self._accept(t0, y0, k, dt, t1, y1, on_jump_t)
         self.dt = self._round(min(max(dt * self._step_factor(ratio), self.min_step), self.max_step))
+
+    def _attempt(self, t0, y0, f0, dt, t1):
+        """The stages of one step from (t0, y0) with f0 = f(t0, y0); returns (k, y1, ratio)."""
+        tab, func, ops = self.tableau, self.func, self.ops
+        rk_stage = ops.rk_stage
+        k = [f0]
+        yi = y0
+        t_end = func.nudge(t1, Perturb.PREV)  # stages at the end run just before it, in case of discontinuities
+        for idx, coeffs, c in self._stage_plan:
+            yi = rk_stage(y0, [k[j] for j in idx], coeffs, dt)
+            k.append(func(t_end if c == 1.0 else t0 + c * dt, yi))
+        if self.norm is not None:
+            y1 = yi if tab.fsal else ops.rk_stage(y0, k, tab.b, dt)
+            return k, y1, self._error_ratio(y0, y1, k, dt)
+        if tab.fsal:
+            e_idx, e = tab.e_terms
+            ratio = ops.rk_error_ratio(y0, yi, [k[j] for j in e_idx], e, dt, self.rtol, self.atol, self.segments)
+            return k, yi, ratio.item()
+        y1, ratio = ops.rk_finish(y0, k, tab.b, tab.e, dt, self.rtol, self.atol, self.segments)
+        return k, y1, ratio.item()
+
+    def _accept(self, t0, y0, k, dt, t1, y1, on_jump_t):
+        self.last_step = (t0, y0, k, dt)
+        self.t, self.y = t1, y1
+        # past a discontinuity of f, take f from the side we are now on
+        self.f = self.func(t1, y1, Perturb.NEXT) if on_jump_t else k[-1]
+
+    def replay(self, y, f, steps, emits):
+        """Redoes recorded accepted `steps` from state y (with f = f(t, y)), emitting the
+        recorded output times after each; returns (output chunks, y, f) at the end."""
+        chunks = []
+        for (t0, dt, t1, on_jump_t), times in zip(steps, emits):
+            k, y1, _ = self._attempt(t0, y, f, dt, t1)
+            self._accept(t0, y, k, dt, t1, y1, on_jump_t)
+            if times:
+                chunks.extend(self._dense_output(times))
+            y, f = self.y, self.f
+        return chunks, y, f
 
     def _step_factor(self, ratio):
         if ratio == 0.0:

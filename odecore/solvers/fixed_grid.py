@@ -66,33 +66,53 @@ class FixedGridRKSolver:
             raise ValueError("grid_constructor must return strictly monotonic times in the direction of t")
         return grid
 
-    def integrate(self, t, t_tensor):
+    def integrate(self, t, t_tensor, recorder=None):
+        """Solves over the float times `t` on the grid; a `recorder` (see odecore.checkpoint)
+        is told of every step and the output times after it, so `replay` can redo it."""
         grid = self._grid(t_tensor)
-        tab, ops, func = self.tableau, self.ops, self.func
-        first = Perturb.NEXT if self.perturb else Perturb.NONE
-        last = Perturb.PREV if self.perturb else Perturb.NONE
         y = self.y0
         chunks = [y.unsqueeze(0)]
         j = 1
         for t0, t1 in zip(grid[:-1], grid[1:]):
-            dt = t1 - t0
-            k = [func(t0, y, first)]
-            for i in range(1, tab.stages):
-                idx, coeffs = tab.stage_terms[i]
-                yi = ops.rk_stage(y, [k[m] for m in idx], coeffs, dt)
-                k.append(func(t1, yi, last) if tab.c[i] == 1.0 else func(t0 + tab.c[i] * dt, yi))
-            b_idx, b = tab.b_terms
-            y1 = ops.rk_stage(y, [k[m] for m in b_idx], b, dt)
-            self.n_steps += 1
+            if recorder is not None:
+                recorder.step((t0, t1), y, None)
+            k, y1 = self._advance(t0, t1, y)
             if j < len(t) and t1 >= t[j]:
                 first_out = j
                 while j < len(t) and t1 >= t[j]:
                     j += 1
-                chunks.extend(self._outputs(t[first_out:j], t0, t1, y, y1, k, dt))
+                chunks.extend(self._outputs(t[first_out:j], t0, t1, y, y1, k, t1 - t0))
+                if recorder is not None:
+                    recorder.outputs(t[first_out:j])
             y = y1
         solution = torch.cat(chunks)
         self._check_finite(solution, t, grid)
         return solution
+
+    def _advance(self, t0, t1, y):
+        """One step from (t0, y) to t1; returns (k, y1)."""
+        tab, ops, func = self.tableau, self.ops, self.func
+        dt = t1 - t0
+        last = Perturb.PREV if self.perturb else Perturb.NONE
+        k = [func(t0, y, Perturb.NEXT if self.perturb else Perturb.NONE)]
+        for i in range(1, tab.stages):
+            idx, coeffs = tab.stage_terms[i]
+            yi = ops.rk_stage(y, [k[m] for m in idx], coeffs, dt)
+            k.append(func(t1, yi, last) if tab.c[i] == 1.0 else func(t0 + tab.c[i] * dt, yi))
+        b_idx, b = tab.b_terms
+        self.n_steps += 1
+        return k, ops.rk_stage(y, [k[m] for m in b_idx], b, dt)
+
+    def replay(self, y, f, steps, emits):
+        """Redoes recorded `steps` from state y, emitting the recorded output times after
+        each; returns (output chunks, y, None) at the end."""
+        chunks = []
+        for (t0, t1), times in zip(steps, emits):
+            k, y1 = self._advance(t0, t1, y)
+            if times:
+                chunks.extend(self._outputs(times, t0, t1, y, y1, k, t1 - t0))
+            y = y1
+        return chunks, y, None
 
     @staticmethod
     def _check_finite(solution, t, grid):
