@@ -1,4 +1,4 @@
-"""The `odecore` command line: `odecore info`, `odecore bench`, `odecore demo`."""
+"""The `odecore` command line: info, train, table1, demo, bench."""
 import argparse
 import json
 import sys
@@ -28,35 +28,10 @@ def _info(args):
     return 0
 
 
-def _demo(args):
-    """Solves Van der Pol with every method on both backends and checks they agree."""
-    import time
+def _module(name):
+    import importlib
 
-    import torch
-
-    import odecore
-
-    torch.manual_seed(0)
-    y0 = torch.randn(args.batch, 2, dtype=torch.float64)
-    t = torch.linspace(0.0, 8.2, 50, dtype=torch.float64)
-
-    def van_der_pol(t, y):
-        x, v = y[..., 0], y[..., 1]
-        return torch.stack([v, 2.0 * (1 - x * x) * v - x], dim=-1)
-
-    print("Van der Pol (mu=2), batch %d, t in [0, 8.2], rtol=atol=1e-6" % args.batch)
-    print("%-14s %6s %7s %10s %10s %12s" % ("method", "nfe", "steps", "fused ms", "ref ms", "max |diff|"))
-    for method in odecore.SOLVERS:
-        options = {"step_size": 0.01} if odecore.SOLVERS[method].__name__ in {"Euler", "Midpoint", "Heun2", "Heun3", "RK4"} else {}
-        results = {}
-        for backend in ("fused", "reference"):
-            start = time.perf_counter()
-            y, stats = odecore.odeint(van_der_pol, y0, t, rtol=1e-6, atol=1e-6, method=method,
-                                      options=dict(options, backend=backend, return_stats=True))
-            results[backend] = (y, stats, (time.perf_counter() - start) * 1e3)
-        (yf, stats, tf), (yr, _, tr) = results["fused"], results["reference"]
-        print("%-14s %6d %7d %10.2f %10.2f %12.2e" % (method, stats["nfe"], stats["n_steps"], tf, tr, (yf - yr).abs().max().item()))
-    return 0
+    return importlib.import_module("odecore." + name)
 
 
 def _bench(argv):
@@ -71,13 +46,18 @@ def main(argv=None):
     sub = parser.add_subparsers(dest="command", required=True)
     info = sub.add_parser("info", help="which kernels are built, versions, threads")
     info.add_argument("--json", action="store_true", help="print as JSON")
-    sub.add_parser("bench", help="benchmark the solver against the reference path and peers (see `odecore bench -h`)", add_help=False)
-    demo = sub.add_parser("demo", help="solve Van der Pol with every method on both backends")
-    demo.add_argument("--batch", type=int, default=256)
-    if argv and argv[0] == "bench":
-        return _bench(argv[1:])
+    delegated = {
+        "bench": ("benchmark the solver against the reference path and peers", lambda rest: _bench(rest)),
+        "train": ("train an ODE-Net, RK-Net or ResNet classifier", lambda rest: _module("train").main_train(rest)),
+        "table1": ("reproduce Table 1 of Chen et al. 2018 on the bundled data", lambda rest: _module("train").main_table1(rest)),
+        "demo": ("vdp | spiral | latent: short runs that write a PNG", lambda rest: _module("demos").main(rest)),
+    }
+    for name, (text, _) in delegated.items():
+        sub.add_parser(name, help=text + " (see `odecore %s -h`)" % name, add_help=False)
+    if argv and argv[0] in delegated:
+        return delegated[argv[0]][1](argv[1:])
     args = parser.parse_args(argv)
-    return {"info": _info, "demo": _demo}[args.command](args)
+    return _info(args)
 
 
 if __name__ == "__main__":

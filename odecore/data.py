@@ -1,0 +1,94 @@
+"""Data that ships offline: scikit-learn's bundled digits (the default) and MNIST from
+standard IDX files the user already has (never downloaded)."""
+import gzip
+import os
+import struct
+
+import numpy as np
+import torch
+
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def read_idx(path):
+    """Reads an IDX file (plain or .gz) into a numpy array, validating its header."""
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    if len(data) < 4:
+        raise ValueError("%s: not an IDX file (too short for a header)" % path)
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code not in IDX_DTYPES:
+        raise ValueError("%s: not an IDX file (bad magic number)" % path)
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise ValueError("%s: truncated IDX header" % path)
+    shape = struct.unpack(">%dI" % ndim, data[4:header])
+    dtype = np.dtype(IDX_DTYPES[dtype_code])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(data) - header != expected:
+        raise ValueError("%s: IDX payload has %d bytes, the header promises %d" % (path, len(data) - header, expected))
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+
+
+def _find(data_dir, name):
+    for candidate in (name, name + ".gz", name.replace("-idx", ".idx"), name.replace("-idx", ".idx") + ".gz"):
+        path = os.path.join(data_dir, candidate)
+        if os.path.exists(path):
+            return path
+    raise FileNotFoundError("MNIST file %s(.gz) not found in %s (odecore never downloads data; put the standard "
+                            "IDX files there)" % (name, data_dir))
+
+
+def load_mnist(data_dir):
+    """MNIST from IDX files in `data_dir`: ((x_train, y_train), (x_test, y_test)), images as
+    float tensors of shape (N, 1, 28, 28) scaled to [0, 1] and normalised, labels as int64."""
+    splits = []
+    for split in ("train", "test"):
+        images_name, labels_name = MNIST_FILES[split]
+        images = read_idx(_find(data_dir, images_name))
+        labels = read_idx(_find(data_dir, labels_name))
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise ValueError("MNIST %s files in %s have mismatched shapes %s and %s" % (split, data_dir, images.shape, labels.shape))
+        x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
+        splits.append(((x - 0.1307) / 0.3081, torch.from_numpy(labels.astype(np.int64))))
+    return tuple(splits)
+
+
+def load_digits(test_fraction=0.2, seed=0):
+    """scikit-learn's bundled 8x8 digits (1797 images, no download) with a fixed stratified
+    train/test split: ((x_train, y_train), (x_test, y_test)), images (N, 1, 8, 8) normalised."""
+    try:
+        from sklearn.datasets import load_digits as sklearn_digits
+    except ImportError as error:  # pragma: no cover - scikit-learn is a dependency of the train extra
+        raise ImportError("the digits data needs scikit-learn: pip install scikit-learn") from error
+    digits = sklearn_digits()
+    images = digits.images.astype(np.float32) / 16.0
+    labels = digits.target.astype(np.int64)
+    rng = np.random.RandomState(seed)
+    test_idx = []
+    for label in range(10):  # stratified: the same fraction of every class
+        idx = np.flatnonzero(labels == label)
+        rng.shuffle(idx)
+        test_idx.extend(idx[: int(round(test_fraction * len(idx)))])
+    test_mask = np.zeros(len(labels), dtype=bool)
+    test_mask[test_idx] = True
+    x = torch.from_numpy(images).unsqueeze(1)
+    x = (x - x[torch.from_numpy(~test_mask)].mean()) / x[torch.from_numpy(~test_mask)].std()
+    y = torch.from_numpy(labels)
+    train, test = torch.from_numpy(~test_mask), torch.from_numpy(test_mask)
+    return (x[train], y[train]), (x[test], y[test])
+
+
+def load(name, data_dir=None):
+    if name == "digits":
+        return load_digits()
+    if name == "mnist":
+        if not data_dir:
+            raise ValueError("--data mnist needs --data-dir DIR holding the MNIST IDX files")
+        return load_mnist(data_dir)
+    raise ValueError("unknown data set %r (choose digits or mnist)" % (name,))
