@@ -102,9 +102,48 @@ def evaluate(model, x, y, batch_size, device):
     return correct / len(x), loss / len(x)
 
 
+def init_distributed(device):
+    """(rank, world size) under torchrun (WORLD_SIZE > 1): a process group with gloo on the
+    CPU and nccl on GPUs; (0, 1) otherwise."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if device.type == "cuda":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def backward_step(model, xb, yb, rank=0, world=1):
+    """Forward and backward of one global batch, of which this process takes its share:
+    the loss is scaled so that DistributedDataParallel's average over processes is the
+    gradient of the mean loss over the whole batch, whatever the shard sizes.
+    Returns (summed loss, correct predictions, samples) of this process's share."""
+    xs, ys = torch.tensor_split(xb, world)[rank], torch.tensor_split(yb, world)[rank]
+    out = model(xs)
+    loss_sum = nn.functional.cross_entropy(out, ys, reduction="sum")
+    (loss_sum * (world / len(xb))).backward()
+    return loss_sum.item(), (out.argmax(1) == ys).sum().item(), len(xs)
+
+
+def _all_sum(values, world, device):
+    if world == 1:
+        return values
+    import torch.distributed as dist
+
+    total = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return total.tolist()
+
+
 def train(args):
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
+    rank, world = init_distributed(device)
+    log = print if rank == 0 else (lambda *a, **k: None)
     (x_train, y_train), (x_test, y_test) = datasets.load(args.data, args.data_dir)
     if getattr(args, "limit", None):
         x_train, y_train, x_test, y_test = x_train[:args.limit], y_train[:args.limit], x_test[:args.limit], y_test[:args.limit]
@@ -116,7 +155,7 @@ def train(args):
     os.makedirs(args.out, exist_ok=True)
     ckpt_path = os.path.join(args.out, "checkpoint.pt")
     history, start_epoch = [], 0
-    generator = torch.Generator().manual_seed(args.seed)
+    generator = torch.Generator().manual_seed(args.seed)  # the same batch order in every process
     if args.resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path)
         model.load_state_dict(state["model"])
@@ -124,11 +163,14 @@ def train(args):
         scheduler.load_state_dict(state["scheduler"])
         history, start_epoch = state["history"], state["epoch"]
         generator.set_state(state["rng"])
-        print("resumed from %s at epoch %d" % (ckpt_path, start_epoch))
+        log("resumed from %s at epoch %d" % (ckpt_path, start_epoch))
     block = ode_block(model)
+    net = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     for epoch in range(start_epoch, args.epochs):
         n_batches = math.ceil(len(x_train) / args.batch_size)
-        bar = Progress(n_batches, "epoch %d/%d" % (epoch + 1, args.epochs))
+        bar = Progress(n_batches, "epoch %d/%d" % (epoch + 1, args.epochs)) if rank == 0 else None
         total_loss = correct = seen = 0
         fwd_nfe = bwd_nfe = 0
         start = time.perf_counter()
@@ -137,38 +179,38 @@ def train(args):
             if block is not None:
                 block.reset_nfe()
             optimizer.zero_grad()
-            out = model(xb)
-            loss = nn.functional.cross_entropy(out, yb)
+            loss_sum, right, count = backward_step(net, xb, yb, rank, world)
+            optimizer.step()
             if block is not None:
                 fwd_nfe += block.forward_nfe
-            loss.backward()
-            if block is not None:
                 bwd_nfe += block.backward_nfe
-            optimizer.step()
-            total_loss += loss.item() * len(xb)
-            correct += (out.argmax(1) == yb).sum().item()
-            seen += len(xb)
-            fields = dict(loss="%.3f" % (total_loss / seen), acc="%.3f" % (correct / seen))
-            if block is not None:
-                fields["nfe"] = "%.0f/%.0f" % (fwd_nfe / (i + 1), bwd_nfe / (i + 1))
-            bar.update(i + 1, **fields)
-        bar.close()
+            total_loss, correct, seen = total_loss + loss_sum, correct + right, seen + count
+            if bar is not None:
+                fields = dict(loss="%.3f" % (total_loss / seen), acc="%.3f" % (correct / seen))
+                if block is not None:
+                    fields["nfe"] = "%.0f/%.0f" % (fwd_nfe / (i + 1), bwd_nfe / (i + 1))
+                bar.update(i + 1, **fields)
+        if bar is not None:
+            bar.close()
         scheduler.step()
+        total_loss, correct, seen = _all_sum([total_loss, correct, seen], world, device)
         test_acc, test_loss = evaluate(model, x_test, y_test, args.batch_size, device)
         history.append(dict(epoch=epoch + 1, train_loss=total_loss / seen, train_acc=correct / seen, test_loss=test_loss,
                             test_acc=test_acc, forward_nfe=fwd_nfe / n_batches, backward_nfe=bwd_nfe / n_batches,
                             seconds=time.perf_counter() - start))
-        print("epoch %d: test accuracy %.4f, test loss %.4f" % (epoch + 1, test_acc, test_loss))
-        save_checkpoint(ckpt_path, dict(format="odecore-train-1", model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                        scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history, args=vars_for_checkpoint(args),
-                                        rng=generator.get_state()))
+        log("epoch %d: test accuracy %.4f, test loss %.4f" % (epoch + 1, test_acc, test_loss))
+        if rank == 0:
+            save_checkpoint(ckpt_path, dict(format="odecore-train-1", model=model.state_dict(), optimizer=optimizer.state_dict(),
+                                            scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history,
+                                            args=vars_for_checkpoint(args), rng=generator.get_state()))
     metrics = dict(model=args.model, data=args.data, parameters=count_parameters(model), epochs=args.epochs,
                    test_accuracy=history[-1]["test_acc"] if history else None, history=history,
-                   train_seconds=sum(h["seconds"] for h in history))
-    with open(os.path.join(args.out, "metrics.json"), "w") as handle:
-        json.dump(metrics, handle, indent=2)
-    plot_history(history, args.out, args.model)
-    print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
+                   train_seconds=sum(h["seconds"] for h in history), world_size=world)
+    if rank == 0:
+        with open(os.path.join(args.out, "metrics.json"), "w") as handle:
+            json.dump(metrics, handle, indent=2)
+        plot_history(history, args.out, args.model)
+        log(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
     return metrics
 
 
@@ -232,7 +274,10 @@ def main_train(argv):
         parser.error("--epochs, --batch-size, --tol and --lr must be positive")
     if args.out is None:
         args.out = os.path.join("runs", args.model)
-    train(args)
+    try:
+        train(args)
+    except (ValueError, FileNotFoundError) as error:  # bad data folder, corrupt file or checkpoint
+        parser.error(str(error))
     return 0
 
 
@@ -323,7 +368,7 @@ def main_table1(argv):
                                      "of Chen et al. 2018 (Markdown and JSON in --out).")
     parser.add_argument("--data", default="digits", choices=("digits", "mnist"))
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--method", default="dopri5")
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--batch-size", type=int, default=128)

@@ -136,3 +136,78 @@ def test_demos_write_png(demo, extra, tmp_path):
 def test_console_entry_point_info():
     out = subprocess.run([sys.executable, "-m", "odecore", "info", "--json"], capture_output=True, text=True, check=True)
     assert "cpu" in json.loads(out.stdout)
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    common = ["--epochs", "2", "--limit", "96", "--batch-size", "32", "--seed", "3"]
+    assert main(["train", "odenet", "--out", straight] + common) == 0
+    save = train.save_checkpoint
+
+    def save_then_die(path, state):  # the run is killed right after its first checkpoint
+        save(path, state)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        main(["train", "odenet", "--out", resumed] + common)
+    monkeypatch.setattr(train, "save_checkpoint", save)
+    assert main(["train", "odenet", "--out", resumed, "--resume"] + common) == 0
+    a = train.load_checkpoint(os.path.join(straight, "checkpoint.pt"))
+    b = train.load_checkpoint(os.path.join(resumed, "checkpoint.pt"))
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert a["history"][-1]["test_acc"] == b["history"][-1]["test_acc"]
+
+
+def test_missing_data_folder_and_corrupt_idx_are_clear_cli_errors(tmp_path, capsys, mnist_dir):
+    with pytest.raises(SystemExit):
+        main(["train", "resnet", "--data", "mnist", "--out", str(tmp_path / "a")])
+    assert "--data-dir" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "resnet", "--data", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")])
+    assert "not found" in capsys.readouterr().err
+    images = os.path.join(str(mnist_dir), data.MNIST_FILES["test"][0])
+    with open(images, "r+b") as handle:
+        handle.truncate(100)
+    with pytest.raises(SystemExit):
+        main(["train", "resnet", "--data", "mnist", "--data-dir", str(mnist_dir), "--out", str(tmp_path / "c")])
+    assert "IDX" in capsys.readouterr().err
+
+
+def _distributed_worker(rank, world, init_file, gradient, out_path, x, y):
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method="file://" + init_file, rank=rank, world_size=world)
+    torch.manual_seed(0)
+    model = train.build_model("odenet", 1, 10, method="rk4", gradient=gradient)
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    train.backward_step(ddp, x, y, rank, world)
+    if rank == 0:
+        torch.save({name: p.grad for name, p in model.named_parameters()}, out_path)
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "direct"])
+def test_distributed_gradients_equal_single_process(gradient, tmp_path):
+    (x, y), _ = data.load_digits()
+    x, y = x[:12], y[:12]  # one global batch, split 6 + 6
+    out = str(tmp_path / "grads.pt")
+    torch.multiprocessing.spawn(_distributed_worker, args=(2, str(tmp_path / "init"), gradient, out, x, y), nprocs=2)
+    torch.manual_seed(0)
+    # a fixed grid (one rk4 step over [0, 1]): adaptive steps would depend on the batch
+    # they are chosen for, so a shard would take other steps than the whole batch
+    model = train.build_model("odenet", 1, 10, method="rk4", gradient=gradient)
+    train.backward_step(model, x, y)
+    distributed = torch.load(out, weights_only=True)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(distributed[name], p.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_train_command_under_torchrun(tmp_path):
+    out = str(tmp_path / "ddp")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "odecore",
+           "train", "resnet", "--epochs", "1", "--limit", "64", "--batch-size", "32", "--out", out]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.load(open(os.path.join(out, "metrics.json")))["world_size"] == 2
