@@ -211,3 +211,13 @@ def test_train_command_under_torchrun(tmp_path):
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.load(open(os.path.join(out, "metrics.json")))["world_size"] == 2
+
+
+def test_demo_vdp_and_bench_commands(tmp_path, capsys):
+    assert main(["demo", "vdp", "--batch", "4"]) == 0
+    assert "dopri5" in capsys.readouterr().out
+    out = str(tmp_path / "bench.json")
+    assert main(["bench", "--problems", "vdp", "--impls", "odecore-fused,odecore-reference", "--repeats", "1",
+                 "--warmup", "0", "-q", "--json", out]) == 0
+    results = json.load(open(out))
+    assert "odecore-fused" in json.dumps(results)
