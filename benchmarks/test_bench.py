@@ -1,4 +1,5 @@
-"""pytest-benchmark suite: every benchmark problem x every solver implementation.
+"""pytest-benchmark suite: every benchmark problem x every solver implementation, and
+every adjoint problem x adjoint implementation (forward + backward, `test_adjoint`).
 
 Run with::
 
@@ -87,4 +88,101 @@ def test_solve(benchmark, bench_rows, problem_name, impl_name):
         lp = bench.loop_per_step(stats.min, counts.get("nfe"), ft, counts.get("steps"))
         info["loop_us_per_step"] = None if lp is None else lp * 1e6
         bench_rows.append(dict(info))
+    benchmark.extra_info.update(info)
+
+
+# --------------------------------------------------------------------------- #
+# Adjoint: forward + backward through odeint_adjoint (odecore.bench "adjoint" suite)
+# --------------------------------------------------------------------------- #
+
+_adjoint_cache = {}
+
+
+def _adjoint_state(name):
+    """Instance and torchdiffeq's counts (with its gradients), once per adjoint problem."""
+    if name not in _adjoint_cache:
+        inst = bench.get_adjoint_problem(name).make(DEVICE, DTYPE)
+        ref = None
+        tdq = bench.ADJOINT_IMPLEMENTATIONS[bench.BASELINE]
+        if tdq.available():
+            ref = bench.count_adjoint(tdq, inst)
+        _adjoint_cache[name] = (inst, ref)
+    return _adjoint_cache[name]
+
+
+class _AdjointSummary:
+    """Prints the adjoint rows as their own table at the end of the session (they are kept
+    out of `bench_rows`, whose summary in conftest.py knows only the solve problems)."""
+
+    def __init__(self):
+        self.rows = []
+
+    def pytest_terminal_summary(self, terminalreporter):
+        rows = self.rows
+        if not rows:
+            return
+        base = {r["problem"]: r for r in rows if r["impl"] == bench.BASELINE}
+        for r in rows:
+            b = base.get(r["problem"]) or {}
+            r["fb_speedup_vs_torchdiffeq"] = r["bwd_loop_speedup_vs_torchdiffeq"] = None
+            if b.get("fb_ms") and r.get("fb_ms"):
+                r["fb_speedup_vs_torchdiffeq"] = b["fb_ms"] / r["fb_ms"]
+            bl, rl = b.get("bwd_loop_us_per_step"), r.get("bwd_loop_us_per_step")
+            if bl is not None and rl is not None and rl > 0:
+                r["bwd_loop_speedup_vs_torchdiffeq"] = bl / rl
+        terminalreporter.write_sep("-", "odecore adjoint forward + backward (from the benchmark minimum)")
+        terminalreporter.write_line(bench.format_adjoint_table(rows))
+
+
+@pytest.fixture(scope="session")
+def adjoint_rows(request):
+    """Adjoint result rows, printed as a table at the end of the session."""
+    summary = _AdjointSummary()
+    request.config.pluginmanager.register(summary, "odecore_adjoint_summary")
+    return summary.rows
+
+
+@pytest.mark.parametrize("impl_name", list(bench.ADJOINT_IMPLEMENTATIONS))
+@pytest.mark.parametrize("problem_name", list(bench.ADJOINT_PROBLEMS))
+def test_adjoint(benchmark, adjoint_rows, problem_name, impl_name):
+    """One round = odeint_adjoint forward + loss + loss.backward()."""
+    if DEVICE.type == "cuda" and not torch.cuda.is_available():
+        pytest.skip("CUDA not available")
+    impl = bench.ADJOINT_IMPLEMENTATIONS[impl_name]
+    if not impl.available():
+        pytest.skip(f"{impl.module} not installed")
+    inst, ref = _adjoint_state(problem_name)
+    counts = bench.count_adjoint(impl, inst)
+    grads = counts.pop("grads")
+    fwd_times, bwd_times = [], []
+
+    def run():
+        fwd_s, bwd_s = bench.time_forward_backward(impl, inst)
+        fwd_times.append(fwd_s)
+        bwd_times.append(bwd_s)
+        return fwd_s + bwd_s
+
+    benchmark.group = problem_name
+    vjp_times = bench._vjp_samples(inst, min_calls=20, max_calls=1000, budget_s=0.1)
+    out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
+    vjp_times += bench._vjp_samples(inst, min_calls=20, max_calls=1000, budget_s=0.1)
+    vjp = statistics.median(vjp_times)
+    assert out is not None
+
+    info = dict(problem=problem_name, impl=impl_name, suite="adjoint", method=inst.method,
+                device=str(DEVICE), dtype=str(DTYPE).replace("torch.", ""), vjp_us=vjp * 1e6,
+                max_rel_grad_diff_vs_torchdiffeq=bench._max_rel_grad_diff(grads, ref and ref["grads"]))
+    info.update({k: v for k, v in counts.items() if isinstance(v, (int, float, bool, type(None)))})
+    if ref is not None and ref.get("bwd_nfe"):
+        info["bwd_nfe_ratio_vs_torchdiffeq"] = counts["bwd_nfe"] / ref["bwd_nfe"]
+    stats = getattr(getattr(benchmark, "stats", None), "stats", None)
+    if stats is not None:  # None under --benchmark-disable
+        bwd = min(bwd_times[1:] or bwd_times)  # without the warm-up round
+        info["fwd_ms"] = min(fwd_times[1:] or fwd_times) * 1e3
+        info["fb_ms"] = stats.min * 1e3
+        info["fb_ms_median"] = stats.median * 1e3
+        info["bwd_ms"] = bwd * 1e3
+        lp = bench.adjoint_loop_per_step(bwd, counts.get("bwd_nfe"), vjp, counts.get("bwd_steps"))
+        info["bwd_loop_us_per_step"] = None if lp is None else lp * 1e6
+        adjoint_rows.append(dict(info))
     benchmark.extra_info.update(info)

@@ -132,6 +132,8 @@ class _Backward:
             if p.shapes is not None:
                 y = tuple(x[0] for x in p.unflatten(y.unsqueeze(0)))
                 adj_y = tuple(x[0] for x in p.unflatten(adj_y.unsqueeze(0)))
+            else:
+                y, adj_y = y.view(p.y0.shape), adj_y.view(p.y0.shape)
             adj_params = [x.view_as(q) for x, q in zip(adj_params, self.params)]
             return norm((a_t.reshape(()), y, adj_y, *adj_params))
 
@@ -143,13 +145,18 @@ class _Backward:
 
 class _AugmentedDynamics:
     """d/dt [a_t, y, a, a_theta] = [-a.df/dt, f, -a.df/dy, -a.df/dtheta]: one evaluation
-    and one vector-Jacobian product of func, written into one flat tensor."""
+    and one vector-Jacobian product of func. y and a are views of the flat state; the
+    derivative is written in one pass (one concatenation of the VJP's outputs).
 
-    def __init__(self, func, back, shape, t_requires_grad):
+    As torchdiffeq 0.2.5 does in practice, the VJP always includes t, so the a_t part
+    (and with it the backward error norm and steps) matches torchdiffeq's whether or not
+    t requires grad."""
+
+    def __init__(self, func, back, shape):
         self.func = func
         self.back = back
         self.shape = shape
-        self.t_requires_grad = t_requires_grad
+        self._zeros = None
 
     def __call__(self, t, z):
         back, n = self.back, self.back.n
@@ -157,24 +164,19 @@ class _AugmentedDynamics:
         a = z[1 + n:1 + 2 * n].view(self.shape)
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
-            t = t.detach().requires_grad_(True) if self.t_requires_grad else t
+            t = t.detach().requires_grad_(True)
             f = self.func(t, y)
-            inputs = ((t,) if self.t_requires_grad else ()) + (y,) + back.params
-            vjps = torch.autograd.grad(f, inputs, -a, allow_unused=True)
-        out = torch.empty_like(z)
-        a_t, f_out, a_y, *a_params = back.split(out)
-        if self.t_requires_grad:
-            vjp_t, vjps = vjps[0], vjps[1:]
-            a_t.copy_(vjp_t.reshape(1) if vjp_t is not None else torch.zeros(1))
-        else:
-            a_t.zero_()
-        f_out.copy_(f.detach().reshape(-1))
-        for dst, vjp in zip([a_y] + a_params, vjps):
-            if vjp is None:
-                dst.zero_()
-            else:
-                dst.copy_(vjp.reshape(-1))
-        return out
+            vjps = torch.autograd.grad(f, (t, y) + back.params, -a, allow_unused=True)
+        if self._zeros is None:
+            self._zeros = [z.new_zeros(size) for size in [1, n] + back.param_sizes]
+            if any(q.dtype != z.dtype for q in back.params):
+                raise TypeError("odeint_adjoint: the parameters must have the state's dtype %s, got %s"
+                                % (z.dtype, sorted({str(q.dtype) for q in back.params})))
+        pieces = [f.detach().reshape(-1)]
+        for i, vjp in enumerate(vjps):
+            pieces.append(self._zeros[i] if vjp is None else vjp.reshape(-1))
+        pieces[0], pieces[1] = pieces[1], pieces[0]  # order: a_t, f, a_y, a_theta
+        return torch.cat(pieces)
 
 
 class _AdjointSolve(torch.autograd.Function):
@@ -194,7 +196,7 @@ class _AdjointSolve(torch.autograd.Function):
         t, solution = ctx.saved_tensors
         p, back, stats = ctx.p, ctx.back, ctx.stats
         n, shape = back.n, p.y0.shape
-        dynamics = _AugmentedDynamics(ctx.func, back, shape, ctx.t_requires_grad)
+        dynamics = _AugmentedDynamics(ctx.func, back, shape)
         times = t.tolist()
         with torch.no_grad():
             grad_solution = grad_solution.reshape(len(times), -1)

@@ -18,6 +18,12 @@ process measures:
   combinations, error norm, step-size control, interpolation) and Python
   overhead.  This is what odecore's fused ops are meant to shrink.
 
+A second suite (``--adjoint``, or adjoint problem names in ``--problems``)
+times forward + backward through ``odeint_adjoint`` (odecore fused/reference
+against torchdiffeq) and reports the backward nfe/steps and the backward loop
+time per step = (backward time - backward nfe * VJP time) / backward steps; see
+the "Adjoint benchmarks" section below.
+
 Nothing here asserts on timings.
 """
 
@@ -52,6 +58,15 @@ __all__ = [
     "time_solve",
     "bench_one",
     "run",
+    "ADJOINT_PROBLEMS",
+    "ADJOINT_IMPLEMENTATIONS",
+    "AdjointProblem",
+    "AdjointInstance",
+    "get_adjoint_problem",
+    "count_adjoint",
+    "time_forward_backward",
+    "run_adjoint",
+    "format_adjoint_table",
     "format_table",
     "main",
 ]
@@ -684,6 +699,422 @@ def run(problems: Optional[Sequence[str]] = None, impls: Optional[Sequence[str]]
 
 
 # --------------------------------------------------------------------------
+# Adjoint benchmarks: forward + backward through odeint_adjoint
+# --------------------------------------------------------------------------
+#
+# One "run" here is a training step's worth of work: ``odeint_adjoint`` forward,
+# the loss, and ``loss.backward()`` (which solves the augmented adjoint system
+# backwards in time, one vector-Jacobian product of ``func`` per evaluation).
+# Measured per implementation:
+#
+# * ``fb`` -- forward + backward wall time (best and median of the repeats);
+#   ``fwd`` and ``bwd`` -- the two parts (each its best over the repeats);
+# * forward nfe/steps and backward nfe/steps (backward nfe counted with a
+#   wrapper as the calls of ``func`` during ``.backward()``; backward steps from
+#   odecore's ``return_stats`` and from torchdiffeq's ``callback_*_adjoint`` hooks);
+# * ``vjp`` -- time of one VJP evaluation: ``func(t, y)`` under a graph and
+#   ``autograd.grad`` w.r.t. (y, *params) -- the user-function part of one
+#   backward evaluation, the same for every implementation;
+# * ``bwd loop per step = (bwd - bwd_nfe * vjp) / bwd_steps``.
+
+
+@dataclass
+class AdjointInstance:
+    """A concrete adjoint problem: ``loss(odeint_adjoint(func, y0, t, ...))`` to differentiate."""
+
+    name: str
+    func: nn.Module
+    y0: torch.Tensor
+    t: torch.Tensor
+    loss: Callable[[torch.Tensor], torch.Tensor]
+    method: str
+    rtol: float
+    atol: float
+    options: Dict[str, Any] = field(default_factory=dict)
+
+    def odeint_kwargs(self) -> Dict[str, Any]:
+        return dict(rtol=self.rtol, atol=self.atol, method=self.method, options=dict(self.options))
+
+    def leaves(self, y0: torch.Tensor) -> List[torch.Tensor]:
+        return [y0] + [p for p in self.func.parameters() if p.requires_grad]
+
+
+@dataclass
+class AdjointProblem:
+    name: str
+    description: str
+    method: str
+    rtol: float
+    atol: float
+    options: Dict[str, Any]
+    _build: Callable[[torch.device, torch.dtype, int], tuple]
+    seed: int = 0
+
+    def make(self, device="cpu", dtype=torch.float64, seed: Optional[int] = None) -> AdjointInstance:
+        device = torch.device(device)
+        seed = self.seed if seed is None else seed
+        func, y0, t, loss = self._build(device, dtype, seed)
+        return AdjointInstance(self.name, func, y0, t, loss, self.method, self.rtol, self.atol, dict(self.options))
+
+
+class ODEDemoFunc(nn.Module):
+    """The model of torchdiffeq's examples/ode_demo.py: Linear(2, 50) -> tanh -> Linear(50, 2)
+    applied to y**3, weights N(0, 0.1), biases 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, 50), nn.Tanh(), nn.Linear(50, 2))
+        for m in self.net.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0, std=0.1)
+                nn.init.constant_(m.bias, val=0)
+
+    def forward(self, t, y):
+        return self.net(y ** 3)
+
+
+def _build_adjoint_small_node(device, dtype, seed):
+    # the `small_node` solve problem's model, state and times; loss on every output
+    func, y0, t = _build_small_node(device, dtype, seed)
+    return func, y0, t, lambda sol: sol.pow(2).mean()
+
+
+def _build_adjoint_spiral(device, dtype, seed):
+    # torchdiffeq examples/ode_demo.py: data of 1000 points on t in [0, 25] from y0 = [2, 0]
+    # under y' = (y**3) @ A; one training step's loss on a batch of 20 windows of 10
+    # consecutive points (L1 loss, as the demo).
+    import odecore
+
+    A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=dtype, device=device)
+    true_y0 = torch.tensor([[2.0, 0.0]], dtype=dtype, device=device)
+    t_data = torch.linspace(0.0, 25.0, 1000, dtype=dtype, device=device)
+    with torch.no_grad():
+        true_y = odecore.odeint(CubicSpiral(A), true_y0, t_data, method="dopri5")   # (1000, 1, 2)
+    data_size, batch_time, batch_size = 1000, 10, 20
+    s = torch.randperm(data_size - batch_time, generator=_generator(seed))[:batch_size].to(device)
+    y0 = true_y[s]                                                        # (20, 1, 2)
+    t = t_data[:batch_time]                                               # (10,)
+    batch_y = torch.stack([true_y[s + i] for i in range(batch_time)], 0)  # (10, 20, 1, 2)
+    torch.manual_seed(seed)  # nn.init uses the global generator
+    func = ODEDemoFunc().to(device=device, dtype=dtype)
+    return func, y0, t, lambda sol: (sol - batch_y).abs().mean()
+
+
+ADJOINT_PROBLEMS: Dict[str, AdjointProblem] = {
+    p.name: p
+    for p in [
+        AdjointProblem("adjoint_small_node",
+                       "small_node's MLP 4-32-4 tanh, batch 64, t in [0, 100] (101 points), loss mean(y**2)",
+                       "dopri5", 1e-6, 1e-6, {}, _build_adjoint_small_node),
+        AdjointProblem("adjoint_spiral",
+                       "ode_demo: Linear(2,50)-tanh-Linear(50,2) on y**3, batch 20 windows of 10 points, L1 loss",
+                       "dopri5", 1e-7, 1e-9, {}, _build_adjoint_spiral),
+    ]
+}
+
+
+def get_adjoint_problem(name: str) -> AdjointProblem:
+    try:
+        return ADJOINT_PROBLEMS[name]
+    except KeyError:
+        raise ValueError(f"unknown adjoint problem {name!r}; choose from {sorted(ADJOINT_PROBLEMS)}") from None
+
+
+class AdjointCountingFunc(CountingFunc):
+    """CountingFunc that also counts torchdiffeq's backward-pass step callbacks."""
+
+    def __init__(self, func):
+        super().__init__(func)
+        self.n_step_callbacks_adjoint = 0
+        self.n_accept_callbacks_adjoint = 0
+        self.n_reject_callbacks_adjoint = 0
+
+    def callback_step_adjoint(self, t0, y0, dt):
+        self.n_step_callbacks_adjoint += 1
+
+    def callback_accept_step_adjoint(self, t0, y0, dt):
+        self.n_accept_callbacks_adjoint += 1
+
+    def callback_reject_step_adjoint(self, t0, y0, dt):
+        self.n_reject_callbacks_adjoint += 1
+
+
+class AdjointImplementation:
+    """``solve(inst, func, y0, stats)`` runs one ``odeint_adjoint`` forward pass and returns
+    (solution, stats dict or None)."""
+
+    name = "?"
+    module = "?"
+
+    def available(self) -> bool:
+        return _module_available(self.module)
+
+    def solve(self, inst: AdjointInstance, func, y0, stats: bool = False):
+        raise NotImplementedError
+
+
+class OdecoreAdjointImpl(AdjointImplementation):
+    module = "odecore"
+
+    def __init__(self, backend: str):
+        self.backend = backend
+        self.name = f"odecore-{backend}"
+
+    def available(self) -> bool:
+        try:
+            import odecore
+            return hasattr(odecore, "odeint_adjoint")
+        except Exception:
+            return False
+
+    def solve(self, inst, func, y0, stats=False):
+        import odecore
+        kw = inst.odeint_kwargs()
+        kw["options"]["backend"] = self.backend
+        if stats:
+            kw["options"]["return_stats"] = True
+            return odecore.odeint_adjoint(func, y0, inst.t, **kw)
+        return odecore.odeint_adjoint(func, y0, inst.t, **kw), None
+
+
+class TorchdiffeqAdjointImpl(AdjointImplementation):
+    name = "torchdiffeq"
+    module = "torchdiffeq"
+
+    def solve(self, inst, func, y0, stats=False):
+        import torchdiffeq
+        return torchdiffeq.odeint_adjoint(func, y0, inst.t, **inst.odeint_kwargs()), None
+
+
+ADJOINT_IMPLEMENTATIONS: Dict[str, AdjointImplementation] = {
+    impl.name: impl
+    for impl in [OdecoreAdjointImpl("fused"), OdecoreAdjointImpl("reference"), TorchdiffeqAdjointImpl()]
+}
+
+
+def _zero_grads(tensors):
+    for x in tensors:
+        x.grad = None
+
+
+def count_adjoint(impl: AdjointImplementation, inst: AdjointInstance) -> Dict[str, Any]:
+    """One forward + backward with a counting wrapper: nfe and steps of both passes, and the
+    gradients (y0 first, then the parameters of func)."""
+    cf = AdjointCountingFunc(inst.func)
+    y0 = _prepare_y0(inst, True)
+    leaves = inst.leaves(y0)
+    _zero_grads(leaves)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*does not support callbacks.*")
+        sol, stats = impl.solve(inst, cf, y0, stats=True)
+        fwd_nfe = cf.nfe
+        inst.loss(sol).backward()
+    grads = [None if x.grad is None else x.grad.detach().clone() for x in leaves]
+    _zero_grads(leaves)
+    res = dict(fwd_nfe=fwd_nfe, bwd_nfe=cf.nfe - fwd_nfe, grads=grads)
+    if stats is not None:
+        res.update(fwd_steps=stats.get("n_steps"), fwd_accepted=stats.get("n_accepted"),
+                   fwd_rejected=stats.get("n_rejected"), bwd_steps=stats.get("backward_n_steps"),
+                   bwd_accepted=stats.get("backward_n_accepted"), bwd_rejected=stats.get("backward_n_rejected"),
+                   stats_fwd_nfe=stats.get("nfe"), stats_bwd_nfe=stats.get("backward_nfe"))
+    else:
+        res.update(fwd_steps=cf.n_step_callbacks, fwd_accepted=cf.n_accept_callbacks,
+                   fwd_rejected=cf.n_reject_callbacks, bwd_steps=cf.n_step_callbacks_adjoint,
+                   bwd_accepted=cf.n_accept_callbacks_adjoint, bwd_rejected=cf.n_reject_callbacks_adjoint)
+    return res
+
+
+def _vjp_samples(inst: AdjointInstance, *, min_calls: int, max_calls: int, budget_s: float,
+                 warmup: int = 3) -> List[float]:
+    """Wall times of one VJP evaluation: func(t0, y) with a graph, then autograd.grad of it
+    w.r.t. (y, *params) -- what each backward evaluation spends in the user's function."""
+    device = inst.y0.device
+    t0 = inst.t[0]
+    params = tuple(p for p in inst.func.parameters() if p.requires_grad)
+    y_base = inst.y0.detach()
+    a = torch.ones_like(y_base)
+
+    def vjp():
+        with torch.enable_grad():
+            y = y_base.detach().requires_grad_(True)
+            f = inst.func(t0, y)
+            torch.autograd.grad(f, (y,) + params, -a, allow_unused=True)
+
+    for _ in range(warmup):
+        vjp()
+    _sync(device)
+    times: List[float] = []
+    start = time.perf_counter()
+    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - start < budget_s):
+        t_a = time.perf_counter()
+        vjp()
+        _sync(device)
+        times.append(time.perf_counter() - t_a)
+    return times
+
+
+def time_forward_backward(impl: AdjointImplementation, inst: AdjointInstance) -> tuple:
+    """One timed forward + backward: (forward seconds, backward seconds)."""
+    device = inst.y0.device
+    y0 = _prepare_y0(inst, True)
+    _zero_grads(inst.leaves(y0))
+    _sync(device)
+    a = time.perf_counter()
+    sol, _ = impl.solve(inst, inst.func, y0)
+    loss = inst.loss(sol)
+    _sync(device)
+    b = time.perf_counter()
+    loss.backward()
+    _sync(device)
+    c = time.perf_counter()
+    return b - a, c - b
+
+
+def _max_rel_grad_diff(grads, ref) -> Optional[float]:
+    """max over tensors of max|g - g_ref| / max|g_ref|."""
+    if grads is None or ref is None:
+        return None
+    worst = 0.0
+    for g, r in zip(grads, ref):
+        if g is None or r is None:
+            if (g is None) != (r is None):
+                return float("nan")
+            continue
+        g = g.detach().to("cpu", torch.float64)
+        r = r.detach().to("cpu", torch.float64)
+        worst = max(worst, float((g - r).abs().max()) / max(float(r.abs().max()), 1e-300))
+    return worst
+
+
+def adjoint_loop_per_step(bwd_s: float, bwd_nfe: Optional[int], vjp_s: float,
+                          bwd_steps: Optional[int]) -> Optional[float]:
+    """(backward time - backward nfe * VJP time) / backward steps, in seconds."""
+    return loop_per_step(bwd_s, bwd_nfe, vjp_s, bwd_steps)
+
+
+def run_adjoint(problems: Optional[Sequence[str]] = None, impls: Optional[Sequence[str]] = None, *,
+                device="cpu", dtype=torch.float64, repeats: int = 5, warmup: int = 1,
+                verbose: bool = False) -> List[Dict[str, Any]]:
+    """Benchmark forward + backward of ``odeint_adjoint`` for every adjoint problem x available
+    implementation (odecore fused/reference, torchdiffeq), interleaved in rounds as ``run``.
+    ``impls`` names outside ``ADJOINT_IMPLEMENTATIONS`` (e.g. torchode) are skipped."""
+    device = torch.device(device)
+    problems = list(problems) if problems else list(ADJOINT_PROBLEMS)
+    for pname in problems:
+        get_adjoint_problem(pname)
+    impl_names = [n for n in (impls or ADJOINT_IMPLEMENTATIONS) if n in ADJOINT_IMPLEMENTATIONS]
+
+    def log(msg):
+        if verbose:
+            print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+    results: List[Dict[str, Any]] = []
+    for pname in problems:
+        problem = get_adjoint_problem(pname)
+        inst = problem.make(device, dtype)
+        rows: Dict[str, Dict[str, Any]] = {}
+        cases = []  # [impl, counts, fwd times, bwd times]
+        for iname in impl_names:
+            impl = ADJOINT_IMPLEMENTATIONS[iname]
+            if not impl.available():
+                log(f"{pname}/{iname}: not installed, skipped")
+                continue
+            log(f"{pname}/{iname}: count + warm-up")
+            try:
+                counts = count_adjoint(impl, inst)
+                for _ in range(warmup):
+                    time_forward_backward(impl, inst)
+                cases.append([impl, counts, [], []])
+            except Exception as e:  # keep going; report the failure in the table
+                rows[iname] = dict(problem=pname, impl=iname, suite="adjoint", method=inst.method,
+                                   device=str(device), dtype=str(dtype).replace("torch.", ""),
+                                   error=f"{type(e).__name__}: {e}")
+                log(f"{pname}/{iname} FAILED: {rows[iname]['error']}")
+
+        vjp_times: List[float] = []
+        for r in range(repeats):
+            vjp_times += _vjp_samples(inst, min_calls=20, max_calls=1000, budget_s=0.05, warmup=2)
+            k = r % max(1, len(cases))
+            for case in cases[k:] + cases[:k]:
+                impl, _, fwd, bwd = case
+                if impl.name in rows:
+                    continue
+                try:
+                    f_s, b_s = time_forward_backward(impl, inst)
+                    fwd.append(f_s)
+                    bwd.append(b_s)
+                except Exception as e:
+                    rows[impl.name] = dict(problem=pname, impl=impl.name, suite="adjoint",
+                                           error=f"{type(e).__name__}: {e}")
+            log(f"{pname}: round {r + 1}/{repeats} done")
+
+        vjp = statistics.median(vjp_times)
+        grads = {}
+        for impl, counts, fwd, bwd in cases:
+            if impl.name in rows:
+                continue
+            grads[impl.name] = counts.pop("grads")
+            fb = [a + b for a, b in zip(fwd, bwd)]
+            row = dict(problem=pname, impl=impl.name, suite="adjoint", method=inst.method,
+                       rtol=inst.rtol, atol=inst.atol, device=str(device),
+                       dtype=str(dtype).replace("torch.", ""), batch=int(inst.y0.shape[0]), **counts,
+                       vjp_us=vjp * 1e6, vjp_us_min=min(vjp_times) * 1e6, vjp_calls_timed=len(vjp_times),
+                       fwd_ms=min(fwd) * 1e3, bwd_ms=min(bwd) * 1e3, bwd_ms_median=statistics.median(bwd) * 1e3,
+                       fb_ms=min(fb) * 1e3, fb_ms_median=statistics.median(fb) * 1e3,
+                       fb_ms_all=[x * 1e3 for x in fb])
+            lp = adjoint_loop_per_step(min(bwd), counts.get("bwd_nfe"), vjp, counts.get("bwd_steps"))
+            row["bwd_loop_us_per_step"] = None if lp is None else lp * 1e6
+            rows[impl.name] = row
+        ordered = [rows[n] for n in impl_names if n in rows]
+        base = rows.get(BASELINE)
+        if base is not None and "error" in base:
+            base = None
+        for r in ordered:
+            for key in ("fb_speedup_vs_torchdiffeq", "bwd_loop_speedup_vs_torchdiffeq",
+                        "bwd_nfe_ratio_vs_torchdiffeq", "max_rel_grad_diff_vs_torchdiffeq"):
+                r[key] = None
+            if base is None or "error" in r:
+                continue
+            r["fb_speedup_vs_torchdiffeq"] = base["fb_ms"] / r["fb_ms"]
+            bl, rl = base.get("bwd_loop_us_per_step"), r.get("bwd_loop_us_per_step")
+            if bl is not None and rl is not None and rl > 0:
+                r["bwd_loop_speedup_vs_torchdiffeq"] = bl / rl
+            if base.get("bwd_nfe"):
+                r["bwd_nfe_ratio_vs_torchdiffeq"] = r["bwd_nfe"] / base["bwd_nfe"]
+            r["max_rel_grad_diff_vs_torchdiffeq"] = _max_rel_grad_diff(grads.get(r["impl"]), grads.get(BASELINE))
+        results.extend(ordered)
+    return results
+
+
+def format_adjoint_table(results: Sequence[Dict[str, Any]]) -> str:
+    """Markdown table of ``run_adjoint()`` results."""
+    head = ["problem", "impl", "fwd nfe", "bwd nfe", "bwd steps (acc/rej)", "VJP µs", "fwd ms", "bwd ms",
+            "fwd+bwd ms (best / median)", "bwd loop µs/step", "fwd+bwd speedup vs torchdiffeq",
+            "bwd loop speedup", "max rel \\|Δgrad\\| vs torchdiffeq"]
+    lines = ["| " + " | ".join(head) + " |",
+             "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['problem']} | {r['impl']} | error: {r['error'][:80]} |" + " |" * (len(head) - 3))
+            continue
+        if r.get("bwd_accepted") is not None and r.get("bwd_rejected") is not None:
+            steps = f"{r['bwd_steps']} ({r['bwd_accepted']}/{r['bwd_rejected']})"
+        else:
+            steps = _fmt(r.get("bwd_steps"), "d")
+        fb_sp, lp_sp = r.get("fb_speedup_vs_torchdiffeq"), r.get("bwd_loop_speedup_vs_torchdiffeq")
+        lines.append("| " + " | ".join([
+            r["problem"], r["impl"], _fmt(r.get("fwd_nfe"), "d"), _fmt(r.get("bwd_nfe"), "d"), steps,
+            _fmt(r.get("vjp_us"), ".1f"), _fmt(r.get("fwd_ms"), ".1f"), _fmt(r.get("bwd_ms"), ".1f"),
+            f"{_fmt(r.get('fb_ms'), '.1f')} / {_fmt(r.get('fb_ms_median'), '.1f')}",
+            _fmt(r.get("bwd_loop_us_per_step"), ".1f"),
+            "–" if fb_sp is None else f"{fb_sp:.2f}×",
+            "–" if lp_sp is None else f"{lp_sp:.1f}×",
+            _fmt(r.get("max_rel_grad_diff_vs_torchdiffeq"), ".1e"),
+        ]) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------
 # Reporting
 # --------------------------------------------------------------------------
 
@@ -766,7 +1197,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "and torchode side by side. Loop time per step = "
                     "(solve time - nfe * func time) / steps.")
     p.add_argument("--problems", nargs="+", default=None, metavar="NAME",
-                   help=f"subset of problems (space- or comma-separated); default all: {','.join(PROBLEMS)}")
+                   help=f"subset of problems (space- or comma-separated); default all: {','.join(PROBLEMS)}; "
+                        f"adjoint problems ({','.join(ADJOINT_PROBLEMS)}) run the adjoint suite")
     p.add_argument("--impls", nargs="+", default=None, metavar="NAME",
                    help=f"subset of implementations; default all installed: {','.join(IMPLEMENTATIONS)}")
     p.add_argument("--repeats", type=int, default=5, help="timed solves per case (default 5)")
@@ -775,6 +1207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", default="float64", choices=sorted(_DTYPES), help="default float64")
     p.add_argument("--grad", action="store_true",
                    help="autograd recording: y0 requires grad and the graph is built (no backward)")
+    p.add_argument("--adjoint", action="store_true",
+                   help="run the adjoint suite: forward + backward through odeint_adjoint (all adjoint problems "
+                        "unless some are named in --problems); solve problems run only when named in --problems")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
     p.add_argument("--json", metavar="PATH", default=None, help="also write results + environment as JSON")
     p.add_argument("--list", action="store_true", help="list problems and implementations and exit")
@@ -789,6 +1224,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{p.name:12s} {p.method:7s} rtol={p.rtol:g} atol={p.atol:g} {p.options or ''}  {p.description}")
         for name, impl in IMPLEMENTATIONS.items():
             print(f"{name:20s} {'available' if impl.available() else 'not installed'}")
+        print("adjoint problems (--adjoint; forward + backward through odeint_adjoint):")
+        for p in ADJOINT_PROBLEMS.values():
+            print(f"{p.name:18s} {p.method:7s} rtol={p.rtol:g} atol={p.atol:g} {p.options or ''}  {p.description}")
         return 0
     problems = [x for s in (args.problems or []) for x in _parse_list(s)] or None
     impls = [x for s in (args.impls or []) for x in _parse_list(s)] or None
@@ -802,18 +1240,44 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = _DTYPES[args.dtype]
+    solve_problems, adjoint_problems = problems, None
+    if problems is not None:
+        unknown = [n for n in problems if n not in PROBLEMS and n not in ADJOINT_PROBLEMS]
+        if unknown:
+            print(f"odecore bench: unknown problem {unknown[0]!r}; choose from "
+                  f"{sorted(PROBLEMS) + sorted(ADJOINT_PROBLEMS)}", file=sys.stderr)
+            return 2
+        solve_problems = [n for n in problems if n in PROBLEMS]
+        adjoint_problems = [n for n in problems if n in ADJOINT_PROBLEMS] or None
+    run_solve = bool(solve_problems) or (problems is None and not args.adjoint)
+    run_adj = args.adjoint or adjoint_problems is not None
+    results: List[Dict[str, Any]] = []
+    adjoint_results: List[Dict[str, Any]] = []
     try:
-        results = run(problems, impls, device=device, dtype=dtype, grad=args.grad,
-                      repeats=args.repeats, warmup=args.warmup, verbose=not args.quiet)
+        if run_solve:
+            results = run(solve_problems, impls, device=device, dtype=dtype, grad=args.grad,
+                          repeats=args.repeats, warmup=args.warmup, verbose=not args.quiet)
+        if run_adj:
+            adjoint_results = run_adjoint(adjoint_problems, impls, device=device, dtype=dtype,
+                                          repeats=args.repeats, warmup=args.warmup, verbose=not args.quiet)
     except ValueError as e:
         print(f"odecore bench: {e}", file=sys.stderr)
         return 2
     env = _environment(device, dtype, args.grad)
     print(f"device={env['device']} dtype={env['dtype']} grad={env['grad']} torch={env['torch']} "
           f"threads={env['torch_threads']} repeats={args.repeats}")
-    print(format_table(results))
-    print("\nloop µs/step = (best solve time - nfe × median func time) / steps; "
-          "speedup = torchdiffeq loop / impl loop.")
+    if run_solve:
+        print(format_table(results))
+        print("\nloop µs/step = (best solve time - nfe × median func time) / steps; "
+              "speedup = torchdiffeq loop / impl loop.")
+    if run_adj:
+        if run_solve:
+            print()
+        print(format_adjoint_table(adjoint_results))
+        print("\nadjoint: one run = odeint_adjoint forward + loss + loss.backward(); fwd/bwd/fwd+bwd ms = best of "
+              "the repeats; bwd loop µs/step = (best bwd time - bwd nfe × median VJP time) / bwd steps; "
+              "fwd+bwd speedup = torchdiffeq fwd+bwd / impl fwd+bwd.")
+        results = results + adjoint_results
     if args.json:
         with open(args.json, "w") as fh:
             json.dump(dict(environment=env, argv=list(argv) if argv is not None else sys.argv[1:],
