@@ -302,6 +302,14 @@ class Implementation:
         raise NotImplementedError
 
 
+def _odecore_has(name: str) -> bool:
+    try:
+        import odecore
+        return hasattr(odecore, name)
+    except Exception:
+        return False
+
+
 class OdecoreImpl(Implementation):
     module = "odecore"
 
@@ -310,11 +318,7 @@ class OdecoreImpl(Implementation):
         self.name = f"odecore-{backend}"
 
     def available(self) -> bool:
-        try:
-            import odecore
-            return hasattr(odecore, "odeint")
-        except Exception:
-            return False
+        return _odecore_has("odeint")
 
     def _kwargs(self, inst: Instance, stats: bool = False):
         kw = inst.odeint_kwargs()
@@ -757,20 +761,11 @@ class AdjointProblem:
         return AdjointInstance(self.name, func, y0, t, loss, self.method, self.rtol, self.atol, dict(self.options))
 
 
-class ODEDemoFunc(nn.Module):
-    """The model of torchdiffeq's examples/ode_demo.py: Linear(2, 50) -> tanh -> Linear(50, 2)
-    applied to y**3, weights N(0, 0.1), biases 0."""
+def ODEDemoFunc():
+    """The model of torchdiffeq's examples/ode_demo.py (odecore.demos.SpiralFunc)."""
+    from .demos import SpiralFunc
 
-    def __init__(self):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, 50), nn.Tanh(), nn.Linear(50, 2))
-        for m in self.net.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, mean=0, std=0.1)
-                nn.init.constant_(m.bias, val=0)
-
-    def forward(self, t, y):
-        return self.net(y ** 3)
+    return SpiralFunc()
 
 
 def _build_adjoint_small_node(device, dtype, seed):
@@ -861,11 +856,7 @@ class OdecoreAdjointImpl(AdjointImplementation):
         self.name = f"odecore-{backend}"
 
     def available(self) -> bool:
-        try:
-            import odecore
-            return hasattr(odecore, "odeint_adjoint")
-        except Exception:
-            return False
+        return _odecore_has("odeint_adjoint")
 
     def solve(self, inst, func, y0, stats=False):
         import odecore

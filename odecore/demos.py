@@ -43,7 +43,8 @@ def demo_vdp(args):
 
 
 class SpiralFunc(nn.Module):
-    """torchdiffeq ode_demo's model: an MLP applied to y^3."""
+    """torchdiffeq examples/ode_demo.py's model: Linear(2, hidden) -> tanh -> Linear(hidden, 2)
+    applied to y^3, weights N(0, 0.1), biases 0."""
 
     def __init__(self, hidden=50):
         super().__init__()

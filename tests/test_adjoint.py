@@ -12,25 +12,10 @@ from torch.autograd import gradcheck
 
 import odecore
 
-from .testing import backends, product, require_backend
+from .testing import GRAD_METHODS, backends, make_func, method_options, product, require_backend
 
-GRAD_METHODS = ['dopri5', 'tsit5', 'rk4']
 STAT_KEYS = ('nfe', 'n_steps', 'n_accepted', 'n_rejected')
 BACKWARD_KEYS = tuple('backward_' + k for k in STAT_KEYS)
-
-
-def method_options(method, backend):
-    opts = dict(backend=backend)
-    if method == 'rk4':
-        opts['step_size'] = 0.02
-    return opts
-
-
-def make_func(p):
-    # small non-linear, non-autonomous system with a parameter vector p (as in test_gradients)
-    def f(t, y):
-        return torch.stack([p[0] * y[1], -y[0] + p[1] * torch.sin(y[1]) * y[0] + 0.1 * torch.cos(t)])
-    return f
 
 
 # --------------------------------------------------------------------------- #
@@ -156,7 +141,7 @@ def test_gradcheck_y0_and_parameter(method, backend):
 
     def fn(y0, p):
         return odecore.odeint_adjoint(make_func(p), y0, t, rtol=1e-10, atol=1e-10, method=method,
-                                      options=method_options(method, backend), adjoint_params=(p,))
+                                      options=method_options(method, backend, step_size=0.02), adjoint_params=(p,))
 
     assert gradcheck(fn, (y0, p))
 
@@ -174,7 +159,7 @@ def test_gradcheck_tuple_state(method, backend):
             a, b = y
             return (-a * w + b, (a * a).sum() * torch.cos(t) - b)
         out = odecore.odeint_adjoint(f, (a0, b0), t, rtol=1e-10, atol=1e-10, method=method,
-                                     options=method_options(method, backend), adjoint_params=(w,))
+                                     options=method_options(method, backend, step_size=0.02), adjoint_params=(w,))
         assert isinstance(out, tuple) and out[0].shape == (3, 1, 2) and out[1].shape == (3,)
         return out
 

@@ -7,24 +7,7 @@ from torch.autograd import gradcheck
 
 import odecore
 
-from .testing import backends, dtypes, product, require_backend
-
-GRAD_METHODS = ['dopri5', 'tsit5', 'rk4']
-
-
-def method_options(method, backend):
-    opts = dict(backend=backend)
-    if method == 'rk4':
-        opts['step_size'] = 0.1
-    return opts
-
-
-def make_func(p):
-    # small non-linear, non-autonomous system with a parameter vector p
-    def f(t, y):
-        return torch.stack([p[0] * y[1], -y[0] + p[1] * torch.sin(y[1]) * y[0] + 0.1 * torch.cos(t)])
-    return f
-
+from .testing import GRAD_METHODS, backends, dtypes, make_func, method_options, product, require_backend
 
 @pytest.mark.parametrize('method,backend', product(GRAD_METHODS, backends))
 def test_gradcheck_y0_and_parameter(method, backend):

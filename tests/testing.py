@@ -328,3 +328,24 @@ def transposed(x2d):
 
 def sqrt_mean_square(x):
     return math.sqrt(float((x.double() ** 2).mean()))
+
+
+# --------------------------------------------------------------------------- #
+# Gradient tests (direct backprop and adjoint)
+# --------------------------------------------------------------------------- #
+
+GRAD_METHODS = ['dopri5', 'tsit5', 'rk4']
+
+
+def method_options(method, backend, step_size=0.1):
+    opts = dict(backend=backend)
+    if method == 'rk4':
+        opts['step_size'] = step_size
+    return opts
+
+
+def make_func(p):
+    """A small non-linear, non-autonomous system with a parameter vector p."""
+    def f(t, y):
+        return torch.stack([p[0] * y[1], -y[0] + p[1] * torch.sin(y[1]) * y[0] + 0.1 * torch.cos(t)])
+    return f
