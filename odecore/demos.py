@@ -155,7 +155,7 @@ def main(argv):
     vdp.add_argument("--batch", type=int, default=256)
     spiral = sub.add_parser("spiral", help="learn the spiral dynamics (PNG of fitted trajectories)")
     latent = sub.add_parser("latent", help="latent ODE on noisy spirals (PNG of reconstructions)")
-    for p, iterations in ((spiral, 300), (latent, 300)):
+    for p, iterations in ((spiral, 300), (latent, 1000)):
         p.add_argument("--iterations", type=int, default=iterations)
         p.add_argument("--adjoint", action="store_true")
         p.add_argument("--seed", type=int, default=0)
