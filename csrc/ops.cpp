@@ -162,6 +162,22 @@ Prepared prepare_interp(const at::Tensor& y0, at::TensorList k, at::ArrayRef<dou
   return p;
 }
 
+std::vector<at::Tensor> prepare_sde_step(const at::Tensor& y0, const at::Tensor& f, const at::Tensor& g,
+                                         const at::Tensor& dw, const c10::optional<at::Tensor>& gdg) {
+  TORCH_CHECK_TYPE(at::isFloatingType(y0.scalar_type()), "sde_step: y0 must be a floating point tensor, got dtype ",
+                   y0.scalar_type());
+  check_same_as_y0("sde_step", "f", f, y0);
+  check_same_as_y0("sde_step", "g", g, y0);
+  check_same_as_y0("sde_step", "dw", dw, y0);
+  std::vector<at::Tensor> out{y0.contiguous(), f.contiguous(), g.contiguous(), dw.contiguous()};
+  if (gdg.has_value() && gdg->defined()) {
+    check_same_as_y0("sde_step", "gdg", *gdg, y0);
+    out.push_back(gdg->contiguous());
+  }
+  out.push_back(empty_like_contiguous(y0));
+  return out;
+}
+
 }  // namespace odecore
 
 TORCH_LIBRARY(odecore, m) {
@@ -177,4 +193,6 @@ TORCH_LIBRARY(odecore, m) {
       "Tensor atol, int[] segments) -> Tensor");
   // dense output: out[n] = y0 + dt * sum_j P_j(x[n]) * k[j]
   m.def("rk_interp(Tensor y0, Tensor[] k, float[] poly, float dt, float[] x) -> Tensor");
+  // y0 + f dt + g dW + 1/2 gdg (dW^2 - correction): one SDE step with diagonal noise
+  m.def("sde_step(Tensor y0, Tensor f, Tensor g, Tensor dw, Tensor? gdg, float dt, float correction) -> Tensor");
 }

@@ -149,9 +149,33 @@ at::Tensor rk_interp_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<do
   return p.y1;
 }
 
+at::Tensor sde_step_cpu(const at::Tensor& y0, const at::Tensor& f, const at::Tensor& g, const at::Tensor& dw,
+                        const c10::optional<at::Tensor>& gdg, double dt, double correction) {
+  const auto t = prepare_sde_step(y0, f, g, dw, gdg);
+  const bool has_gdg = t.size() == 6;
+  const at::Tensor& out = t.back();
+  ODECORE_DISPATCH(y0.scalar_type(), "sde_step_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const scalar_t* y = t[0].const_data_ptr<scalar_t>();
+    const scalar_t* fp = t[1].const_data_ptr<scalar_t>();
+    const scalar_t* gp = t[2].const_data_ptr<scalar_t>();
+    const scalar_t* wp = t[3].const_data_ptr<scalar_t>();
+    const scalar_t* gdgp = has_gdg ? t[4].const_data_ptr<scalar_t>() : nullptr;
+    scalar_t* o = const_cast<scalar_t*>(out.const_data_ptr<scalar_t>());
+    at::parallel_for(0, y0.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        o[i] = static_cast<scalar_t>(sde_update<acc>(y[i], fp[i], gp[i], wp[i], has_gdg ? acc(gdgp[i]) : acc(0), has_gdg,
+                                                     static_cast<acc>(dt), static_cast<acc>(correction)));
+      }
+    });
+  });
+  return out;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(odecore, CPU, m) {
+  m.impl("sde_step", &sde_step_cpu);
   m.impl("rk_stage", &rk_stage_cpu);
   m.impl("rk_finish", &rk_finish_cpu);
   m.impl("rk_error_ratio", &rk_error_ratio_cpu);

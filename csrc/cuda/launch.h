@@ -41,5 +41,10 @@ cudaError_t launch_error_ratio(scalar_t* y1, bool write_y1, const CombineParams<
                                const CombineParams<scalar_t, double>& err, const NormParams& norm, double* partials,
                                double* ratio, cudaStream_t stream);
 
+// out = sde_update(y0, f, g, dw, gdg) elementwise; gdg may be null.
+template <typename scalar_t>
+cudaError_t launch_sde_step(scalar_t* out, const scalar_t* y0, const scalar_t* f, const scalar_t* g, const scalar_t* dw,
+                            const scalar_t* gdg, double dt, double correction, int64_t n, cudaStream_t stream);
+
 }  // namespace cuda
 }  // namespace odecore

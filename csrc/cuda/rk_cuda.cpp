@@ -112,9 +112,24 @@ at::Tensor rk_interp_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef<d
   return p.y1;
 }
 
+at::Tensor sde_step_cuda(const at::Tensor& y0, const at::Tensor& f, const at::Tensor& g, const at::Tensor& dw,
+                         const c10::optional<at::Tensor>& gdg, double dt, double correction) {
+  const c10::cuda::CUDAGuard guard(y0.device());
+  const auto t = prepare_sde_step(y0, f, g, dw, gdg);
+  const bool has_gdg = t.size() == 6;
+  ODECORE_DISPATCH(y0.scalar_type(), "sde_step_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_sde_step<scalar_t>(
+        const_cast<scalar_t*>(t.back().const_data_ptr<scalar_t>()), t[0].const_data_ptr<scalar_t>(),
+        t[1].const_data_ptr<scalar_t>(), t[2].const_data_ptr<scalar_t>(), t[3].const_data_ptr<scalar_t>(),
+        has_gdg ? t[4].const_data_ptr<scalar_t>() : nullptr, dt, correction, y0.numel(), current_stream()));
+  });
+  return t.back();
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(odecore, CUDA, m) {
+  m.impl("sde_step", &sde_step_cuda);
   m.impl("rk_stage", &rk_stage_cuda);
   m.impl("rk_finish", &rk_finish_cuda);
   m.impl("rk_error_ratio", &rk_error_ratio_cuda);

@@ -80,7 +80,28 @@ __global__ void error_ratio_kernel(NormParams norm, const double* partials, doub
   }
 }
 
+template <typename scalar_t>
+__global__ void sde_step_kernel(scalar_t* out, const scalar_t* y0, const scalar_t* f, const scalar_t* g,
+                                const scalar_t* dw, const scalar_t* gdg, double dt, double correction, int64_t n) {
+  using acc = acc_t<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    out[i] = static_cast<scalar_t>(sde_update<acc>(y0[i], f[i], g[i], dw[i], gdg != nullptr ? acc(gdg[i]) : acc(0),
+                                                   gdg != nullptr, static_cast<acc>(dt), static_cast<acc>(correction)));
+  }
+}
+
 }  // namespace
+
+template <typename scalar_t>
+cudaError_t launch_sde_step(scalar_t* out, const scalar_t* y0, const scalar_t* f, const scalar_t* g, const scalar_t* dw,
+                            const scalar_t* gdg, double dt, double correction, int64_t n, cudaStream_t stream) {
+  if (n == 0) {
+    return cudaSuccess;
+  }
+  sde_step_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, y0, f, g, dw, gdg, dt, correction, n);
+  return cudaGetLastError();
+}
 
 int segment_blocks(int64_t len) {
   return len > 0 ? blocks_for(len) : 0;
@@ -117,7 +138,9 @@ cudaError_t launch_error_ratio(scalar_t* y1, bool write_y1, const CombineParams<
   template cudaError_t launch_combine<T>(T*, const CombineParams<T, acc_t<T>>&, int64_t, cudaStream_t);          \
   template cudaError_t launch_error_ratio<T>(T*, bool, const CombineParams<T, acc_t<T>>&,                       \
                                              const CombineParams<T, double>&, const NormParams&, double*, double*, \
-                                             cudaStream_t);
+                                             cudaStream_t);                                                     \
+  template cudaError_t launch_sde_step<T>(T*, const T*, const T*, const T*, const T*, const T*, double, double, int64_t, \
+                                          cudaStream_t);
 
 ODECORE_INSTANTIATE(float)
 ODECORE_INSTANTIATE(double)

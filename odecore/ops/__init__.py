@@ -16,6 +16,9 @@ The ops (``y0`` and every ``k[j]`` share shape, dtype and device):
   ``rms(err / (atol + rtol * max(|y0|, |y1|)))``, a 0-d float64 tensor; NaN when ``y1`` is not
   finite or ``err`` is NaN. ``rtol``/``atol`` hold 1 or ``y0.numel()`` values.
 * ``rk_error_ratio(y0, y1, k, e, dt, rtol, atol, segments)`` -> ``ratio`` when ``y1`` is known.
+* ``sde_step(y0, f, g, dw, gdg, dt, correction)`` -> ``y0 + f dt + g dw + gdg (dw^2 - correction) / 2``
+  elementwise (one Euler-Maruyama or, with ``gdg`` = g dg/dy, Milstein step of an SDE with
+  diagonal noise; ``correction`` is dt for Ito and 0 for Stratonovich).
 * ``rk_interp(y0, k, poly, dt, x)`` -> dense output of shape ``(len(x), *y0.shape)``:
   ``y0 + dt * sum_j P_j(x) k[j]`` with ``P_j(x) = sum_d poly[j * D + d] * x**(d + 1)``.
 """

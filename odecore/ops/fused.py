@@ -47,3 +47,27 @@ def _(y0, y1, k, e, dt, rtol, atol, segments):
 def _(y0, k, poly, dt, x):
     _check_terms("rk_interp", y0, k, len(k))
     return y0.new_empty((len(x), *y0.shape))
+
+
+sde_step = torch.ops.odecore.sde_step.default
+
+
+@torch.library.register_fake("odecore::sde_step")
+def _(y0, f, g, dw, gdg, dt, correction):
+    return torch.empty_like(y0, memory_format=torch.contiguous_format)
+
+
+def _sde_step_setup(ctx, inputs, output):
+    y0, f, g, dw, gdg, dt, correction = inputs
+    ctx.save_for_backward(g, dw, gdg)
+    ctx.dt, ctx.correction = dt, correction
+
+
+def _sde_step_backward(ctx, grad):
+    g, dw, gdg = ctx.saved_tensors
+    grad_dw = grad * g if gdg is None else grad * (g + gdg * dw)
+    grad_gdg = None if gdg is None else grad * (0.5 * (dw * dw - ctx.correction))
+    return grad, grad * ctx.dt, grad * dw, grad_dw, grad_gdg, None, None
+
+
+torch.library.register_autograd("odecore::sde_step", _sde_step_backward, setup_context=_sde_step_setup)

@@ -65,3 +65,10 @@ def rk_interp(y0, k, poly, dt, x):
     if len(x) == 0:
         return y0.new_empty((0, *y0.shape))
     return torch.stack([_combine(y0, k, dense_weights(poly, len(k), xp, dt)) for xp in x])
+
+
+def sde_step(y0, f, g, dw, gdg, dt, correction):
+    out = y0 + f * dt + g * dw
+    if gdg is not None:
+        out = out + 0.5 * gdg * (dw * dw - correction)
+    return out

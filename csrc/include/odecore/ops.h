@@ -48,6 +48,10 @@ Prepared prepare_error_ratio(const at::Tensor& y0, const at::Tensor& y1, at::Ten
 Prepared prepare_interp(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> poly,
                         double dt, at::ArrayRef<double> x);
 
+// sde_step's inputs made contiguous after checks: {y0, f, g, dw[, gdg], out}.
+std::vector<at::Tensor> prepare_sde_step(const at::Tensor& y0, const at::Tensor& f, const at::Tensor& g,
+                                         const at::Tensor& dw, const c10::optional<at::Tensor>& gdg);
+
 // Kernel parameters for y0 + sum_j w[j] * k[j]; a null y0 leaves that term out.
 template <typename scalar_t, typename weight_t = acc_t<scalar_t>>
 CombineParams<scalar_t, weight_t> make_params(const at::Tensor* y0, const std::vector<at::Tensor>& k,

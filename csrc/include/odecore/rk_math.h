@@ -109,4 +109,17 @@ ODECORE_HD double nan_max(double a, double b) {
   return a > b ? a : b;
 }
 
+// One Euler-Maruyama / Milstein update of an SDE with diagonal (or scalar, broadcast)
+// noise: y0 + f dt + g dW + 1/2 (g dg/dy) (dW^2 - correction), with correction = dt for
+// Ito and 0 for Stratonovich, and no last term when has_gdg is false.
+template <typename acc_t>
+ODECORE_HD acc_t sde_update(acc_t y0, acc_t f, acc_t g, acc_t dw, acc_t gdg, bool has_gdg, acc_t dt,
+                            acc_t correction) {
+  acc_t out = y0 + f * dt + g * dw;
+  if (has_gdg) {
+    out += acc_t(0.5) * gdg * (dw * dw - correction);
+  }
+  return out;
+}
+
 }  // namespace odecore

@@ -1,0 +1,597 @@
+"""Seeded Brownian motion for ``odecore.sdeint``, with torchsde's interface (torchsde 0.2.6).
+
+``BrownianInterval(t0, t1, size, dtype, device, entropy)`` is a Brownian motion W on
+[t0, t1] whose values are tensors of shape ``size``::
+
+    bm = BrownianInterval(0.0, 1.0, size=(batch, m), entropy=42)
+    dw = bm(ta, tb)     # W(tb) - W(ta)
+    w = bm(t)           # W(t) - W(t0)
+
+The path is a deterministic function of ``entropy`` alone: queries may come in any order,
+be repeated, and sit anywhere in [t0, t1], and they are all answered from one and the same
+path (increments over adjacent intervals add up to the increment over their union, to
+float64 rounding followed by one rounding to ``dtype``).
+
+Construction (Levy-Ciesielski)
+------------------------------
+On the unit interval (s = (t - t0) / (t1 - t0)) the path is
+
+    B(s) = s Z_root + sum over levels d >= 0, nodes k < 2^d of  Z_{d,k} S_{d,k}(s)
+
+where S_{d,k} is the Schauder tent on the dyadic interval [k 2^-d, (k+1) 2^-d] (zero at its
+ends, peak 2^(-d/2)/2 at its midpoint) and the Z are independent standard normals, and
+W(t) = sqrt(t1 - t0) B(s). This is exactly the dyadic "halfway" Brownian-bridge tree: the
+level-d terms are the midpoint displacements of the bridges between level-d grid points.
+Times are rounded to the grid of spacing (t1 - t0) 2^-K, the depth K being 52 for
+``tol=0`` (floating-point resolution of the interval) or the smallest with spacing <= tol;
+on that grid the sum is finite (a point meets one tent per level, at most K terms) and
+exact, so W restricted to the grid points is exactly Brownian: any set of queried points
+has the joint law of Brownian motion (covariance (t1 - t0) min(s, s')), in particular
+the Brownian-bridge law given any other queried points.
+
+Randomness is counter based, not stored: Z_{node}[i] (coordinate i of the flattened
+``size``) is a Box-Muller normal from a SplitMix64 hash of (entropy, node, i // 2),
+computed with vectorised int64 tensor ops on ``device``. Nothing but an LRU cache of recently
+evaluated points (``cache_size`` of them) is kept, so memory is O(cache_size * numel).
+A query costs at most two point evaluations (usually one: a solver's previous end point
+is in the cache), each O(K * numel) elementwise work in ~20 vectorised ops plus an O(K)
+Python loop. The values are computed in float64 and cast to ``dtype`` at the end, so the
+float32 and float64 motions with the same entropy are the same path (the float32 values
+are the float64 ones rounded), and the CPU and CUDA paths agree to float64 rounding.
+
+Differences from torchsde
+-------------------------
+* Deterministic given ``entropy`` only (torchsde's BrownianInterval also depends on the
+  locations and order of the queries unless ``halfway_tree=True``); the values differ from
+  torchsde's (the law is the same).
+* Queries outside [t0, t1] raise ValueError (torchsde warns and clamps); times within
+  ~1e-6 relative of an end (float32 rounding) are clamped to it. ta > tb raises ValueError
+  (torchsde: RuntimeError). Non-finite times raise ValueError. bm(t) does not warn.
+* ``entropy=None`` draws the seed from torch's global generator (so ``torch.manual_seed``
+  makes it reproducible; torchsde uses numpy's).
+* ``levy_area_approximation`` other than ``'none'`` (and ``H``) raise NotImplementedError:
+  space-time / Davie / Foster Levy areas are not implemented (so neither are the methods
+  that need them, e.g. torchsde's ``srk``). ``return_U``/``return_A`` give ``None`` for
+  U/A, as torchsde does for ``'none'``.
+* ``dt``, ``pool_size`` and ``halfway_tree`` are accepted for compatibility and ignored
+  (there is no dependency tree to tune: the construction is always the dyadic one);
+  ``tol`` sets the time resolution (grid depth) as described above.
+* Coordinates are the flattened ``size``: motions with the same entropy and sizes (4,) and
+  (8,) share their first four coordinates.
+"""
+import collections
+import hashlib
+import math
+import operator
+
+import numpy as np
+import torch
+
+__all__ = ["BrownianInterval", "BrownianTree", "BrownianPath", "ReverseBrownian", "LEVY_AREA_APPROXIMATIONS"]
+
+LEVY_AREA_APPROXIMATIONS = ("none", "space-time", "davie", "foster")
+
+# Grid depth for tol=0: spacing (t1 - t0) * 2**-52, the float64 resolution of the interval.
+DEFAULT_DEPTH = 52
+MAX_DEPTH = 62  # node ids 2**d + k must fit in int64
+
+# Relative slack for queries just outside [t0, t1] (float32 rounding of the times).
+_SLACK = 8 * torch.finfo(torch.float32).eps
+
+
+# --------------------------------------------------------------------------- #
+# Counter-based normals: SplitMix64 in int64 tensor arithmetic (multiplication wraps
+# modulo 2**64; test_brownian checks that against a pure-Python reference).
+# --------------------------------------------------------------------------- #
+
+_MASK64 = (1 << 64) - 1
+
+
+def _signed64(c):
+    c &= _MASK64
+    return c - (1 << 64) if c >= 1 << 63 else c
+
+
+_GAMMA = _signed64(0x9E3779B97F4A7C15)       # SplitMix64 increment (stream of a node)
+_NODE_GAMMA = _signed64(0xD1B54A32D192ED03)  # spreads node ids before hashing
+_M1 = _signed64(0xBF58476D1CE4E5B9)
+_M2 = _signed64(0x94D049BB133111EB)
+
+
+def _srl(x, k):
+    """Logical right shift of an int64 tensor (torch's >> is arithmetic)."""
+    return (x >> k) & ((1 << (64 - k)) - 1)
+
+
+def _mix64(x):
+    """SplitMix64's finaliser, elementwise on an int64 tensor (a bijection of 64-bit words).
+    Overwrites and returns x."""
+    t = torch.empty_like(x)
+    for k, m in ((30, _M1), (27, _M2), (31, None)):
+        torch.bitwise_right_shift(x, k, out=t)
+        t &= (1 << (64 - k)) - 1  # logical shift
+        x ^= t
+        if m is not None:
+            x *= m
+    return x
+
+
+def _mix64_py(x):
+    """Reference _mix64 on a Python int (unsigned 64-bit arithmetic); returns signed."""
+    x &= _MASK64
+    x ^= x >> 30
+    x = (x * 0xBF58476D1CE4E5B9) & _MASK64
+    x ^= x >> 27
+    x = (x * 0x94D049BB133111EB) & _MASK64
+    x ^= x >> 31
+    return _signed64(x)
+
+
+def _mix64_np(x):
+    """_mix64 on a numpy uint64 array (numpy array arithmetic wraps modulo 2**64)."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _node_keys(ids, stream_key):
+    """Per-node stream keys mix(id * NODE_GAMMA + stream_key) of a uint64 array of node ids,
+    as an int64 torch tensor (CPU)."""
+    ids = np.asarray(ids, dtype=np.uint64).reshape(-1)
+    x = ids * np.uint64(_NODE_GAMMA & _MASK64) + np.uint64(stream_key & _MASK64)
+    return torch.from_numpy(_mix64_np(x).view(np.int64))
+
+
+def _stream_key(entropy):
+    """64-bit key of an arbitrary-size integer seed."""
+    digest = hashlib.blake2b(str(int(entropy)).encode(), digest_size=8, person=b"odecore.bm").digest()
+    return _signed64(int.from_bytes(digest, "little"))
+
+
+def _normals(keys, counters, numel):
+    """Standard normals Z[n, i], float64 of shape (N, numel), for node keys (int64, (N,),
+    from _node_keys) and coordinates i < numel; ``counters`` is (p + 1) * GAMMA for the pairs
+    p < ceil(numel / 2).
+
+    Pair p of node n is one SplitMix64 output x = mix(key_n + (p + 1) GAMMA), key_n =
+    mix(n NODE_GAMMA + stream_key): Box-Muller with a 40-bit radius uniform (|Z| up to 7.5)
+    and a 24-bit angle gives Z[n, 2p] = R cos(theta), Z[n, 2p + 1] = R sin(theta). So each
+    value is a function of (entropy, node, coordinate) alone, up to the last-bit rounding of
+    log/cos/sin (which torch may compute with vector or scalar code depending on where the
+    element sits; the same query is therefore bitwise reproducible within a process)."""
+    x = _mix64(keys.unsqueeze(-1) + counters)
+    # u1 = (2v + 1) 2^-41 in (0, 1) with v the top 40 bits (exact in float64); theta from the low 24.
+    r = (_srl(x, 24) * 2 + 1).to(torch.float64).mul_(2.0 ** -41).log_().mul_(-2.0).sqrt_()
+    theta = ((x & 0xFFFFFF) * 2 + 1).to(torch.float64).mul_(math.pi * 2.0 ** -24)
+    z = torch.stack([r * theta.cos(), r.mul_(theta.sin_())], dim=-1)  # (N, P, 2)
+    return z.reshape(z.shape[0], -1)[:, :numel]
+
+
+# --------------------------------------------------------------------------- #
+# Argument checking
+# --------------------------------------------------------------------------- #
+
+def _scalar(x, name):
+    """float(x) for a Python/numpy number or a one-element tensor; ValueError otherwise."""
+    if isinstance(x, torch.Tensor):
+        if x.numel() != 1:
+            raise ValueError("%s must be a scalar (float or one-element tensor), got a tensor of shape %s"
+                             % (name, tuple(x.shape)))
+        if x.is_complex():
+            raise ValueError("%s must be real, got %r" % (name, x))
+        return float(x.detach().item())
+    if isinstance(x, bool) or x is None or isinstance(x, complex):
+        raise ValueError("%s must be a real number, got %r" % (name, x))
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        raise ValueError("%s must be a real number, got %r" % (name, x)) from None
+
+
+def _finite(x, name):
+    v = _scalar(x, name)
+    if not math.isfinite(v):
+        raise ValueError("%s=%r is not finite" % (name, v))
+    return v
+
+
+def _size(size):
+    if isinstance(size, int) and not isinstance(size, bool):
+        size = (size,)
+    try:
+        size = torch.Size(tuple(operator.index(n) for n in size))
+    except TypeError:
+        raise ValueError("size must be a tuple of non-negative ints, got %r" % (size,)) from None
+    if any(n < 0 for n in size):
+        raise ValueError("size must be a tuple of non-negative ints, got %r" % (tuple(size),))
+    return size
+
+
+def _check_levy(levy_area_approximation):
+    if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
+        raise ValueError("levy_area_approximation must be one of %s, got %r"
+                         % (LEVY_AREA_APPROXIMATIONS, levy_area_approximation))
+    if levy_area_approximation != "none":
+        raise NotImplementedError(
+            "odecore.brownian: levy_area_approximation=%r is not implemented; only 'none' (Brownian "
+            "increments without Levy area) is supported" % (levy_area_approximation,))
+
+
+# --------------------------------------------------------------------------- #
+# BrownianInterval
+# --------------------------------------------------------------------------- #
+
+class BrownianInterval:
+    """Brownian motion on [t0, t1], a deterministic function of ``entropy``.
+
+    ``bm(ta, tb)`` is the increment W(tb) - W(ta) (requires t0 <= ta <= tb <= t1),
+    ``bm(t)`` is W(t) - W(t0); both are tensors of shape ``size``, ``dtype``, ``device``.
+    See the module docstring for the construction and the differences from torchsde.
+
+    Arguments (torchsde's ``BrownianInterval`` signature):
+        t0, t1: the interval (floats or one-element tensors), t0 <= t1.
+        size: shape of the motion, e.g. (batch, noise channels). May be omitted if W is given.
+        dtype: default ``torch.get_default_dtype()`` (or W's). float32 and float64 motions
+            with the same entropy give the same path.
+        device: default CPU (or W's).
+        entropy: int seed (any size); ``None`` draws one from torch's global generator.
+        dt: ignored (torchsde's hint for its dependency tree).
+        tol: time resolution. 0 (default): times are resolved to (t1 - t0) * 2**-52;
+            tol > 0: to the coarsest dyadic grid of spacing <= tol (faster queries).
+        pool_size: ignored (torchsde's entropy-pool size).
+        cache_size: how many evaluated points to keep (LRU); ``None`` for no limit, 0 for
+            none. Only speed depends on it, never the values.
+        halfway_tree: ignored; the construction is always the dyadic (halfway) tree.
+        levy_area_approximation: only ``'none'``; the others raise NotImplementedError.
+        W: optional increment W(t1) - W(t0) to condition on (the path is then the Brownian
+            bridge to W). H: space-time Levy area, not supported (NotImplementedError).
+    """
+
+    def __init__(self, t0=0.0, t1=1.0, size=None, dtype=None, device=None, entropy=None, dt=None, tol=0.0,
+                 pool_size=8, cache_size=45, halfway_tree=False, levy_area_approximation="none", W=None, H=None):
+        t0 = _finite(t0, "t0")
+        t1 = _finite(t1, "t1")
+        if t0 > t1:
+            raise ValueError("t0=%r must be <= t1=%r" % (t0, t1))
+        tol = _scalar(tol, "tol")
+        if not (tol >= 0.0) or math.isinf(tol):
+            raise ValueError("tol=%r must be a finite number >= 0" % (tol,))
+        if dt is not None:
+            _scalar(dt, "dt")
+        if cache_size is not None:
+            try:
+                cache_size = operator.index(cache_size)
+            except TypeError:
+                raise ValueError("cache_size must be a non-negative int or None, got %r" % (cache_size,)) from None
+            if cache_size < 0:
+                raise ValueError("cache_size must be a non-negative int or None, got %r" % (cache_size,))
+        _check_levy(levy_area_approximation)
+        if H is not None:
+            raise NotImplementedError("odecore.brownian: H (space-time Levy area) is not supported; "
+                                      "only levy_area_approximation='none'")
+
+        if W is not None:
+            if not isinstance(W, torch.Tensor) or not W.is_floating_point():
+                raise ValueError("W must be a floating point tensor, got %r" % (type(W).__name__,))
+            if size is not None and _size(size) != W.shape:
+                raise ValueError("size=%s and W.shape=%s differ" % (tuple(_size(size)), tuple(W.shape)))
+            if dtype is not None and dtype != W.dtype:
+                raise ValueError("dtype=%s and W.dtype=%s differ" % (dtype, W.dtype))
+            if device is not None and torch.device(device) != W.device:
+                raise ValueError("device=%s and W.device=%s differ" % (device, W.device))
+            size, dtype, device = W.shape, W.dtype, W.device
+        if size is None:
+            raise ValueError("size must be given (or W, which implies it)")
+        size = _size(size)
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise ValueError("dtype must be a floating point torch.dtype, got %r" % (dtype,))
+        device = torch.device("cpu") if device is None else torch.device(device)
+
+        if entropy is None:
+            entropy = int(torch.randint(0, 2 ** 62, ()).item())
+        else:
+            try:
+                entropy = operator.index(entropy)
+            except TypeError:
+                raise TypeError("entropy must be an int or None, got %r" % (type(entropy).__name__,)) from None
+
+        span = t1 - t0
+        if tol == 0.0 or span == 0.0:
+            depth = DEFAULT_DEPTH
+        else:
+            depth = min(MAX_DEPTH, max(1, math.ceil(math.log2(span / tol))))
+
+        self._t0, self._t1, self._span = t0, t1, span
+        self._size, self._dtype, self._device = size, dtype, device
+        self._numel = size.numel()
+        self._entropy = entropy
+        self._dt, self._tol, self._pool_size = dt, tol, pool_size
+        self._cache_size, self._halfway_tree = cache_size, halfway_tree
+        self._levy_area_approximation = levy_area_approximation
+        self._depth = depth
+        self._grid_n = 1 << depth
+        self._slack = _SLACK * max(abs(t0), abs(t1), span)
+        self._sqrt_span = math.sqrt(span)
+        # Per level d < K: shift K - d, mask 2^(K-d) - 1, tent half-width 2^(K-d-1) (grid units),
+        # first node id 2^d and tent slope 2^(d/2 - K): S = m * slope, m = distance to the nearer end.
+        levels = list(range(depth))
+        self._np_shift = np.array([depth - d for d in levels], dtype=np.uint64)
+        self._np_mask = np.array([(1 << (depth - d)) - 1 for d in levels], dtype=np.uint64)
+        self._np_half = np.array([1 << (depth - d - 1) for d in levels], dtype=np.uint64)
+        self._np_base = np.array([1 << d for d in levels], dtype=np.uint64)
+        self._np_scale = np.array([2.0 ** (d / 2 - depth) for d in levels], dtype=np.float64)
+        self._key = _stream_key(entropy)
+        self._counters = torch.arange(1, (self._numel + 1) // 2 + 1, dtype=torch.int64, device=device) * _GAMMA
+        self._W = None if W is None else W.detach().reshape(-1).to(torch.float64)
+        self._cache = collections.OrderedDict()
+
+    # ------------------------------------------------------------------ #
+    # Points
+    # ------------------------------------------------------------------ #
+
+    def _grid(self, t):
+        """The grid index (0 .. 2**K) of an (already range-checked) time."""
+        if t <= self._t0:
+            return 0
+        if t >= self._t1:
+            return self._grid_n
+        g = round((t - self._t0) / self._span * self._grid_n)
+        return min(max(g, 0), self._grid_n)
+
+    def _path(self, g):
+        """Node ids (uint64) and Schauder coefficients (float64) of grid point g, in level order:
+        B(g 2^-K) = g 2^-K Z_root + sum_j coeffs_j Z[ids_j] (unit interval; root not listed).
+        Node (d, k) has id 2^d + k; the root's id is 0."""
+        if 0 < g < self._grid_n:
+            # levels d < K - ctz(g): below them g is a grid point of the level (no tent touches it)
+            n = self._depth - ((g & -g).bit_length() - 1)
+        else:
+            n = 0
+        gu = np.uint64(g)
+        r = gu & self._np_mask[:n]
+        half = self._np_half[:n]
+        m = np.where(r <= half, r, (half << np.uint64(1)) - r)
+        return self._np_base[:n] + (gu >> self._np_shift[:n]), m.astype(np.float64) * self._np_scale[:n]
+
+    def _evaluate(self, g):
+        """W(t0 + g 2^-K (t1 - t0)) - W(t0) as a flat float64 tensor (numel,)."""
+        ids, coeffs = self._path(g)
+        s = g / self._grid_n
+        if self._W is None:
+            ids = np.append(ids, np.uint64(0))  # root node: Z_root, coefficient s
+            coeffs = np.append(coeffs, s)
+        if self._numel == 0:
+            return torch.zeros(0, dtype=torch.float64, device=self._device)
+        if len(ids):
+            keys = _node_keys(ids, self._key).to(self._device)
+            z = _normals(keys, self._counters, self._numel)
+            c = torch.from_numpy(coeffs).to(self._device)
+            w = (c @ z)
+        else:
+            w = torch.zeros(self._numel, dtype=torch.float64, device=self._device)
+        if self._W is not None:
+            w = w + s * self._W
+        return w
+
+    def _value(self, g):
+        if g == 0:
+            return None  # W(t0) - W(t0) = 0
+        cache = self._cache
+        w = cache.get(g)
+        if w is not None:
+            cache.move_to_end(g)
+            return w
+        w = self._evaluate(g)
+        if self._cache_size is None or self._cache_size > 0:
+            cache[g] = w
+            if self._cache_size is not None and len(cache) > self._cache_size:
+                cache.popitem(last=False)
+        return w
+
+    def _time(self, t, name):
+        t = _finite(t, name)
+        lo, hi = self._t0, self._t1
+        if t < lo:
+            if t < lo - self._slack:
+                raise ValueError("%s=%r is outside [t0, t1]=[%r, %r] of the Brownian motion" % (name, t, lo, hi))
+            t = lo
+        elif t > hi:
+            if t > hi + self._slack:
+                raise ValueError("%s=%r is outside [t0, t1]=[%r, %r] of the Brownian motion" % (name, t, lo, hi))
+            t = hi
+        return t
+
+    # ------------------------------------------------------------------ #
+    # Public interface
+    # ------------------------------------------------------------------ #
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        """W(tb) - W(ta), or W(ta) - W(t0) if tb is None. With return_U / return_A, torchsde's
+        tuples (W, U), (W, A) or (W, U, A) with U = A = None (no Levy area)."""
+        if tb is None:
+            ta, tb = self._t0, self._time(ta, "ta")
+        else:
+            ta, tb = self._time(ta, "ta"), self._time(tb, "tb")
+            if ta > tb:
+                raise ValueError("query times must satisfy ta <= tb, got ta=%r > tb=%r" % (ta, tb))
+        wa, wb = self._value(self._grid(ta)), self._value(self._grid(tb))
+        if wb is None:
+            out = torch.zeros(self._size, dtype=self._dtype, device=self._device)
+        elif wa is None:  # copy: never hand out the cached tensor itself
+            out = wb.to(self._dtype, copy=True).reshape(self._size)
+        else:
+            out = (wb - wa).to(self._dtype).reshape(self._size)
+        if return_U and return_A:
+            return out, None, None
+        if return_U or return_A:
+            return out, None
+        return out
+
+    def __repr__(self):
+        return ("%s(t0=%r, t1=%r, size=%s, dtype=%s, device=%r, entropy=%r, tol=%r, cache_size=%r, "
+                "levy_area_approximation=%r)" % (type(self).__name__, self._t0, self._t1, tuple(self._size),
+                                                 self._dtype, self._device, self._entropy, self._tol,
+                                                 self._cache_size, self._levy_area_approximation))
+
+    @property
+    def t0(self):
+        return self._t0
+
+    @property
+    def t1(self):
+        return self._t1
+
+    @property
+    def shape(self):
+        return self._size
+
+    def size(self):
+        """The shape (torchsde's BaseBrownian.size())."""
+        return self._size
+
+    @property
+    def dtype(self):
+        return self._dtype
+
+    @property
+    def device(self):
+        return self._device
+
+    @property
+    def entropy(self):
+        return self._entropy
+
+    @property
+    def levy_area_approximation(self):
+        return self._levy_area_approximation
+
+    @property
+    def tol(self):
+        return self._tol
+
+    @property
+    def dt(self):
+        return self._dt
+
+    @property
+    def pool_size(self):
+        return self._pool_size
+
+    @property
+    def cache_size(self):
+        return self._cache_size
+
+    @property
+    def halfway_tree(self):
+        return self._halfway_tree
+
+    @property
+    def depth(self):
+        """K: times are resolved to the grid t0 + j (t1 - t0) 2**-K."""
+        return self._depth
+
+
+class _Offset(BrownianInterval):
+    """torchsde's BrownianTree / BrownianPath: W(t0) = w0, so bm(t) = w0 + increment."""
+
+    def _init_offset(self, w0):
+        self._w0 = w0
+
+    def __call__(self, t, tb=None, return_U=False, return_A=False):
+        out = super().__call__(t, tb, return_U=return_U, return_A=return_A)
+        if tb is None and not return_U and not return_A:
+            out = out + self._w0
+        return out
+
+    @property
+    def w0(self):
+        return self._w0
+
+
+def _check_w0(w0, cls):
+    if not isinstance(w0, torch.Tensor) or not w0.is_floating_point():
+        raise TypeError("%s: w0 must be a floating point tensor (the value W(t0)), got %r"
+                        % (cls, type(w0).__name__))
+
+
+class BrownianTree(_Offset):
+    """torchsde's ``BrownianTree(t0, w0, t1=None, w1=None, entropy=None, tol=1e-6, ...)``:
+    a BrownianInterval on [t0, t1] (t1 defaults to t0 + 1) of w0's shape, dtype and device,
+    starting at W(t0) = w0 (``bm(t)`` returns W(t), ``bm(ta, tb)`` the increment) and, if
+    w1 is given, ending at W(t1) = w1. ``tol`` is the time resolution (see BrownianInterval).
+    ``pool_size``, ``cache_depth`` and ``safety`` are ignored.
+
+    odecore extension: ``w0`` may be omitted if ``size`` (and optionally dtype, device) are
+    given as keywords; then W(t0) = 0."""
+
+    def __init__(self, t0, w0=None, t1=None, w1=None, entropy=None, tol=1e-6, pool_size=24, cache_depth=9,
+                 safety=None, *, size=None, dtype=None, device=None, cache_size=45):
+        if w0 is None:
+            if size is None:
+                raise ValueError("BrownianTree needs w0 (or size=...)")
+            w0 = torch.zeros(_size(size), dtype=dtype if dtype is not None else torch.get_default_dtype(),
+                             device=device)
+        _check_w0(w0, "BrownianTree")
+        t0 = _finite(t0, "t0")
+        t1 = t0 + 1.0 if t1 is None else t1
+        W = None
+        if w1 is not None:
+            if not isinstance(w1, torch.Tensor) or w1.shape != w0.shape:
+                raise ValueError("w1 must be a tensor of w0's shape %s" % (tuple(w0.shape),))
+            W = (w1 - w0).to(w0.dtype)
+        super().__init__(t0=t0, t1=t1, size=w0.shape, dtype=w0.dtype, device=w0.device, entropy=entropy, tol=tol,
+                         pool_size=pool_size, cache_size=cache_size, halfway_tree=True, W=W)
+        self._init_offset(w0)
+
+
+class BrownianPath(_Offset):
+    """torchsde's ``BrownianPath(t0, w0, window_size=8)``: a BrownianInterval on [t0, t1]
+    (t1 defaults to t0 + 1, as in torchsde) with W(t0) = w0 that keeps every evaluated point
+    (unbounded cache). ``window_size`` is ignored. odecore extensions: ``entropy`` and ``t1``
+    keywords. Queries after t1 raise ValueError (torchsde clamps them to t1 with a warning)."""
+
+    def __init__(self, t0, w0, window_size=8, *, entropy=None, t1=None):
+        _check_w0(w0, "BrownianPath")
+        t0 = _finite(t0, "t0")
+        t1 = t0 + 1.0 if t1 is None else t1
+        super().__init__(t0=t0, t1=t1, size=w0.shape, dtype=w0.dtype, device=w0.device, entropy=entropy,
+                         cache_size=None)
+        self._init_offset(w0)
+
+
+class ReverseBrownian:
+    """torchsde's ReverseBrownian: the motion of ``base`` seen in reversed time,
+    ``rbm(ta, tb) = base(-tb, -ta)`` (for adjoint solves, which run in -t)."""
+
+    def __init__(self, base_brownian):
+        self.base_brownian = base_brownian
+
+    def __call__(self, ta, tb=None, return_U=False, return_A=False):
+        if tb is None:
+            raise ValueError("ReverseBrownian needs an interval query rbm(ta, tb)")
+        return self.base_brownian(-_scalar(tb, "tb"), -_scalar(ta, "ta"), return_U=return_U, return_A=return_A)
+
+    def __repr__(self):
+        return "%s(base_brownian=%r)" % (type(self).__name__, self.base_brownian)
+
+    @property
+    def dtype(self):
+        return self.base_brownian.dtype
+
+    @property
+    def device(self):
+        return self.base_brownian.device
+
+    @property
+    def shape(self):
+        return self.base_brownian.shape
+
+    def size(self):
+        return self.base_brownian.shape
+
+    @property
+    def levy_area_approximation(self):
+        return self.base_brownian.levy_area_approximation
