@@ -30,14 +30,22 @@ has the joint law of Brownian motion (covariance (t1 - t0) min(s, s')), in parti
 the Brownian-bridge law given any other queried points.
 
 Randomness is counter based, not stored: Z_{node}[i] (coordinate i of the flattened
-``size``) is a Box-Muller normal from a SplitMix64 hash of (entropy, node, i // 2),
-computed with vectorised int64 tensor ops on ``device``. Nothing but an LRU cache of recently
-evaluated points (``cache_size`` of them) is kept, so memory is O(cache_size * numel).
-A query costs at most two point evaluations (usually one: a solver's previous end point
-is in the cache), each O(K * numel) elementwise work in ~20 vectorised ops plus an O(K)
-Python loop. The values are computed in float64 and cast to ``dtype`` at the end, so the
-float32 and float64 motions with the same entropy are the same path (the float32 values
-are the float64 ones rounded), and the CPU and CUDA paths agree to float64 rounding.
+``size``) is a Box-Muller normal from a SplitMix64 hash of (entropy, node, i // 2); the
+per-node keys are hashed on the host (numpy), the per-element hashes and normals with
+vectorised int64/float64 tensor ops on ``device``. Nothing but an LRU cache of recently
+evaluated points (``cache_size`` of them, float64 vectors of numel) is kept, so memory is
+O(cache_size * numel) plus O(K * numel) transient per evaluation. A query costs at most two
+point evaluations (usually one: a solver's previous end point is in the cache), each
+O(K * numel) elementwise work in ~30 tensor ops plus O(K) numpy work; a point on a coarse
+dyadic time (e.g. t0 + (t1 - t0) * 3/8) needs only as many levels as its binary digits.
+(On 2 CPU cores: ~0.2 ms per step query for numel = 128, ~7 ms for numel = 20000;
+``tol`` > 0 lowers K and the cost proportionally.)
+
+Values are computed in float64 and cast to ``dtype`` at the end, so the float32 and
+float64 motions with the same entropy are the same path (the float32 values are the
+float64 ones rounded). A value is bitwise reproducible within a process; across thread
+counts or devices it may differ in the last float64 bit (torch's log/cos/sin may round
+differently in vector and scalar code), never more.
 
 Differences from torchsde
 -------------------------
@@ -255,6 +263,8 @@ class BrownianInterval:
         t1 = _finite(t1, "t1")
         if t0 > t1:
             raise ValueError("t0=%r must be <= t1=%r" % (t0, t1))
+        if not math.isfinite(t1 - t0):
+            raise ValueError("t1 - t0 = %r (t0=%r, t1=%r) is not finite" % (t1 - t0, t0, t1))
         tol = _scalar(tol, "tol")
         if not (tol >= 0.0) or math.isinf(tol):
             raise ValueError("tol=%r must be a finite number >= 0" % (tol,))
@@ -302,7 +312,8 @@ class BrownianInterval:
         if tol == 0.0 or span == 0.0:
             depth = DEFAULT_DEPTH
         else:
-            depth = min(MAX_DEPTH, max(1, math.ceil(math.log2(span / tol))))
+            ratio = span / tol
+            depth = MAX_DEPTH if ratio >= 2.0 ** MAX_DEPTH else max(1, math.ceil(math.log2(ratio)))
 
         self._t0, self._t1, self._span = t0, t1, span
         self._size, self._dtype, self._device = size, dtype, device
@@ -369,7 +380,7 @@ class BrownianInterval:
             keys = _node_keys(ids, self._key).to(self._device)
             z = _normals(keys, self._counters, self._numel)
             c = torch.from_numpy(coeffs).to(self._device)
-            w = (c @ z)
+            w = (c @ z).mul_(self._sqrt_span)
         else:
             w = torch.zeros(self._numel, dtype=torch.float64, device=self._device)
         if self._W is not None:
