@@ -744,15 +744,8 @@ class AdjointInstance:
 
 
 @dataclass
-class AdjointProblem:
-    name: str
-    description: str
-    method: str
-    rtol: float
-    atol: float
-    options: Dict[str, Any]
-    _build: Callable[[torch.device, torch.dtype, int], tuple]
-    seed: int = 0
+class AdjointProblem(Problem):
+    """A forward+backward benchmark: its builder also returns the loss."""
 
     def make(self, device="cpu", dtype=torch.float64, seed: Optional[int] = None) -> AdjointInstance:
         device = torch.device(device)

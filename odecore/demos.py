@@ -67,6 +67,15 @@ def _plt():
     return plt
 
 
+def _save(fig, out, name):
+    fig.tight_layout()
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=100)
+    print("wrote", path)
+    return 0
+
+
 def demo_spiral(args):
     torch.manual_seed(args.seed)
     true_a = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
@@ -102,12 +111,7 @@ def demo_spiral(args):
     ax2.plot(full[:, 0, 0], full[:, 0, 1], "b--", label="fitted")
     ax2.set_title("phase portrait")
     ax2.legend()
-    fig.tight_layout()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "spiral.png")
-    fig.savefig(path, dpi=100)
-    print("wrote", path)
-    return 0
+    return _save(fig, args.out, "spiral.png")
 
 
 def demo_latent(args):
@@ -140,12 +144,7 @@ def demo_latent(args):
     ax.plot(neg[:, 0], neg[:, 1], "c", label="learned trajectory (t < 0)")
     ax.scatter(samp_trajs[0, :, 0], samp_trajs[0, :, 1], s=3, label="sampled data")
     ax.legend()
-    fig.tight_layout()
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "latent.png")
-    fig.savefig(path, dpi=100)
-    print("wrote", path)
-    return 0
+    return _save(fig, args.out, "latent.png")
 
 
 def main(argv):
