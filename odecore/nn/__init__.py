@@ -20,6 +20,7 @@ from .conv import ConcatConv2d, time_channel
 from .latent_ode import Decoder, LatentODE, LatentODEfunc, RecognitionRNN, elbo, log_normal_pdf, normal_kl
 from .odeblock import GRADIENT_MODES, ODEBlock
 from .odefunc import ODEFunc, norm
+from .sdenet import SDENet, SDENetRegression, euler_maruyama, sdenet_train_step
 from .spirals import generate_spiral2d, spiral_curves
 
 __all__ = [
@@ -27,4 +28,5 @@ __all__ = [
     "ResBlock", "ODENet", "RKNet", "ResNet", "downsampling_layers", "head_layers", "DOWNSAMPLING",
     "RecognitionRNN", "LatentODEfunc", "Decoder", "LatentODE", "elbo", "log_normal_pdf", "normal_kl",
     "generate_spiral2d", "spiral_curves",
+    "SDENet", "SDENetRegression", "euler_maruyama", "sdenet_train_step",
 ]
