@@ -11,7 +11,6 @@ Semantics follow torchdiffeq 0.2.5's odeint_adjoint; the augmented state is one 
 tensor [a_t (1), y (N), a (N), a_theta (P)] that the same solver classes and fused ops
 integrate, with its error norm computed in the same kernel pass (one segment per part).
 """
-import math
 import warnings
 
 import torch

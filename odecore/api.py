@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from .ops import BACKENDS, get_backend, get_ops
+from .ops import BACKENDS, get_ops
 from .solvers import SOLVERS, AdaptiveRKSolver
 from .solvers.base import RHS
 

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-import odecore
 from odecore.brownian import BrownianInterval
 from odecore.sde import sdeint
 
-from .testing import backends, product, require_backend
+from .testing import backends, require_backend
 
 try:
     import torchsde
