@@ -59,9 +59,11 @@ def load_mnist(data_dir):
     return tuple(splits)
 
 
-def load_digits(test_fraction=0.2, seed=0):
+def load_digits(test_fraction=0.2, seed=0, return_normalisation=False):
     """scikit-learn's bundled 8x8 digits (1797 images, no download) with a fixed stratified
-    train/test split: ((x_train, y_train), (x_test, y_test)), images (N, 1, 8, 8) normalised."""
+    train/test split: ((x_train, y_train), (x_test, y_test)), images (N, 1, 8, 8) scaled to
+    [0, 1] and normalised by the training mean and std (also returned, as a third item, when
+    `return_normalisation`, to map other [0, 1] images the same way)."""
     try:
         from sklearn.datasets import load_digits as sklearn_digits
     except ImportError as error:  # pragma: no cover - scikit-learn is a dependency of the train extra
@@ -78,10 +80,27 @@ def load_digits(test_fraction=0.2, seed=0):
     test_mask = np.zeros(len(labels), dtype=bool)
     test_mask[test_idx] = True
     x = torch.from_numpy(images).unsqueeze(1)
-    x = (x - x[torch.from_numpy(~test_mask)].mean()) / x[torch.from_numpy(~test_mask)].std()
+    mean, std = x[torch.from_numpy(~test_mask)].mean().item(), x[torch.from_numpy(~test_mask)].std().item()
+    x = (x - mean) / std
     y = torch.from_numpy(labels)
     train, test = torch.from_numpy(~test_mask), torch.from_numpy(test_mask)
-    return (x[train], y[train]), (x[test], y[test])
+    splits = (x[train], y[train]), (x[test], y[test])
+    return splits + ((mean, std),) if return_normalisation else splits
+
+
+def photo_patches(n, size=8, seed=0):
+    """`n` grey `size`x`size` patches cut at random from scikit-learn's bundled sample photos
+    (no download), scaled to [0, 1]: natural images that are not digits."""
+    from sklearn.datasets import load_sample_images
+
+    photos = [np.asarray(img, dtype=np.float32).mean(axis=2) / 255.0 for img in load_sample_images().images]
+    rng = np.random.RandomState(seed)
+    patches = []
+    for i in range(n):
+        photo = photos[i % len(photos)]
+        r, c = rng.randint(0, photo.shape[0] - size), rng.randint(0, photo.shape[1] - size)
+        patches.append(photo[r:r + size, c:c + size])
+    return torch.from_numpy(np.stack(patches)).unsqueeze(1)
 
 
 def load(name, data_dir=None):

@@ -267,6 +267,10 @@ def add_train_arguments(parser):
 
 
 def main_train(argv):
+    if argv and argv[0] == "sdenet":
+        from .ood import main as main_sdenet
+
+        return main_sdenet(argv[1:])
     parser = argparse.ArgumentParser(prog="odecore train", description="Train an ODE-Net, RK-Net or ResNet classifier.")
     add_train_arguments(parser)
     args = parser.parse_args(argv)

@@ -221,3 +221,19 @@ def test_demo_vdp_and_bench_commands(tmp_path, capsys):
                  "--warmup", "0", "-q", "--json", out]) == 0
     results = json.load(open(out))
     assert "odecore-fused" in json.dumps(results)
+
+
+def test_train_sdenet_writes_the_ood_table(tmp_path):
+    out = str(tmp_path / "sdenet")
+    assert main(["train", "sdenet", "--epochs", "1", "--limit", "200", "--dim", "16", "--passes", "2", "--out", out]) == 0
+    summary = json.load(open(os.path.join(out, "ood.json")))
+    for model in ("sdenet", "resnet"):
+        for ood in ("photo_patches", "gaussian_noise", "heldout_classes"):
+            assert set(summary[model][ood]) == {"tnr_at_tpr95", "auroc", "detection_accuracy", "aupr_in", "aupr_out"}
+    assert os.path.exists(os.path.join(out, "ood.md")) and os.path.getsize(os.path.join(out, "confidence.png")) > 1000
+
+
+def test_photo_patches_are_offline_grey_patches():
+    patches = data.photo_patches(10, seed=1)
+    assert patches.shape == (10, 1, 8, 8) and float(patches.min()) >= 0 and float(patches.max()) <= 1
+    assert torch.equal(patches, data.photo_patches(10, seed=1))

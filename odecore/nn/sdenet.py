@@ -57,12 +57,17 @@ class SDENet(nn.Module):
     in/out-of-distribution training. ``sigma_max`` scales the diffusion (500 in the paper's
     MNIST runs), ``horizon`` is T (6)."""
 
-    def __init__(self, in_channels=1, num_classes=10, dim=64, layer_depth=6, sigma_max=500.0, horizon=6.0, backend=None):
+    def __init__(self, in_channels=1, num_classes=10, dim=64, layer_depth=6, sigma_max=500.0, horizon=6.0, backend=None,
+                 image_size=28):
         super().__init__()
         self.layer_depth, self.sigma_max, self.horizon, self.backend = layer_depth, sigma_max, horizon, backend
-        self.downsampling = nn.Sequential(
-            nn.Conv2d(in_channels, dim, 3, 1), norm(dim), nn.ReLU(inplace=True),
-            nn.Conv2d(dim, dim, 4, 2, 1), norm(dim), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 4, 2, 1))
+        if image_size >= 16:  # the paper's stem: 28x28 -> 6x6
+            self.downsampling = nn.Sequential(
+                nn.Conv2d(in_channels, dim, 3, 1), norm(dim), nn.ReLU(inplace=True),
+                nn.Conv2d(dim, dim, 4, 2, 1), norm(dim), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 4, 2, 1))
+        else:  # small images (8x8 digits) keep a 4x4 map
+            self.downsampling = nn.Sequential(
+                nn.Conv2d(in_channels, dim, 3, 1, 1), norm(dim), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 4, 2, 1))
         self.drift = ODEFunc(dim)
         self.diffusion = Diffusion(dim)
         self.head = nn.Sequential(norm(dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, num_classes))
