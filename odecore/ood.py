@@ -63,7 +63,9 @@ def predict(model, x, passes):
     return probs
 
 
-def evaluate(model, x_test, y_test, ood_sets, passes):
+def evaluate(model, x_test, y_test, ood_sets, passes, sigma_max=None):
+    if sigma_max is not None and hasattr(model, "sigma_max"):
+        model.sigma_max = sigma_max  # the diffusion's scale at test time may differ from training's
     probs = predict(model, x_test, passes)
     confidence, prediction = probs.max(1)
     correct = prediction == y_test
@@ -91,11 +93,11 @@ def run(args):
     for name in ("sdenet", "resnet"):
         print("== %s: all digits" % name)
         model = fit(name, x_train, y_train, 10, args)
-        results[name] = evaluate(model, x_test, y_test, ood, args.passes if name == "sdenet" else 1)
+        results[name] = evaluate(model, x_test, y_test, ood, args.passes if name == "sdenet" else 1, args.test_sigma_max)
         print("== %s: digits 0-4 (5-9 held out)" % name)
         model = fit(name, x_train[seen], y_train[seen], 5, args)
         held = evaluate(model, x_test[~unseen], y_test[~unseen], {"heldout_classes": x_test[unseen]},
-                        args.passes if name == "sdenet" else 1)
+                        args.passes if name == "sdenet" else 1, args.test_sigma_max)
         results[name]["heldout_classes"] = held["heldout_classes"]
         results[name]["heldout_classes_scores"] = held["heldout_classes_scores"]
     os.makedirs(args.out, exist_ok=True)
@@ -148,6 +150,7 @@ def main(argv):
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--layer-depth", type=int, default=4)
     parser.add_argument("--sigma-max", type=float, default=1.0)
+    parser.add_argument("--test-sigma-max", type=float, default=None, help="sigma_max at test time (default: --sigma-max)")
     parser.add_argument("--passes", type=int, default=10, help="stochastic passes at test time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None)

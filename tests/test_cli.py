@@ -225,7 +225,8 @@ def test_demo_vdp_and_bench_commands(tmp_path, capsys):
 
 def test_train_sdenet_writes_the_ood_table(tmp_path):
     out = str(tmp_path / "sdenet")
-    assert main(["train", "sdenet", "--epochs", "1", "--limit", "200", "--dim", "16", "--passes", "2", "--out", out]) == 0
+    assert main(["train", "sdenet", "--epochs", "1", "--limit", "200", "--dim", "16", "--passes", "2",
+                 "--test-sigma-max", "0.5", "--out", out]) == 0
     summary = json.load(open(os.path.join(out, "ood.json")))
     for model in ("sdenet", "resnet"):
         for ood in ("photo_patches", "gaussian_noise", "heldout_classes"):
