@@ -81,6 +81,98 @@ std::vector<double> dense_weights(at::ArrayRef<double> poly, int64_t m, double x
   return w;
 }
 
+void check_dt_tensor(const char* op, const at::Tensor& dt, const at::Tensor& y0) {
+  TORCH_CHECK_TYPE(dt.scalar_type() == at::kDouble, op, ": dt must be a float64 tensor, got dtype ", dt.scalar_type());
+  TORCH_CHECK_VALUE(dt.numel() == 1, op, ": dt must have exactly one element, got ", dt.numel());
+  TORCH_CHECK_VALUE(dt.device() == y0.device(), op, ": dt is on ", dt.device(), " but y0 is on ", y0.device());
+}
+
+double host_dt(const at::Tensor& dt) {
+  return *dt.const_data_ptr<double>();
+}
+
+namespace {
+
+void check_state(const char* op, const at::Tensor& state) {
+  TORCH_CHECK_TYPE(state.scalar_type() == at::kDouble, op, ": state must be a float64 tensor, got dtype ",
+                   state.scalar_type());
+  TORCH_CHECK_VALUE(state.dim() == 1 && state.size(0) == kNumSlots && state.is_contiguous(), op,
+                    ": state must be a contiguous 1-D tensor of ", static_cast<int>(kNumSlots), " elements, got shape ",
+                    state.sizes());
+}
+
+void check_times(const char* op, const at::Tensor& times, const at::Tensor& state) {
+  TORCH_CHECK_TYPE(times.scalar_type() == at::kDouble, op, ": times must be a float64 tensor, got dtype ",
+                   times.scalar_type());
+  TORCH_CHECK_VALUE(times.dim() == 1 && times.is_contiguous(), op, ": times must be a contiguous 1-D tensor, got shape ",
+                    times.sizes());
+  TORCH_CHECK_VALUE(times.device() == state.device(), op, ": times is on ", times.device(), " but state is on ",
+                    state.device());
+}
+
+}  // namespace
+
+void check_control(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t,
+                   const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
+                   at::ArrayRef<double> params) {
+  const char* op = "rk_control";
+  check_state(op, state);
+  check_times(op, times, state);
+  TORCH_CHECK_TYPE(accept.scalar_type() == at::kBool, op, ": accept must be a bool tensor, got dtype ",
+                   accept.scalar_type());
+  TORCH_CHECK_VALUE(accept.numel() == 1 && accept.device() == state.device(), op,
+                    ": accept must be a one-element tensor on the state's device");
+  TORCH_CHECK_TYPE(stage_t.scalar_type() == at::kDouble || stage_t.scalar_type() == at::kFloat, op,
+                   ": stage_t must be float32 or float64, got dtype ", stage_t.scalar_type());
+  TORCH_CHECK_VALUE(stage_t.dim() == 1 && stage_t.size(0) == static_cast<int64_t>(c.size()) && stage_t.is_contiguous(),
+                    op, ": stage_t must be a contiguous 1-D tensor with one element per node in c (", c.size(),
+                    "), got shape ", stage_t.sizes());
+  TORCH_CHECK_VALUE(stage_t.device() == state.device(), op, ": stage_t is on ", stage_t.device(),
+                    " but state is on ", state.device());
+  TORCH_CHECK_TYPE(ratio.scalar_type() == at::kDouble, op, ": ratio must be a float64 tensor, got dtype ",
+                   ratio.scalar_type());
+  TORCH_CHECK_VALUE(ratio.numel() == 1 && ratio.device() == state.device(), op,
+                    ": ratio must be a one-element tensor on the state's device");
+  TORCH_CHECK_VALUE(params.size() == static_cast<size_t>(kControlParams), op, ": params must hold ", kControlParams,
+                    " values (order, safety, ifactor, dfactor, min_step, max_step, max_num_steps, time_sign, "
+                    "round_f32), got ",
+                    params.size());
+  TORCH_CHECK_VALUE(params[0] > 0.0, op, ": the order (params[0]) must be positive, got ", params[0]);
+}
+
+ControlParams control_params(at::ArrayRef<double> params) {
+  ControlParams p{};
+  p.order = params[0];
+  p.safety = params[1];
+  p.ifactor = params[2];
+  p.dfactor = params[3];
+  p.min_step = params[4];
+  p.max_step = params[5];
+  p.max_num_steps = params[6];
+  p.time_sign = params[7];
+  p.round_f32 = params[8] != 0.0;
+  return p;
+}
+
+void check_dense_into(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
+                      const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly) {
+  const char* op = "rk_dense_into";
+  check_state(op, state);
+  check_times(op, times, state);
+  check_terms(op, y0, k, k.size(), "k");
+  check_dense_poly(op, k, poly);
+  check_same_as_y0(op, "y1", y1, y0);
+  TORCH_CHECK_VALUE(y0.device() == state.device(), op, ": y0 is on ", y0.device(), " but state is on ", state.device());
+  std::vector<int64_t> shape{times.size(0)};
+  shape.insert(shape.end(), y0.sizes().begin(), y0.sizes().end());
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(shape), op, ": out must have shape ", at::IntArrayRef(shape),
+                    " (len(times), *y0.shape), got ", out.sizes());
+  TORCH_CHECK_TYPE(out.scalar_type() == y0.scalar_type(), op, ": out has dtype ", out.scalar_type(),
+                   " but y0 has dtype ", y0.scalar_type());
+  TORCH_CHECK_VALUE(out.is_contiguous() && out.device() == y0.device(), op,
+                    ": out must be a contiguous tensor on y0's device");
+}
+
 namespace {
 
 std::vector<at::Tensor> contiguous_terms(at::TensorList k) {
@@ -194,5 +286,22 @@ TORCH_LIBRARY(odecore, m) {
   // dense output: out[n] = y0 + dt * sum_j P_j(x[n]) * k[j]
   m.def("rk_interp(Tensor y0, Tensor[] k, float[] poly, float dt, float[] x) -> Tensor");
   // y0 + f dt + g dW + 1/2 gdg (dW^2 - correction): one SDE step with diagonal noise
+  // The same three with the step size as a one-element float64 tensor on y0's device,
+  // so that a device-resident loop never reads it back to the host.
+  m.def("rk_stage_dt(Tensor y0, Tensor[] k, float[] a, Tensor dt) -> Tensor");
+  m.def(
+      "rk_finish_dt(Tensor y0, Tensor[] k, float[] b, float[] e, Tensor dt, Tensor rtol, "
+      "Tensor atol, int[] segments) -> (Tensor, Tensor)");
+  m.def(
+      "rk_error_ratio_dt(Tensor y0, Tensor y1, Tensor[] k, float[] e, Tensor dt, Tensor rtol, "
+      "Tensor atol, int[] segments) -> Tensor");
+  // Step control on the state's device: accept/reject, next step, stage times (rk_math.h).
+  m.def(
+      "rk_control(Tensor(a!) state, Tensor(b!) accept, Tensor(c!) stage_t, Tensor ratio, Tensor times, "
+      "float[] c, float[] params) -> ()");
+  // Writes the output rows [state[FirstOut], state[NextOut]) from the accepted step's dense output.
+  m.def(
+      "rk_dense_into(Tensor(a!) out, Tensor times, Tensor state, Tensor y0, Tensor y1, Tensor[] k, "
+      "float[] poly) -> ()");
   m.def("sde_step(Tensor y0, Tensor f, Tensor g, Tensor dw, Tensor? gdg, float dt, float correction) -> Tensor");
 }

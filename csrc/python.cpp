@@ -53,6 +53,47 @@ at::Tensor rk_interp(const at::Tensor& y0, const TensorVec& k, const DoubleVec& 
   return h.call(y0, k, poly, dt, x);
 }
 
+at::Tensor rk_stage_dt(const at::Tensor& y0, const TensorVec& k, const DoubleVec& a, const at::Tensor& dt) {
+  static auto h = op("odecore::rk_stage_dt")
+                      .typed<at::Tensor(const at::Tensor&, at::TensorList, at::ArrayRef<double>, const at::Tensor&)>();
+  return h.call(y0, k, a, dt);
+}
+
+std::tuple<at::Tensor, at::Tensor> rk_finish_dt(const at::Tensor& y0, const TensorVec& k, const DoubleVec& b,
+                                                const DoubleVec& e, const at::Tensor& dt, const at::Tensor& rtol,
+                                                const at::Tensor& atol, const std::vector<int64_t>& segments) {
+  static auto h = op("odecore::rk_finish_dt")
+                      .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, at::TensorList, at::ArrayRef<double>,
+                                                                at::ArrayRef<double>, const at::Tensor&, const at::Tensor&,
+                                                                const at::Tensor&, at::IntArrayRef)>();
+  return h.call(y0, k, b, e, dt, rtol, atol, segments);
+}
+
+at::Tensor rk_error_ratio_dt(const at::Tensor& y0, const at::Tensor& y1, const TensorVec& k, const DoubleVec& e,
+                             const at::Tensor& dt, const at::Tensor& rtol, const at::Tensor& atol,
+                             const std::vector<int64_t>& segments) {
+  static auto h = op("odecore::rk_error_ratio_dt")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, at::TensorList, at::ArrayRef<double>,
+                                        const at::Tensor&, const at::Tensor&, const at::Tensor&, at::IntArrayRef)>();
+  return h.call(y0, y1, k, e, dt, rtol, atol, segments);
+}
+
+void rk_control(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t, const at::Tensor& ratio,
+                const at::Tensor& times, const DoubleVec& c, const DoubleVec& params) {
+  static auto h = op("odecore::rk_control")
+                      .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor&, at::ArrayRef<double>, at::ArrayRef<double>)>();
+  h.call(state, accept, stage_t, ratio, times, c, params);
+}
+
+void rk_dense_into(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
+                   const at::Tensor& y1, const TensorVec& k, const DoubleVec& poly) {
+  static auto h = op("odecore::rk_dense_into")
+                      .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                  const at::Tensor&, at::TensorList, at::ArrayRef<double>)>();
+  h.call(out, times, state, y0, y1, k, poly);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -70,4 +111,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("rk_finish", &rk_finish, "(y1, error ratio)");
   m.def("rk_error_ratio", &rk_error_ratio, "error ratio for a known y1");
   m.def("rk_interp", &rk_interp, "dense output at fractions x of the step");
+  m.def("rk_stage_dt", &rk_stage_dt, "rk_stage with dt a float64 tensor");
+  m.def("rk_finish_dt", &rk_finish_dt, "rk_finish with dt a float64 tensor");
+  m.def("rk_error_ratio_dt", &rk_error_ratio_dt, "rk_error_ratio with dt a float64 tensor");
+  m.def("rk_control", &rk_control, "device-resident step control (in place)");
+  m.def("rk_dense_into", &rk_dense_into, "dense output of an accepted step into its output rows (in place)");
 }

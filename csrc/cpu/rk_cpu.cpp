@@ -172,9 +172,81 @@ at::Tensor sde_step_cpu(const at::Tensor& y0, const at::Tensor& f, const at::Ten
   return out;
 }
 
+// The *_dt ops: on the CPU the step size is a plain memory read.
+at::Tensor rk_stage_dt_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, const at::Tensor& dt) {
+  check_dt_tensor("rk_stage_dt", dt, y0);
+  return rk_stage_cpu(y0, k, a, host_dt(dt));
+}
+
+std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
+                                                    at::ArrayRef<double> e, const at::Tensor& dt, const at::Tensor& rtol,
+                                                    const at::Tensor& atol, at::IntArrayRef segments) {
+  check_dt_tensor("rk_finish_dt", dt, y0);
+  return rk_finish_cpu(y0, k, b, e, host_dt(dt), rtol, atol, segments);
+}
+
+at::Tensor rk_error_ratio_dt_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> e,
+                                 const at::Tensor& dt, const at::Tensor& rtol, const at::Tensor& atol,
+                                 at::IntArrayRef segments) {
+  check_dt_tensor("rk_error_ratio_dt", dt, y0);
+  return rk_error_ratio_cpu(y0, y1, k, e, host_dt(dt), rtol, atol, segments);
+}
+
+void rk_control_cpu(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t,
+                    const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
+                    at::ArrayRef<double> params) {
+  check_control(state, accept, stage_t, ratio, times, c, params);
+  const ControlParams p = control_params(params);
+  AT_DISPATCH_FLOATING_TYPES(stage_t.scalar_type(), "rk_control_cpu", [&] {
+    control_update<scalar_t>(state.mutable_data_ptr<double>(), accept.mutable_data_ptr<bool>(),
+                             stage_t.mutable_data_ptr<scalar_t>(), *ratio.const_data_ptr<double>(),
+                             times.const_data_ptr<double>(), times.numel(), c.data(), static_cast<int>(c.size()), p);
+  });
+}
+
+void rk_dense_into_cpu(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
+                       const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly) {
+  check_dense_into(out, times, state, y0, y1, k, poly);
+  const double* st = state.const_data_ptr<double>();
+  const int64_t first = static_cast<int64_t>(st[kFirstOut]);
+  const int64_t last = static_cast<int64_t>(st[kNextOut]);
+  TORCH_CHECK_VALUE(0 <= first && first <= last && last <= times.size(0), "rk_dense_into: the state's output rows [",
+                    first, ", ", last, ") are not within the ", times.size(0), " output times");
+  if (first == last) {
+    return;
+  }
+  const double t0 = st[kOutT0];
+  const double span = st[kOutT1] - t0;
+  const double dt = st[kOutDt];
+  const double* tp = times.const_data_ptr<double>();
+  const at::Tensor y0c = y0.contiguous();
+  const at::Tensor y1c = y1.contiguous();
+  std::vector<at::Tensor> kc;
+  for (const auto& t : k) {
+    kc.push_back(t.contiguous());
+  }
+  const int64_t n = y0.numel();
+  ODECORE_DISPATCH(y0.scalar_type(), "rk_dense_into_cpu", [&] {
+    scalar_t* o = out.mutable_data_ptr<scalar_t>();
+    for (int64_t row = first; row < last; ++row) {
+      const double x = (tp[row] - t0) / span;
+      if (x == 1.0) {  // the step's end: the solution itself, as the host loop
+        std::copy(y1c.const_data_ptr<scalar_t>(), y1c.const_data_ptr<scalar_t>() + n, o + row * n);
+      } else {
+        combine_cpu(o + row * n, make_params<scalar_t>(&y0c, kc, dense_weights(poly, static_cast<int64_t>(kc.size()), x, dt)), n);
+      }
+    }
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(odecore, CPU, m) {
+  m.impl("rk_stage_dt", &rk_stage_dt_cpu);
+  m.impl("rk_finish_dt", &rk_finish_dt_cpu);
+  m.impl("rk_error_ratio_dt", &rk_error_ratio_dt_cpu);
+  m.impl("rk_control", &rk_control_cpu);
+  m.impl("rk_dense_into", &rk_dense_into_cpu);
   m.impl("sde_step", &sde_step_cpu);
   m.impl("rk_stage", &rk_stage_cpu);
   m.impl("rk_finish", &rk_finish_cpu);

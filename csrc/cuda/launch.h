@@ -30,21 +30,52 @@ struct NormParams {
 // Blocks a segment of `len` elements is reduced with (the partial-sum count).
 int segment_blocks(int64_t len);
 
+// Weights are passed in double: p.w holds the weights themselves when dt is null, or the
+// coefficients that the step size *dt (device memory) scales on the device. Each block
+// forms acc_t weights from them once (the same double product and rounding as the host).
+
+// out = p.y0 + sum_j w[j] * p.k[j] (no y0 term when p.y0 is null).
 template <typename scalar_t>
-cudaError_t launch_combine(scalar_t* out, const CombineParams<scalar_t, acc_t<scalar_t>>& p, int64_t n,
+cudaError_t launch_combine(scalar_t* out, const CombineParams<scalar_t, double>& p, const double* dt, int64_t n,
                            cudaStream_t stream);
 
 // Writes y1 (when write_y1) and the error ratio to *ratio, using `partials`
 // (sum of segment_blocks over segments doubles) as workspace. No host sync.
 template <typename scalar_t>
-cudaError_t launch_error_ratio(scalar_t* y1, bool write_y1, const CombineParams<scalar_t, acc_t<scalar_t>>& sol,
-                               const CombineParams<scalar_t, double>& err, const NormParams& norm, double* partials,
-                               double* ratio, cudaStream_t stream);
+cudaError_t launch_error_ratio(scalar_t* y1, bool write_y1, const CombineParams<scalar_t, double>& sol,
+                               const CombineParams<scalar_t, double>& err, const double* dt, const NormParams& norm,
+                               double* partials, double* ratio, cudaStream_t stream);
 
 // out = sde_update(y0, f, g, dw, gdg) elementwise; gdg may be null.
 template <typename scalar_t>
 cudaError_t launch_sde_step(scalar_t* out, const scalar_t* y0, const scalar_t* f, const scalar_t* g, const scalar_t* dw,
                             const scalar_t* gdg, double dt, double correction, int64_t n, cudaStream_t stream);
+
+// The nodes c_1.. of a tableau, for rk_control.
+struct Nodes {
+  double c[kMaxTerms];
+  int n;
+};
+
+// One thread runs control_update (rk_math.h) on the device state.
+template <typename time_t>
+cudaError_t launch_control(double* state, bool* accept, time_t* stage_t, const double* ratio, const double* times,
+                           int64_t n_times, const Nodes& nodes, const ControlParams& params, cudaStream_t stream);
+
+// Most dense-output polynomial coefficients (stages x degree) rk_dense_into takes.
+constexpr int kMaxPoly = 192;
+
+struct DensePoly {
+  double poly[kMaxPoly];
+  int degree;
+};
+
+// Output rows [state[kFirstOut], state[kNextOut]) of `out` (rows of n elements) from the
+// dense output of the step described in `state`; p holds y0 and the stages (p.w unused).
+template <typename scalar_t>
+cudaError_t launch_dense_into(scalar_t* out, const double* times, const double* state, int64_t n_rows,
+                              const CombineParams<scalar_t, double>& p, const scalar_t* y1, const DensePoly& poly,
+                              int64_t n, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace odecore

@@ -22,8 +22,9 @@ cudaStream_t current_stream() {
   return c10::cuda::getCurrentCUDAStream().stream();
 }
 
-// Runs both reduction passes; y1 is written first when p.write_y1.
-at::Tensor error_ratio_cuda(const Prepared& p) {
+// Runs both reduction passes; y1 is written first when p.write_y1. With a step-size
+// tensor dt, p's weights are the unscaled coefficients (prepared with dt = 1).
+at::Tensor error_ratio_cuda(const Prepared& p, const double* dt = nullptr) {
   TORCH_CHECK_VALUE(p.segments.size() <= static_cast<size_t>(cuda::kMaxSegments), "odecore: the CUDA error norm takes at most ",
                     cuda::kMaxSegments, " segments (tensors of a tuple state), got ", p.segments.size());
   cuda::NormParams norm{};
@@ -55,9 +56,10 @@ at::Tensor error_ratio_cuda(const Prepared& p) {
   auto ratio = at::empty({}, opts);
   ODECORE_DISPATCH(p.y0.scalar_type(), "rk_error_ratio_cuda", [&] {
     auto* y1 = const_cast<scalar_t*>(p.y1.const_data_ptr<scalar_t>());  // written only if write_y1
-    const auto sol = make_params<scalar_t>(&p.y0, p.write_y1 ? p.k : std::vector<at::Tensor>{}, p.w);
+    const auto sol = make_params<scalar_t, double>(&p.y0, p.write_y1 ? p.k : std::vector<at::Tensor>{}, p.w);
     const auto err = make_params<scalar_t, double>(nullptr, p.k, p.err_w);
-    C10_CUDA_CHECK(cuda::launch_error_ratio<scalar_t>(y1, p.write_y1, sol, err, norm, partials.mutable_data_ptr<double>(),
+    C10_CUDA_CHECK(cuda::launch_error_ratio<scalar_t>(y1, p.write_y1, sol, err, dt, norm,
+                                                      partials.mutable_data_ptr<double>(),
                                                       ratio.mutable_data_ptr<double>(), current_stream()));
     if (p.write_y1) {
       for (const auto& [start, len] : excluded) {  // the solution there, without the norm
@@ -66,7 +68,7 @@ at::Tensor error_ratio_cuda(const Prepared& p) {
         for (int j = 0; j < part.m; ++j) {
           part.k[j] += start;
         }
-        C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(y1 + start, part, len, current_stream()));
+        C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(y1 + start, part, dt, len, current_stream()));
       }
     }
   });
@@ -77,8 +79,9 @@ at::Tensor rk_stage_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef<do
   const c10::cuda::CUDAGuard guard(y0.device());
   const Prepared p = prepare_stage(y0, k, a, dt);
   ODECORE_DISPATCH(y0.scalar_type(), "rk_stage_cuda", [&] {
-    C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(p.y1.mutable_data_ptr<scalar_t>(), make_params<scalar_t>(&p.y0, p.k, p.w),
-                                                  y0.numel(), current_stream()));
+    C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(p.y1.mutable_data_ptr<scalar_t>(),
+                                                  make_params<scalar_t, double>(&p.y0, p.k, p.w), nullptr, y0.numel(),
+                                                  current_stream()));
   });
   return p.y1;
 }
@@ -105,8 +108,8 @@ at::Tensor rk_interp_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef<d
   ODECORE_DISPATCH(y0.scalar_type(), "rk_interp_cuda", [&] {
     scalar_t* out = p.y1.mutable_data_ptr<scalar_t>();
     for (size_t q = 0; q < p.point_w.size(); ++q) {
-      C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(out + q * n, make_params<scalar_t>(&p.y0, p.k, p.point_w[q]), n,
-                                                    current_stream()));
+      C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(out + q * n, make_params<scalar_t, double>(&p.y0, p.k, p.point_w[q]),
+                                                    nullptr, n, current_stream()));
     }
   });
   return p.y1;
@@ -126,9 +129,92 @@ at::Tensor sde_step_cuda(const at::Tensor& y0, const at::Tensor& f, const at::Te
   return t.back();
 }
 
+// The *_dt ops: the weights are formed on the device from the coefficients and *dt.
+at::Tensor rk_stage_dt_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, const at::Tensor& dt) {
+  const c10::cuda::CUDAGuard guard(y0.device());
+  check_dt_tensor("rk_stage_dt", dt, y0);
+  const Prepared p = prepare_stage(y0, k, a, 1.0);
+  ODECORE_DISPATCH(y0.scalar_type(), "rk_stage_dt_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(p.y1.mutable_data_ptr<scalar_t>(),
+                                                  make_params<scalar_t, double>(&p.y0, p.k, p.w),
+                                                  dt.const_data_ptr<double>(), y0.numel(), current_stream()));
+  });
+  return p.y1;
+}
+
+std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
+                                                     at::ArrayRef<double> e, const at::Tensor& dt,
+                                                     const at::Tensor& rtol, const at::Tensor& atol,
+                                                     at::IntArrayRef segments) {
+  const c10::cuda::CUDAGuard guard(y0.device());
+  check_dt_tensor("rk_finish_dt", dt, y0);
+  const Prepared p = prepare_finish(y0, k, b, e, 1.0, rtol, atol, segments);
+  return {p.y1, error_ratio_cuda(p, dt.const_data_ptr<double>())};
+}
+
+at::Tensor rk_error_ratio_dt_cuda(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> e,
+                                  const at::Tensor& dt, const at::Tensor& rtol, const at::Tensor& atol,
+                                  at::IntArrayRef segments) {
+  const c10::cuda::CUDAGuard guard(y0.device());
+  check_dt_tensor("rk_error_ratio_dt", dt, y0);
+  return error_ratio_cuda(prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments), dt.const_data_ptr<double>());
+}
+
+void rk_control_cuda(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t,
+                     const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
+                     at::ArrayRef<double> params) {
+  check_control(state, accept, stage_t, ratio, times, c, params);
+  TORCH_CHECK_VALUE(c.size() <= static_cast<size_t>(kMaxTerms), "rk_control: at most ", kMaxTerms, " nodes, got ",
+                    c.size());
+  const c10::cuda::CUDAGuard guard(state.device());
+  cuda::Nodes nodes{};
+  nodes.n = static_cast<int>(c.size());
+  for (size_t i = 0; i < c.size(); ++i) {
+    nodes.c[i] = c[i];
+  }
+  AT_DISPATCH_FLOATING_TYPES(stage_t.scalar_type(), "rk_control_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_control<scalar_t>(state.mutable_data_ptr<double>(), accept.mutable_data_ptr<bool>(),
+                                                  stage_t.mutable_data_ptr<scalar_t>(), ratio.const_data_ptr<double>(),
+                                                  times.const_data_ptr<double>(), times.numel(), nodes,
+                                                  control_params(params), current_stream()));
+  });
+}
+
+void rk_dense_into_cuda(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
+                        const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly) {
+  check_dense_into(out, times, state, y0, y1, k, poly);
+  TORCH_CHECK_VALUE(poly.size() <= static_cast<size_t>(cuda::kMaxPoly), "rk_dense_into: at most ", cuda::kMaxPoly,
+                    " polynomial coefficients on CUDA, got ", poly.size());
+  const c10::cuda::CUDAGuard guard(y0.device());
+  cuda::DensePoly dense{};
+  dense.degree = k.empty() ? 0 : static_cast<int>(poly.size() / k.size());
+  for (size_t i = 0; i < poly.size(); ++i) {
+    dense.poly[i] = poly[i];
+  }
+  const at::Tensor y0c = y0.contiguous();
+  const at::Tensor y1c = y1.contiguous();
+  std::vector<at::Tensor> kc;
+  for (const auto& t : k) {
+    kc.push_back(t.contiguous());
+  }
+  const std::vector<double> unused(kc.size(), 0.0);  // the kernel forms the weights from the state
+  ODECORE_DISPATCH(y0.scalar_type(), "rk_dense_into_cuda", [&] {
+    C10_CUDA_CHECK(cuda::launch_dense_into<scalar_t>(out.mutable_data_ptr<scalar_t>(), times.const_data_ptr<double>(),
+                                                     state.const_data_ptr<double>(), times.numel(),
+                                                     make_params<scalar_t, double>(&y0c, kc, unused),
+                                                     y1c.const_data_ptr<scalar_t>(), dense, y0.numel(),
+                                                     current_stream()));
+  });
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(odecore, CUDA, m) {
+  m.impl("rk_stage_dt", &rk_stage_dt_cuda);
+  m.impl("rk_finish_dt", &rk_finish_dt_cuda);
+  m.impl("rk_error_ratio_dt", &rk_error_ratio_dt_cuda);
+  m.impl("rk_control", &rk_control_cuda);
+  m.impl("rk_dense_into", &rk_dense_into_cuda);
   m.impl("sde_step", &sde_step_cuda);
   m.impl("rk_stage", &rk_stage_cuda);
   m.impl("rk_finish", &rk_finish_cuda);

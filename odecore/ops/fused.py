@@ -12,6 +12,11 @@ rk_stage = _C.rk_stage
 rk_finish = _C.rk_finish
 rk_error_ratio = _C.rk_error_ratio
 rk_interp = _C.rk_interp
+rk_stage_dt = _C.rk_stage_dt
+rk_finish_dt = _C.rk_finish_dt
+rk_error_ratio_dt = _C.rk_error_ratio_dt
+rk_control = _C.rk_control
+rk_dense_into = _C.rk_dense_into
 
 
 def _check_terms(op, y0, k, n_coeffs):
@@ -47,6 +52,34 @@ def _(y0, y1, k, e, dt, rtol, atol, segments):
 def _(y0, k, poly, dt, x):
     _check_terms("rk_interp", y0, k, len(k))
     return y0.new_empty((len(x), *y0.shape))
+
+
+@torch.library.register_fake("odecore::rk_stage_dt")
+def _(y0, k, a, dt):
+    _check_terms("rk_stage_dt", y0, k, len(a))
+    return torch.empty_like(y0, memory_format=torch.contiguous_format)
+
+
+@torch.library.register_fake("odecore::rk_finish_dt")
+def _(y0, k, b, e, dt, rtol, atol, segments):
+    _check_terms("rk_finish_dt", y0, k, len(e))
+    return torch.empty_like(y0, memory_format=torch.contiguous_format), _ratio_like(y0)
+
+
+@torch.library.register_fake("odecore::rk_error_ratio_dt")
+def _(y0, y1, k, e, dt, rtol, atol, segments):
+    _check_terms("rk_error_ratio_dt", y0, k, len(e))
+    return _ratio_like(y0)
+
+
+@torch.library.register_fake("odecore::rk_control")
+def _(state, accept, stage_t, ratio, times, c, params):
+    return None
+
+
+@torch.library.register_fake("odecore::rk_dense_into")
+def _(out, times, state, y0, y1, k, poly):
+    return None
 
 
 sde_step = torch.ops.odecore.sde_step.default

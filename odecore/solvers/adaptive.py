@@ -2,11 +2,25 @@
 
 Step control follows torchdiffeq 0.2.5 (and Hairer, Norsett & Wanner, "Solving Ordinary
 Differential Equations I", section II.4), so the same steps are taken: the same initial
-step, error ratio, accept rule and step-size factor. Time lives on the host as Python
-floats; one host read per step (the error ratio) decides acceptance. The step arithmetic
-is the backend's: each stage is one `rk_stage`, the solution and its error ratio one
-`rk_finish` (or `rk_error_ratio` when the last stage already is the solution), and output
-times one `rk_interp` per step that holds any.
+step, error ratio, accept rule and step-size factor. The step arithmetic is the backend's:
+each stage is one `rk_stage`, the solution and its error ratio one `rk_finish` (or
+`rk_error_ratio` when the last stage already is the solution), and output times one
+`rk_interp` per step that holds any.
+
+Two loops run this arithmetic:
+
+* the host loop (`_step`): time lives on the host as Python floats; one host read per step
+  (the error ratio) decides acceptance. Every feature runs here.
+* the device loop (`_integrate_device`, option ``sync_every=K``): t, dt, the accept/reject
+  decision, the step counters and the status live in a small float64 tensor on the state's
+  device, updated by the fused `rk_control` op; the stages take dt as a device tensor
+  (`rk_stage_dt`, ...), a rejected step becomes a masked no-op (`torch.where`), and output
+  rows are written in place by `rk_dense_into`. The host reads the control state once every
+  K steps to see whether the solve is done or failed. The arithmetic is the host loop's,
+  operation for operation, so the results are the same (bitwise on the CPU). Used by
+  default on CUDA (K = 16) when nothing records gradients and the solve needs no host-side
+  feature (a user `norm`, `step_t`/`jump_t`, checkpoint recording); up to K - 1 attempts
+  after the end are wasted (their evaluations count in nfe, not in the step counts).
 """
 import bisect
 import math
@@ -15,7 +29,15 @@ import torch
 
 from .base import Perturb, check_finite_ratio, warn_unused
 
-_KNOWN = {"first_step", "step_t", "jump_t", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "dtype", "norm"}
+_KNOWN = {"first_step", "step_t", "jump_t", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "dtype", "norm",
+          "sync_every"}
+
+# Default K of the device loop on CUDA: one host read per 16 steps.
+DEFAULT_SYNC_EVERY = 16
+# Slots of the device loop's control state (csrc/include/odecore/rk_math.h, ControlSlot).
+T, DT, STATUS, N_STEPS, N_ACCEPTED, STEPS_HERE, NEXT_OUT, FIRST_OUT, T0, T1, DT_USED, RATIO, ERR_T, ERR_DT = range(14)
+NUM_SLOTS = 20
+RUNNING, DONE, NON_FINITE, UNDERFLOW, MAX_STEPS = range(5)
 
 
 def rms_segments(x, segments):
@@ -36,7 +58,8 @@ class AdaptiveRKSolver:
     order = None
 
     def __init__(self, func, y0, rtol, atol, *, ops, segments, norm=None, first_step=None, step_t=None, jump_t=None, min_step=0.0,
-                 max_step=math.inf, safety=0.9, ifactor=10.0, dfactor=0.2, max_num_steps=2 ** 31 - 1, dtype=torch.float64, **unused):
+                 max_step=math.inf, safety=0.9, ifactor=10.0, dfactor=0.2, max_num_steps=2 ** 31 - 1, dtype=torch.float64,
+                 sync_every=None, **unused):
         warn_unused(type(self), unused)
         self.func = func
         self.y0 = y0
@@ -53,7 +76,13 @@ class AdaptiveRKSolver:
         self.jump_t = self._sorted_times(jump_t)
         if set(self.step_t) & set(self.jump_t):
             raise ValueError("`step_t` and `jump_t` must not have any repeated elements between them.")
+        if sync_every is not None and (isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 0):
+            raise ValueError("options['sync_every'] must be a non-negative int (0: read the error ratio on the host "
+                             "every step), got %r" % (sync_every,))
+        self.sync_every = sync_every
         self.n_steps = self.n_accepted = 0
+        self.host_reads = 0
+        self.loop = "host"
         tab = self.tableau
         self._stage_plan = [(idx, coeffs, tab.c[i]) for i, (idx, coeffs) in enumerate(tab.stage_terms) if i > 0]
 
@@ -111,6 +140,9 @@ class AdaptiveRKSolver:
         self.dt = self._initial_step(t[0], y0, self.f) if self.first_step is None else self.first_step
         self.next_step_index = min(bisect.bisect(self.step_t, t[0]), len(self.step_t) - 1)
         self.next_jump_index = min(bisect.bisect(self.jump_t, t[0]), len(self.jump_t) - 1)
+        sync_every = self._device_sync_every(recorder)
+        if sync_every and len(t) > 1:
+            return self._integrate_device(t, sync_every)
         chunks = [y0.unsqueeze(0)]
         j, steps_here = 1, 0
         while j < len(t):
@@ -129,6 +161,102 @@ class AdaptiveRKSolver:
             steps_here = 0
         return torch.cat(chunks)
 
+    # -- the device loop -----------------------------------------------------------------
+    def _device_sync_every(self, recorder):
+        """K for the device loop, or 0 for the host loop (see the module docstring)."""
+        k = self.sync_every
+        if k == 0:
+            return 0
+        ops = self.ops
+        eligible = (
+            hasattr(ops, "rk_control") and recorder is None and self.norm is None and not self.step_t and not self.jump_t
+            and self.y0.dtype in (torch.float32, torch.float64) and self.time_dtype in (torch.float32, torch.float64)
+            and not (torch.is_grad_enabled() and (self.y0.requires_grad or self.f.requires_grad))
+            and len(self.tableau.dense_flat) <= 192
+        )
+        if not eligible:
+            return 0
+        if k is None:
+            return DEFAULT_SYNC_EVERY if self.y0.is_cuda else 0
+        return k
+
+    def _integrate_device(self, t, sync_every):
+        """The device loop over the increasing float times `t` (len(t) > 1)."""
+        ops, func, tab = self.ops, self.func, self.tableau
+        y, f = self.y0, self.f
+        dev = y.device
+        t0, dt = self.t, self.dt
+        # the first attempt is set up here with the host loop's arithmetic, later ones by rk_control
+        if not t0 + dt > t0:
+            raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
+                               "its solution may blow up here)" % (t0, dt))
+        t1 = self._round(t0 + dt)
+        t_end = func.nudge(t1, Perturb.PREV)
+        nodes = [c for _, _, c in self._stage_plan]
+        stage_t = torch.tensor([func.time_sign * (t_end if c == 1.0 else t0 + c * dt) for c in nodes], dtype=y.dtype)
+        state = torch.zeros(NUM_SLOTS, dtype=torch.float64)
+        state[T], state[DT], state[NEXT_OUT], state[FIRST_OUT] = t0, dt, 1, 1
+        state[T0], state[T1], state[DT_USED] = t0, t1, dt
+        state, stage_t = state.to(dev), stage_t.to(dev)
+        times = torch.tensor(t, dtype=torch.float64, device=dev)
+        out = y.new_empty((len(t), *y.shape))
+        out[0] = y
+        accept = torch.zeros((), dtype=torch.bool, device=dev)
+        params = [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
+                  float(self.max_num_steps), func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0]
+        dt_t = state[DT_USED]
+        stage_views = list(stage_t.unbind(0))
+        plan = [([j for j in idx], coeffs) for idx, coeffs, _ in self._stage_plan]
+        rtol, atol, segments = self.rtol, self.atol, self.segments
+        poly = tab.dense_flat
+        if tab.fsal:
+            e_idx, e = tab.e_terms
+        self.loop = "device"
+        batch, shortened = sync_every, False
+        while True:
+            for _ in range(batch):
+                k = [f]
+                yi = y
+                for (idx, coeffs), ti in zip(plan, stage_views):
+                    yi = ops.rk_stage_dt(y, [k[j] for j in idx], coeffs, dt_t)
+                    k.append(func.call_device_time(ti, yi))
+                if tab.fsal:
+                    y1 = yi
+                    ratio = ops.rk_error_ratio_dt(y, yi, [k[j] for j in e_idx], e, dt_t, rtol, atol, segments)
+                else:
+                    y1, ratio = ops.rk_finish_dt(y, k, tab.b, tab.e, dt_t, rtol, atol, segments)
+                ops.rk_control(state, accept, stage_t, ratio, times, nodes, params)
+                ops.rk_dense_into(out, times, state, y, y1, k, poly)
+                y = torch.where(accept, y1, y)
+                f = torch.where(accept, k[-1], f)
+            s = state.tolist()
+            self.host_reads += 1
+            self.t, self.dt = s[T], s[DT]
+            self.n_steps, self.n_accepted = int(s[N_STEPS]), int(s[N_ACCEPTED])
+            status = int(s[STATUS])
+            if status == DONE:
+                break
+            if status != RUNNING:
+                self._device_error(status, s)
+            # near the end, once, a shorter batch so that few attempts are wasted
+            left = (t[-1] - s[T]) / s[DT] if s[DT] > 0 else math.inf
+            if not shortened and left < sync_every:
+                batch, shortened = max(1, math.ceil(left)), True
+            else:
+                batch = sync_every
+        self.y, self.f = y, f
+        return out
+
+    def _device_error(self, status, s):
+        t, dt = s[ERR_T], s[ERR_DT]
+        if status == NON_FINITE:
+            check_finite_ratio(math.nan, t, dt)
+        if status == UNDERFLOW:
+            raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
+                               "its solution may blow up here)" % (t, dt))
+        raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r" % (self.max_num_steps, t, dt))
+
+    # -- the host loop -------------------------------------------------------------------
     def _step(self):
         t0, y0, f0, dt = self.t, self.y, self.f, self.dt
         if not t0 + dt > t0:
@@ -149,6 +277,7 @@ class AdaptiveRKSolver:
                 t1, dt = next_t, self._round(next_t - t0)
 
         k, y1, ratio = self._attempt(t0, y0, f0, dt, t1)
+        self.host_reads += 1
         check_finite_ratio(ratio, t0, dt)
 
         accept = ratio <= 1.0
@@ -236,4 +365,5 @@ class AdaptiveRKSolver:
 
     def stats(self):
         return {"nfe": self.func.nfe, "n_steps": self.n_steps, "n_accepted": self.n_accepted,
-                "n_rejected": self.n_steps - self.n_accepted, "final_dt": getattr(self, "dt", None)}
+                "n_rejected": self.n_steps - self.n_accepted, "final_dt": getattr(self, "dt", None),
+                "loop": self.loop, "host_reads": self.host_reads}

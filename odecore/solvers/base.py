@@ -57,6 +57,15 @@ class RHS:
             self._check(out)
         return -out if self.time_sign < 0 else out
 
+    def call_device_time(self, t, y):
+        """func at a time that is already a 0-d tensor on y's device, times the time sign
+        and in y's dtype (the device loop's stage times)."""
+        out = self.func(t, y)
+        self.nfe += 1
+        if not self._checked:
+            self._check(out)
+        return -out if self.time_sign < 0 else out
+
     def _check(self, out):
         if not isinstance(out, torch.Tensor):
             raise TypeError("func must return a torch.Tensor, got %s" % type(out).__name__)

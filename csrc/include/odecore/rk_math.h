@@ -85,14 +85,33 @@ ODECORE_HD double scaled_error_sq(double err, double y0, double y1, double rtol,
   return r * r + (y1 - y1);  // y1 - y1 is 0, or NaN when y1 is not finite (branch-free)
 }
 
+// Double arithmetic rounded after every operation on the host and the device alike:
+// nvcc would otherwise fuse a * b + c into one FMA, so that step sizes, times and
+// weights computed on the device would differ in the last bit from the host loop's.
+ODECORE_HD double dmul(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dmul_rn(a, b);
+#else
+  return a * b;
+#endif
+}
+
+ODECORE_HD double dadd(double a, double b) {
+#if defined(__CUDA_ARCH__)
+  return __dadd_rn(a, b);
+#else
+  return a + b;
+#endif
+}
+
 // Weight of stage j in the dense output at fraction x of the step:
 // P_j(x) = sum_{d<D} poly[j*D + d] * x^(d+1), times dt.
 ODECORE_HD double dense_weight(const double* poly, int degree, int j, double x, double dt) {
   double acc = 0.0;
   for (int d = degree - 1; d >= 0; --d) {
-    acc = acc * x + poly[j * degree + d];
+    acc = dadd(dmul(acc, x), poly[j * degree + d]);
   }
-  return acc * x * dt;
+  return dmul(dmul(acc, x), dt);
 }
 
 // Combines per-segment sums of squares into the error ratio: the largest RMS
@@ -120,6 +139,165 @@ ODECORE_HD acc_t sde_update(acc_t y0, acc_t f, acc_t g, acc_t dw, acc_t gdg, boo
     out += acc_t(0.5) * gdg * (dw * dw - correction);
   }
   return out;
+}
+
+// ---------------------------------------------------------------------------
+// Device-resident step control (rk_control): the accept/reject decision and the next
+// step of the adaptive loop, computed where the state lives, so that a solve on the
+// GPU need not read the error ratio back every step. The arithmetic is that of the
+// host loop (odecore/solvers/adaptive.py) operation for operation.
+// ---------------------------------------------------------------------------
+
+// Slots of the float64 control state.
+enum ControlSlot : int {
+  kT = 0,          // current time (end of the last accepted step)
+  kDt,             // the next step size
+  kStatus,         // ControlStatus
+  kNSteps,         // attempted steps
+  kNAccepted,      // accepted steps
+  kStepsHere,      // steps since the last output time was passed (max_num_steps)
+  kNextOut,        // index of the first output time not yet written
+  kFirstOut,       // first output row the last step wrote (rows [kFirstOut, kNextOut))
+  kT0,             // start of the step being attempted
+  kT1,             // its end
+  kDtUsed,         // its step size
+  kRatio,          // error ratio of the last attempt
+  kErrT,           // t and dt where the solve stopped with an error
+  kErrDt,
+  kOutT0,          // the last accepted step (t0, t1, dt), for its output rows
+  kOutT1,
+  kOutDt,
+  kNumSlots = 20,
+};
+
+// Values of state[kStatus].
+constexpr double kRunning = 0.0;
+constexpr double kDone = 1.0;
+constexpr double kNonFinite = 2.0;  // NaN/inf in the solution or its error estimate
+constexpr double kUnderflow = 3.0;  // t + dt == t
+constexpr double kMaxSteps = 4.0;   // max_num_steps exceeded
+
+// Parameters of rk_control, in the order of its `params` argument.
+struct ControlParams {
+  double order, safety, ifactor, dfactor, min_step, max_step, max_num_steps, time_sign;
+  bool round_f32;  // time-like values carry float32 precision (options dtype=float32)
+};
+constexpr int kControlParams = 9;
+
+ODECORE_HD bool is_inf(double v) {
+  return v == INFINITY || v == -INFINITY;
+}
+
+ODECORE_HD double round_time(double v, bool f32) {
+  return f32 ? static_cast<double>(static_cast<float>(v)) : v;
+}
+
+// The step-size factor of the host loop: safety / ratio^(1/order), clipped.
+ODECORE_HD double step_factor(double ratio, const ControlParams& p) {
+  if (ratio == 0.0) {
+    return p.ifactor;
+  }
+  const double dfactor = ratio >= 1.0 ? p.dfactor : 1.0;
+  double f = p.safety / pow(ratio, 1.0 / p.order);
+  f = f < dfactor ? dfactor : f;   // Python's max(f, dfactor)
+  return p.ifactor < f ? p.ifactor : f;  // min(ifactor, f)
+}
+
+// The time just before t in the state's dtype (Perturb.PREV of the host loop).
+template <typename time_t>
+ODECORE_HD double time_before(double t);
+template <>
+ODECORE_HD double time_before<double>(double t) {
+  return nextafter(t, -INFINITY);
+}
+template <>
+ODECORE_HD double time_before<float>(double t) {
+  return static_cast<double>(nextafterf(static_cast<float>(t), -INFINITY));
+}
+
+// Sets up the attempt from state[kT] with step state[kDt]: its end, and the times of
+// stages 1.. (func's argument, times time_sign, in the state's dtype). Returns false
+// (and sets the status) when the step cannot be taken.
+template <typename time_t>
+ODECORE_HD bool prepare_attempt(double* state, time_t* stage_t, const double* c, int n_c, const ControlParams& p) {
+  const double t0 = state[kT];
+  const double dt = state[kDt];
+  if (state[kStepsHere] >= p.max_num_steps) {
+    state[kStatus] = kMaxSteps;
+  } else if (!(dadd(t0, dt) > t0)) {
+    state[kStatus] = kUnderflow;
+  }
+  if (state[kStatus] != kRunning) {
+    state[kErrT] = t0;
+    state[kErrDt] = dt;
+    return false;
+  }
+  const double t1 = round_time(dadd(t0, dt), p.round_f32);
+  state[kT0] = t0;
+  state[kT1] = t1;
+  state[kDtUsed] = dt;
+  for (int i = 0; i < n_c; ++i) {
+    const double ti = c[i] == 1.0 ? time_before<time_t>(t1) : dadd(t0, dmul(c[i], dt));
+    stage_t[i] = static_cast<time_t>(dmul(p.time_sign, ti));
+  }
+  return true;
+}
+
+// Decides the attempt described by state[kT0..kDtUsed] given its error ratio, and sets
+// up the next one. Output rows [state[kFirstOut], state[kNextOut]) fall in the step
+// when it was accepted (then described by state[kOutT0..kOutDt]). Once the status leaves kRunning nothing changes any more.
+template <typename time_t>
+ODECORE_HD void control_update(double* state, bool* accept, time_t* stage_t, double ratio, const double* times,
+                               int64_t n_times, const double* c, int n_c, const ControlParams& p) {
+  *accept = false;
+  state[kFirstOut] = state[kNextOut];
+  if (state[kStatus] != kRunning) {
+    return;
+  }
+  const double dt = state[kDtUsed];
+  state[kRatio] = ratio;
+  bool ok = ratio <= 1.0;
+  if (dt > p.max_step) {
+    ok = false;
+  }
+  if (dt <= p.min_step) {
+    ok = true;
+  }
+  if (ratio != ratio || (ok && is_inf(ratio))) {
+    state[kStatus] = kNonFinite;
+    state[kErrT] = state[kT0];
+    state[kErrDt] = dt;
+    return;
+  }
+  state[kNSteps] += 1.0;
+  state[kStepsHere] += 1.0;
+  if (ok) {
+    const double t1 = state[kT1];
+    state[kOutT0] = state[kT0];
+    state[kOutT1] = t1;
+    state[kOutDt] = dt;
+    state[kNAccepted] += 1.0;
+    state[kT] = t1;
+    int64_t next = static_cast<int64_t>(state[kNextOut]);
+    const int64_t first = next;
+    while (next < n_times && times[next] <= t1) {
+      ++next;
+    }
+    if (next != first) {
+      state[kStepsHere] = 0.0;
+    }
+    state[kNextOut] = static_cast<double>(next);
+    *accept = true;
+  }
+  double dt_next = dmul(dt, step_factor(ratio, p));
+  dt_next = dt_next < p.min_step ? p.min_step : dt_next;
+  dt_next = p.max_step < dt_next ? p.max_step : dt_next;
+  state[kDt] = round_time(dt_next, p.round_f32);
+  if (static_cast<int64_t>(state[kNextOut]) >= n_times) {
+    state[kStatus] = kDone;
+    return;
+  }
+  prepare_attempt(state, stage_t, c, n_c, p);
 }
 
 }  // namespace odecore
