@@ -1,5 +1,7 @@
 """Data that ships offline: scikit-learn's bundled digits (the default) and MNIST from
-standard IDX files the user already has (never downloaded)."""
+standard IDX files the user already has (never downloaded); for SDE-Net's regression
+experiment, scikit-learn's bundled diabetes data and out-of-distribution rows from its
+breast cancer or wine data."""
 import gzip
 import os
 import struct
@@ -101,6 +103,55 @@ def photo_patches(n, size=8, seed=0):
         r, c = rng.randint(0, photo.shape[0] - size), rng.randint(0, photo.shape[1] - size)
         patches.append(photo[r:r + size, c:c + size])
     return torch.from_numpy(np.stack(patches)).unsqueeze(1)
+
+
+def load_diabetes(test_fraction=0.2, seed=0, return_normalisation=False):
+    """scikit-learn's bundled diabetes regression data (442 rows, 10 features, no download)
+    with a fixed seeded train/test split: ((x_train, y_train), (x_test, y_test)) as float32
+    tensors of shapes (N, 10) and (N,). Features and target are standardised with the
+    training rows' mean and std (population std); with `return_normalisation` a third item
+    (x_mean, x_std, y_mean, y_std) maps them back (RMSE in original units is
+    ``y_std * rmse``)."""
+    try:
+        from sklearn.datasets import load_diabetes as sklearn_diabetes
+    except ImportError as error:  # pragma: no cover - scikit-learn is a dependency of the train extra
+        raise ImportError("the diabetes data needs scikit-learn: pip install scikit-learn") from error
+    if not 0 < test_fraction < 1:
+        raise ValueError("test_fraction must be in (0, 1), got %r" % (test_fraction,))
+    bunch = sklearn_diabetes(scaled=False)
+    x, y = np.asarray(bunch.data, dtype=np.float64), np.asarray(bunch.target, dtype=np.float64)
+    order = np.random.RandomState(seed).permutation(len(y))
+    n_test = int(round(test_fraction * len(y)))
+    test, train = order[:n_test], order[n_test:]
+    x_mean, x_std = x[train].mean(0), x[train].std(0)
+    y_mean, y_std = float(y[train].mean()), float(y[train].std())
+    x, y = (x - x_mean) / x_std, (y - y_mean) / y_std
+
+    def tensor(a):
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+
+    splits = (tensor(x[train]), tensor(y[train])), (tensor(x[test]), tensor(y[test]))
+    normalisation = (tensor(x_mean), tensor(x_std), y_mean, y_std)
+    return splits + (normalisation,) if return_normalisation else splits
+
+
+REGRESSION_OOD = {"breast_cancer": "load_breast_cancer", "wine": "load_wine"}
+
+
+def regression_ood(name="breast_cancer", n_features=10):
+    """Out-of-distribution rows for the diabetes regression: the first `n_features` feature
+    columns of another bundled scikit-learn data set (breast cancer: 569 rows, the ten "mean"
+    measurements; wine: 178 rows), each standardised with its own mean and std, as SDE-Net's
+    paper does with Boston housing against YearPredictionMSD. A float32 tensor (N, n_features)."""
+    if name not in REGRESSION_OOD:
+        raise ValueError("unknown OOD data set %r (choose %s)" % (name, " or ".join(sorted(REGRESSION_OOD))))
+    import sklearn.datasets
+
+    x = np.asarray(getattr(sklearn.datasets, REGRESSION_OOD[name])().data, dtype=np.float64)[:, :n_features]
+    if x.shape[1] != n_features:
+        raise ValueError("%s has only %d features, %d asked" % (name, x.shape[1], n_features))
+    x = (x - x.mean(0)) / x.std(0)
+    return torch.from_numpy(x.astype(np.float32))
 
 
 def load(name, data_dir=None):

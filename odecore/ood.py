@@ -1,9 +1,15 @@
 """`odecore train sdenet`: SDE-Net (Kong et al. 2020) and a ResNet baseline on the bundled
 digits, evaluated for out-of-distribution and misclassification detection on data that ships
 offline: grey patches of scikit-learn's sample photos, Gaussian-noise images, and held-out
-classes (a second pair of models trained on digits 0-4, tested against 5-9)."""
+classes (a second pair of models trained on digits 0-4, tested against 5-9).
+
+With ``--data diabetes``: the paper's regression experiment (section 5.2) on scikit-learn's
+bundled diabetes data, SDE-Net (mean and variance heads, Gaussian negative log-likelihood)
+against the same network without diffusion, out-of-distribution rows from the bundled
+breast cancer (or wine) data."""
 import argparse
 import json
+import math
 import os
 import time
 
@@ -14,6 +20,17 @@ from . import data as datasets
 from .metrics import detection_metrics
 
 METRICS = ("tnr_at_tpr95", "auroc", "detection_accuracy", "aupr_in", "aupr_out")
+DATA = ("digits", "diabetes")
+# Per data set defaults of the options left unset on the command line.
+DEFAULTS = {
+    "digits": {"epochs": 10, "batch_size": 128, "lr": 3e-3, "lr_diffusion": 1e-3, "dim": 64, "layer_depth": 4,
+               "sigma_max": 1.0, "threads": None},
+    # the diabetes models are tiny: a second intra-op thread only adds overhead (several times
+    # the run time on a loaded machine)
+    "diabetes": {"epochs": 100, "batch_size": 32, "lr": 1e-4, "lr_diffusion": 1e-2, "dim": 50, "layer_depth": 4,
+                 "sigma_max": 0.5, "threads": 1},
+}
+REGRESSION_MODELS = ("sdenet", "mlp")
 
 
 def build(name, num_classes, args):
@@ -113,6 +130,156 @@ def run(args):
     return summary
 
 
+# -- regression (--data diabetes) ---------------------------------------------------------
+def regression_loss(output, y):
+    """The task loss of the regression models: Gaussian negative log-likelihood of the mean
+    and variance heads (``output`` as SDENetRegression returns it)."""
+    mean, var = output
+    return nn.functional.gaussian_nll_loss(mean, y, var)
+
+
+def fit_regression(name, x, y, args):
+    """SDE-Net trained as in the paper (task loss, then the diffusion net's in/out BCE each
+    batch), or the baseline: the same network with ``sigma_max = 0`` (no diffusion, a
+    residual MLP with mean and variance heads) trained on the task loss alone."""
+    from .nn import SDENetRegression, sdenet_train_step
+
+    torch.manual_seed(args.seed)
+    model = SDENetRegression(x.shape[1], hidden=args.dim, layer_depth=args.layer_depth,
+                             sigma_max=args.sigma_max if name == "sdenet" else 0.0)
+    task = torch.optim.Adam(model.task_parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(task, T_max=args.epochs)]
+    diffusion = None
+    if name == "sdenet":
+        diffusion = torch.optim.Adam(model.diffusion_net.parameters(), lr=args.lr_diffusion,
+                                     weight_decay=args.weight_decay)
+        schedules.append(torch.optim.lr_scheduler.CosineAnnealingLR(diffusion, T_max=args.epochs))
+    generator = torch.Generator().manual_seed(args.seed)
+    for epoch in range(args.epochs):
+        order = torch.randperm(len(x), generator=generator)
+        for start in range(0, len(x), args.batch_size):
+            idx = order[start:start + args.batch_size]
+            xb, yb = x[idx], y[idx]
+            if diffusion is not None:
+                sdenet_train_step(model, task, diffusion, xb, yb, regression_loss)
+            else:
+                task.zero_grad()
+                regression_loss(model(xb), yb).backward()
+                task.step()
+        for schedule in schedules:
+            schedule.step()
+    return model
+
+
+def predict_regression(model, x, passes):
+    """Over `passes` stochastic forward passes: the mean prediction, the predictive variance
+    (of the equally weighted mixture of the passes' Gaussians) and the spread (std) of the
+    predicted means."""
+    model.eval()
+    with torch.no_grad():
+        outputs = [model(x) for _ in range(passes)]
+    model.train()
+    means = torch.stack([m for m, _ in outputs])
+    variances = torch.stack([v for _, v in outputs])
+    between = means.var(0, unbiased=False)
+    return means.mean(0), variances.mean(0) + between, between.sqrt()
+
+
+def evaluate_regression(model, x_test, y_test, x_ood, ood_name, passes, y_std, uncertainty, sigma_max=None):
+    """Test RMSE and Gaussian NLL (with its 0.5 log(2 pi)) in the target's original units, and
+    OOD detection with the test rows as in-distribution, the score being minus the uncertainty:
+    ``"spread"``, the std of the predicted means across passes, or ``"variance"``, the
+    predicted variance (both in original units)."""
+    if sigma_max is not None:
+        model.sigma_max = sigma_max  # the diffusion's scale at test time may differ from training's
+    mean, var, spread = predict_regression(model, x_test, passes)
+    rmse = y_std * (mean - y_test).pow(2).mean().sqrt().item()
+    # standardised y: the NLL in original units is the standardised one plus log(y_std)
+    nll = (0.5 * torch.log(2 * math.pi * var) + 0.5 * (y_test - mean) ** 2 / var).mean().item() + math.log(y_std)
+    _, ood_var, ood_spread = predict_regression(model, x_ood, passes)
+    if uncertainty == "spread":
+        in_u, out_u = y_std * spread, y_std * ood_spread
+    else:
+        in_u, out_u = y_std ** 2 * var, y_std ** 2 * ood_var
+    result = {"rmse": rmse, "nll": nll, "uncertainty": uncertainty, "passes": passes,
+              "mean_uncertainty_in": in_u.mean().item(), "mean_uncertainty_out": out_u.mean().item()}
+    result[ood_name] = detection_metrics((-in_u).numpy(), (-out_u).numpy())
+    result["in_scores"], result[ood_name + "_scores"] = in_u.tolist(), out_u.tolist()
+    return result
+
+
+def run_regression(args):
+    start = time.perf_counter()
+    (x_train, y_train), (x_test, y_test), (_, _, _, y_std) = datasets.load_diabetes(return_normalisation=True)
+    if args.limit:
+        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
+        x_test, y_test = x_test[:args.limit], y_test[:args.limit]
+    x_ood = datasets.regression_ood(args.ood, n_features=x_train.shape[1])
+    results = {}
+    for name in REGRESSION_MODELS:
+        print("== %s: diabetes" % name)
+        model = fit_regression(name, x_train, y_train, args)
+        if name == "sdenet":
+            results[name] = evaluate_regression(model, x_test, y_test, x_ood, args.ood, args.passes, y_std, "spread",
+                                                args.test_sigma_max)
+        else:  # deterministic: one pass, its own predicted variance as the uncertainty
+            results[name] = evaluate_regression(model, x_test, y_test, x_ood, args.ood, 1, y_std, "variance")
+    os.makedirs(args.out, exist_ok=True)
+    table = format_regression_table(results, args.ood, len(x_test), len(x_ood))
+    print(table)
+    with open(os.path.join(args.out, "ood.md"), "w") as handle:
+        handle.write(table + "\n")
+    summary = {m: {k: v for k, v in r.items() if not k.endswith("scores")} for m, r in results.items()}
+    summary["data"], summary["ood_data"] = "diabetes", args.ood
+    summary["n_test"], summary["n_ood"] = len(x_test), len(x_ood)
+    summary["seconds"] = time.perf_counter() - start
+    with open(os.path.join(args.out, "ood.json"), "w") as handle:
+        json.dump(summary, handle, indent=2)
+    plot_uncertainty(results, args.ood, args.out)
+    return summary
+
+
+OOD_DESCRIPTION = {"breast_cancer": "scikit-learn's breast cancer data (first 10 features)",
+                   "wine": "scikit-learn's wine data (first 10 features)"}
+
+
+def format_regression_table(results, ood, n_test, n_ood):
+    lines = ["| model | test RMSE | test NLL | OOD set | " + " | ".join(METRICS) + " |",
+             "|---|---:|---:|---|" + "---:|" * len(METRICS)]
+    for model, r in results.items():
+        lines.append("| %s | %.2f | %.3f | %s | %s |" % (model, r["rmse"], r["nll"], ood,
+                                                       " | ".join("%.3f" % r[ood][m] for m in METRICS)))
+    lines.append("")
+    lines.append("Diabetes (%d test rows) against %s (%d rows, standardised with their own statistics). "
+                 "RMSE and Gaussian NLL in the target's units. Uncertainty: sdenet, the std of the predicted "
+                 "means over %d passes; mlp (sigma_max = 0, no diffusion), its predicted variance."
+                 % (n_test, OOD_DESCRIPTION[ood], n_ood, results["sdenet"]["passes"]))
+    return "\n".join(lines)
+
+
+def plot_uncertainty(results, ood, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5))
+    for ax, (model, r) in zip(axes, results.items()):
+        scores_in = np.log10(np.maximum(r["in_scores"], 1e-12))
+        scores_out = np.log10(np.maximum(r[ood + "_scores"], 1e-12))
+        bins = np.linspace(min(scores_in.min(), scores_out.min()), max(scores_in.max(), scores_out.max()) + 1e-9, 31)
+        ax.hist(scores_in, bins=bins, alpha=0.6, label="diabetes test (in)", density=True)
+        ax.hist(scores_out, bins=bins, alpha=0.6, label="%s (out)" % ood.replace("_", " "), density=True)
+        ax.set_title("%s: uncertainty" % model)
+        ax.set_xlabel("log10 " + ("std of means over passes" if r["uncertainty"] == "spread" else "predicted variance"))
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "uncertainty.png"), dpi=100)
+    plt.close(fig)
+
+
+# -- output ---------------------------------------------------------------------------------
 def format_table(results):
     lines = ["| model | accuracy | OOD set | " + " | ".join(METRICS) + " |", "|---|---:|---|" + "---:|" * len(METRICS)]
     for model, r in results.items():
@@ -142,21 +309,49 @@ def plot_histogram(results, out):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="odecore train sdenet", description=__doc__)
-    parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--lr", type=float, default=3e-3)
-    parser.add_argument("--lr-diffusion", type=float, default=1e-3)
-    parser.add_argument("--dim", type=int, default=64)
-    parser.add_argument("--layer-depth", type=int, default=4)
-    parser.add_argument("--sigma-max", type=float, default=1.0)
+    parser = argparse.ArgumentParser(prog="odecore train sdenet", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", choices=DATA, default="digits",
+                        help="digits: classification (default); diabetes: regression (the paper's section 5.2)")
+    parser.add_argument("--ood", choices=("breast_cancer", "wine"), default="breast_cancer",
+                        help="--data diabetes: the bundled data set whose rows are out of distribution")
+
+    def default(key):
+        return "(digits %s, diabetes %s)" % (DEFAULTS["digits"][key], DEFAULTS["diabetes"][key])
+
+    parser.add_argument("--epochs", type=int, default=None, help=default("epochs"))
+    parser.add_argument("--batch-size", type=int, default=None, help=default("batch_size"))
+    parser.add_argument("--lr", type=float, default=None, help=default("lr"))
+    parser.add_argument("--lr-diffusion", type=float, default=None, help=default("lr_diffusion"))
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="--data diabetes: Adam's weight decay (default 0)")
+    parser.add_argument("--dim", type=int, default=None, help="channels / hidden units " + default("dim"))
+    parser.add_argument("--layer-depth", type=int, default=None, help=default("layer_depth"))
+    parser.add_argument("--sigma-max", type=float, default=None, help=default("sigma_max"))
     parser.add_argument("--test-sigma-max", type=float, default=None, help="sigma_max at test time (default: --sigma-max)")
     parser.add_argument("--passes", type=int, default=10, help="stochastic passes at test time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads for the run (digits: torch's default, diabetes: 1)")
     parser.add_argument("--out", default=os.path.join("runs", "sdenet"))
     args = parser.parse_args(argv)
+    for key, value in DEFAULTS[args.data].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.epochs < 1 or args.batch_size < 1 or args.passes < 1 or args.layer_depth < 1:
         parser.error("--epochs, --batch-size, --passes and --layer-depth must be positive")
-    run(args)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be positive")
+    if args.data == "diabetes":
+        if args.passes < 2:
+            parser.error("--data diabetes needs --passes >= 2 (SDE-Net's uncertainty is the spread across passes)")
+        if args.dim < 1 or args.weight_decay < 0:
+            parser.error("--dim must be positive and --weight-decay non-negative")
+    threads = torch.get_num_threads()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    try:
+        run_regression(args) if args.data == "diabetes" else run(args)
+    finally:
+        torch.set_num_threads(threads)
     return 0
