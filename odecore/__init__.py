@@ -9,9 +9,10 @@ from .api import odeint
 from .ops import get_backend, set_backend
 from .brownian import BrownianInterval, BrownianPath, BrownianTree
 from .sde import sdeint
+from .sde_adjoint import sdeint_adjoint
 from .solvers import SOLVERS
 from .solvers.base import Perturb
 
 __version__ = "0.1.0"
 
-__all__ = ["odeint", "odeint_adjoint", "sdeint", "BrownianInterval", "BrownianPath", "BrownianTree", "backend_info", "set_backend", "get_backend", "SOLVERS", "Perturb", "__version__"]
+__all__ = ["odeint", "odeint_adjoint", "sdeint", "sdeint_adjoint", "BrownianInterval", "BrownianPath", "BrownianTree", "backend_info", "set_backend", "get_backend", "SOLVERS", "Perturb", "__version__"]
