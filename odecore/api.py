@@ -135,8 +135,11 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
             (tuple y0) one entry per tensor.
         method: one of ``odecore.SOLVERS`` (default 'dopri5').
         options: method options as in torchdiffeq; odecore adds ``backend`` ('fused' or
-            'reference', default: the global backend) and ``return_stats`` (also return a
-            dict with 'nfe', 'n_steps', 'n_accepted', 'n_rejected').
+            'reference', default: the global backend), ``return_stats`` (also return a
+            dict with 'nfe', 'n_steps', 'n_accepted', 'n_rejected', 'final_dt', 'loop' and
+            'host_reads'), ``checkpoint`` (N: exact gradients from at most N stored steps)
+            and ``sync_every`` (K: the device-resident loop reading the host once every K
+            steps; default 16 on CUDA, 0 = the host loop elsewhere; see the README).
         event_fn: not supported yet (raises NotImplementedError).
 
     Returns:

@@ -108,3 +108,119 @@ def test_gradcheck_cuda(method):
         return odecore.odeint(lambda t, y: torch.tanh(y @ w), y0, t, rtol=1e-10, atol=1e-10, method=method, options=options)
 
     assert torch.autograd.gradcheck(solve, (y0, w))
+
+
+# -- the device-resident loop (options={'sync_every': K}, default on CUDA) ----------------
+
+def _vdp_batch(n, dtype, device):
+    g = torch.Generator().manual_seed(2)
+    return (torch.rand(n, 2, generator=g, dtype=torch.float64) * 4 - 2).to(device, dtype)
+
+
+def _vdp(t, y):
+    return torch.stack([y[..., 1], 2.0 * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+
+@pytest.mark.parametrize("method,dtype", product(ADAPTIVE_METHODS, dtypes))
+def test_device_loop_cuda_matches_host_loop(method, dtype):
+    """Same steps and, up to the last bits of pow() on the device, the same values as the host loop on
+    the same device; the CUDA default is the device loop."""
+    require_cuda()
+    y0 = _vdp_batch(64, dtype, "cuda")
+    t = torch.linspace(0, 4, 9, dtype=dtype, device="cuda")
+    host, hs = odecore.odeint(_vdp, y0, t, rtol=1e-6, atol=1e-6, method=method, options={"sync_every": 0, "return_stats": True})
+    dev, ds = odecore.odeint(_vdp, y0, t, rtol=1e-6, atol=1e-6, method=method, options={"return_stats": True})
+    assert hs["loop"] == "host" and ds["loop"] == "device"
+    assert abs(hs["n_steps"] - ds["n_steps"]) <= 1
+    torch.testing.assert_close(dev, host, rtol=1e-9 if dtype == torch.float64 else 1e-4, atol=1e-9 if dtype == torch.float64 else 1e-4)
+
+
+@pytest.mark.parametrize("k", [8, 16])
+def test_device_loop_cuda_sync_count(k):
+    """Synchronising host reads during a whole odeint call (validation, initial step and the
+    loop): at most steps / K plus a small constant."""
+    require_cuda()
+    import warnings
+
+    y0 = _vdp_batch(4096, torch.float64, "cuda")
+    t = torch.linspace(0, 10, 5, dtype=torch.float64, device="cuda")
+    odecore.odeint(_vdp, y0, t, options={"sync_every": k})  # warm up (first-call allocations)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, stats = odecore.odeint(_vdp, y0, t, options={"sync_every": k, "return_stats": True})
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
+    assert stats["n_steps"] > 50
+    assert stats["host_reads"] <= -(-stats["n_steps"] // k) + 2
+    assert syncs <= stats["n_steps"] / k + 12, (syncs, stats)
+
+
+def test_device_loop_ops_cuda_vs_cpu():
+    require_cuda()
+    from odecore.ops import fused
+    from odecore.solvers import adaptive as ad
+
+    c = [0.2, 0.3, 0.8, 8 / 9, 1.0, 1.0]
+    params = [5.0, 0.9, 10.0, 0.2, 0.0, 0.4, 1e9, 1.0, 0.0]
+    states = []
+    for device in ("cpu", "cuda"):
+        state = torch.zeros(ad.NUM_SLOTS, dtype=torch.float64)
+        state[ad.DT], state[ad.T1], state[ad.DT_USED], state[ad.NEXT_OUT] = 0.1, 0.1, 0.1, 1
+        state = state.to(device)
+        accept = torch.zeros((), dtype=torch.bool, device=device)
+        stage_t = torch.zeros(len(c), dtype=torch.float64, device=device)
+        times = torch.linspace(0, 2, 7, dtype=torch.float64, device=device)
+        trace = []
+        for r in [0.3, 1.7, 0.9, 0.0, 0.5, 2.5, 0.99, 0.2] * 3:
+            fused.rk_control(state, accept, stage_t, torch.tensor(r, dtype=torch.float64, device=device), times, c, params)
+            trace.append((state.cpu().clone(), bool(accept), stage_t.cpu().clone()))
+        states.append(trace)
+    for (sa, aa, ta), (sb, ab, tb) in zip(*states):
+        torch.testing.assert_close(sa, sb, rtol=1e-15, atol=0, equal_nan=True)  # pow() may differ in the last bit
+        assert aa == ab
+        torch.testing.assert_close(ta, tb, rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", dtypes)
+def test_dt_ops_cuda_equal_float_dt(dtype):
+    require_cuda()
+    from odecore.ops import fused
+
+    y0, k = _inputs(dtype, True)
+    y0, k = _to(y0, "cuda"), _to(k, "cuda")
+    dt = torch.tensor(0.37, dtype=torch.float64, device="cuda")
+    a, e = [0.1, -0.3, 0.25, 0.5], [0.01, -0.02, 0.005, 0.005]
+    r = torch.tensor(1e-3, dtype=torch.float64, device="cuda")
+    assert torch.equal(fused.rk_stage_dt(y0, k, a, dt), fused.rk_stage(y0, k, a, 0.37))
+    y1, ratio = fused.rk_finish_dt(y0, k, a, e, dt, r, r, [y0.numel()])
+    y1f, ratiof = fused.rk_finish(y0, k, a, e, 0.37, r, r, [y0.numel()])
+    assert torch.equal(y1, y1f) and torch.equal(ratio, ratiof)
+    assert torch.equal(fused.rk_error_ratio_dt(y0, y1, k, e, dt, r, r, [10, -(y0.numel() - 10)]),
+                       fused.rk_error_ratio(y0, y1, k, e, 0.37, r, r, [10, -(y0.numel() - 10)]))
+    opcheck(torch.ops.odecore.rk_stage_dt.default, (y0, k, a, dt), test_utils=("test_schema", "test_faketensor"))
+
+
+def test_dense_into_cuda_vs_cpu():
+    require_cuda()
+    from odecore.ops import fused
+    from odecore.solvers import adaptive as ad
+    from odecore.solvers.dopri5 import Dopri5
+
+    tab = Dopri5.tableau
+    y0, k = _inputs(torch.float64, True, n_terms=tab.stages)
+    y1 = fused.rk_stage(y0, k, list(tab.b), 0.3)
+    times = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.3, 0.5], dtype=torch.float64)
+    state = torch.zeros(ad.NUM_SLOTS, dtype=torch.float64)
+    state[ad.FIRST_OUT], state[ad.NEXT_OUT] = 1, 5
+    state[14], state[15], state[16] = 0.0, 0.3, 0.3
+    outs = []
+    for device in ("cpu", "cuda"):
+        out = torch.full((6, *y0.shape), -7.0, dtype=torch.float64, device=device)
+        fused.rk_dense_into(out, times.to(device), state.to(device), y0.to(device), y1.to(device), _to(k, device), tab.dense_flat)
+        outs.append(out.cpu())
+    torch.testing.assert_close(outs[1], outs[0], rtol=1e-14, atol=1e-14)
+    assert torch.equal(outs[1][4], y1) and (outs[1][5] == -7).all()

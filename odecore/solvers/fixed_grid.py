@@ -31,7 +31,7 @@ class FixedGridRKSolver:
     order = None
 
     def __init__(self, func, y0, rtol=None, atol=None, *, ops, segments=None, norm=None, step_size=None, grid_constructor=None,
-                 interp="linear", perturb=False, **unused):
+                 interp="linear", perturb=False, sync_every=None, **unused):
         warn_unused(type(self), unused)
         if step_size is not None and grid_constructor is not None:
             raise ValueError("step_size and grid_constructor are mutually exclusive arguments.")
@@ -39,6 +39,8 @@ class FixedGridRKSolver:
             raise ValueError("interp must be one of %s, got %r" % (", ".join(map(repr, INTERPOLATIONS)), interp))
         if step_size is not None and not float(step_size) > 0:
             raise ValueError("step_size must be positive, got %r" % (step_size,))
+        # sync_every (the adaptive device loop's K) needs nothing here: a fixed grid reads no
+        # value back per step
         self.func = func
         self.y0 = y0
         self.ops = ops
