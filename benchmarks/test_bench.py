@@ -8,8 +8,10 @@ Run with::
 The problems, implementations, nfe/step counting and the loop-time formula all
 come from :mod:`odecore.bench` (the engine behind ``odecore bench``).  Each
 case records ``nfe``, ``steps``, ``func_us`` and ``loop_us_per_step`` (from the
-benchmark's minimum round) in ``benchmark.extra_info``; a summary table is
-printed at the end of the session.  Nothing here asserts on timings.
+benchmark's minimum round), and the op counts of its counting solve
+(``solver_ops_per_step``, ``host_reads_per_step``, ``func_ops_per_eval``, ...) in
+``benchmark.extra_info``; a summary table is printed at the end of the session.
+Nothing here asserts on timings.  (The GPU suite runs through ``odecore bench --suite gpu``.)
 """
 
 import os
