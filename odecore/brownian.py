@@ -7,6 +7,9 @@
     dw = bm(ta, tb)     # W(tb) - W(ta)
     w = bm(t)           # W(t) - W(t0)
 
+    bm = BrownianInterval(0.0, 1.0, size=(batch, m), entropy=42, levy_area_approximation='space-time')
+    dw, u = bm(ta, tb, return_U=True)   # and U = int_ta^tb (W(u) - W(ta)) du (see below)
+
 The path is a deterministic function of ``entropy`` alone: queries may come in any order,
 be repeated, and sit anywhere in [t0, t1], and they are all answered from one and the same
 path (increments over adjacent intervals add up to the increment over their union, to
@@ -33,7 +36,8 @@ Randomness is counter based, not stored: Z_{node}[i] (coordinate i of the flatte
 ``size``) is a Box-Muller normal from a SplitMix64 hash of (entropy, node, i // 2); the
 per-node keys are hashed on the host (numpy), the per-element hashes and normals with
 vectorised int64/float64 tensor ops on ``device``. Nothing but an LRU cache of recently
-evaluated points (``cache_size`` of them, float64 vectors of numel) is kept, so memory is
+evaluated points (``cache_size`` of them, float64 vectors of numel; (2, numel) with a Levy
+area) is kept, so memory is
 O(cache_size * numel) plus O(K * numel) transient per evaluation. A query costs at most two
 point evaluations (usually one: a solver's previous end point is in the cache), each
 O(K * numel) elementwise work in ~30 tensor ops plus O(K) numpy work; a point on a coarse
@@ -47,6 +51,48 @@ float64 ones rounded). A value is bitwise reproducible within a process; across 
 counts or devices it may differ in the last float64 bit (torch's log/cos/sin may round
 differently in vector and scalar code), never more.
 
+Space-time Levy area (``levy_area_approximation='space-time'``, 'davie', 'foster')
+-------------------------------------------------------------------------------
+``bm(ta, tb, return_U=True)`` returns (W, U) with W = W(tb) - W(ta) and
+
+    U = int_ta^tb (W(u) - W(ta)) du,   i.e. H = U / h - W / 2 (h = tb - ta),
+
+torchsde's convention (its srk consumes I_k = W and I_k0 = U). H, the space-time Levy area,
+is N(0, h / 12) and independent of W. The path is then built by a different dyadic tree that
+carries each node's (W, H) (unit interval, node length L, halves of length L / 2):
+
+    W_left  = W / 2 + 3 H / 2 + sqrt(L) X4 / 4,    H_left  = H / 4 + sqrt(L / 48) X3 - sqrt(L) X4 / 8,
+    W_right = W / 2 - 3 H / 2 - sqrt(L) X4 / 4,    H_right = H / 4 - sqrt(L / 48) X3 - sqrt(L) X4 / 8,
+
+with X3, X4 two fresh standard normals per node and coordinate: the exact conditional law
+of the halves' (W, H) given the node's (the four are independent N(0, L/2), N(0, L/24);
+W = W_l + W_r and H = (H_l + H_r) / 2 + (W_l - W_r) / 4). The root's (W, H) are two normals
+(or the given ``W`` / ``H``). As for the 'none' motion this sums to a finite expansion at a
+grid point: given a node's (W, H) the path's mean inside it is the quadratic
+s W + 6 s (1 - s) H, so node (d, k) adds a piecewise quadratic of X3, X4 that vanishes
+outside the node, at its ends and in its integral, and a grid point meets one node per level.
+Each evaluated point carries W(t) - W(t0) and Q(t) = int_t0^t (W(u) - W(t0)) du (closed-form
+coefficients, one (2, R) x (R, numel) product over R = 2 (levels + 1) normals), and
+
+    U(ta, tb) = Q(tb) - Q(ta) - (tb - ta) (W(ta) - W(t0))
+
+(grid times), so queries in any order come from one path and W and U combine over
+adjacent intervals exactly (U_ac = U_ab + U_bc + (c - b) W_ab), to float64 rounding of Q:
+the absolute error of U is ~1e-16 |Q| ~ 1e-16 (t1 - t0)^1.5. The grid values of (W, Q) have
+exactly the joint law of Brownian motion and its integral (test_brownian checks the
+covariances of the coefficients), so (W, H) of every grid interval has the exact law. A point
+costs about twice as much as without the area (two normals per node). The W values differ
+from those of the 'none' motion with the same entropy (another construction, another
+stream of normals); they have the same law.
+
+'davie' and 'foster' add torchsde's approximations of the full Levy area, returned with
+``return_A=True`` as A of shape (*size, size[-1]) (zeros for a 0- or 1-dimensional ``size``,
+torchsde's convention that a 1-D size is a batch of scalar motions):
+A = H W^T - W H^T + std (N - N^T) with N standard normals hashed from (entropy, ta, tb) on the
+grid, std = h / sqrt(12) (Davie) or sqrt(h/10 (h/10 + H_i^2 + H_j^2)) (Foster). A is computed
+from the queried interval's own (W, H), so it is reproducible for the same interval but, being
+an approximation, does not satisfy Chen's relation over adjacent intervals.
+
 Differences from torchsde
 -------------------------
 * Deterministic given ``entropy`` only (torchsde's BrownianInterval also depends on the
@@ -57,10 +103,10 @@ Differences from torchsde
   (torchsde: RuntimeError). Non-finite times raise ValueError. bm(t) does not warn.
 * ``entropy=None`` draws the seed from torch's global generator (so ``torch.manual_seed``
   makes it reproducible; torchsde uses numpy's).
-* ``levy_area_approximation`` other than ``'none'`` (and ``H``) raise NotImplementedError:
-  space-time / Davie / Foster Levy areas are not implemented (so neither are the methods
-  that need them, e.g. torchsde's ``srk``). ``return_U``/``return_A`` give ``None`` for
-  U/A, as torchsde does for ``'none'``.
+* ``levy_area_approximation``: all four of torchsde's are supported (see above); with
+  ``'none'``, ``return_U``/``return_A`` give ``None`` for U/A as torchsde does, and with
+  ``'space-time'`` A is ``None``. ``H`` (the space-time Levy area over [t0, t1] to condition
+  on) needs a Levy area (ValueError with ``'none'``; torchsde ignores it there).
 * ``dt``, ``pool_size`` and ``halfway_tree`` are accepted for compatibility and ignored
   (there is no dependency tree to tune: the construction is always the dyadic one);
   ``tol`` sets the time resolution (grid depth) as described above.
@@ -83,6 +129,13 @@ LEVY_AREA_APPROXIMATIONS = ("none", "space-time", "davie", "foster")
 DEFAULT_DEPTH = 52
 MAX_DEPTH = 62  # node ids 2**d + k must fit in int64
 
+# Space-time tree constants; X4 normals use node id + 2**63 (ids are < 2**63).
+_X4_STREAM = np.uint64(1 << 63)
+_SQRT3 = math.sqrt(3.0)
+_SQRT3_2 = 0.5 * math.sqrt(3.0)
+_RSQRT12 = 1.0 / math.sqrt(12.0)
+_RSQRT48 = 1.0 / math.sqrt(48.0)
+
 # Relative slack for queries just outside [t0, t1] (float32 rounding of the times).
 _SLACK = 8 * torch.finfo(torch.float32).eps
 
@@ -104,6 +157,7 @@ _GAMMA = _signed64(0x9E3779B97F4A7C15)       # SplitMix64 increment (stream of a
 _NODE_GAMMA = _signed64(0xD1B54A32D192ED03)  # spreads node ids before hashing
 _M1 = _signed64(0xBF58476D1CE4E5B9)
 _M2 = _signed64(0x94D049BB133111EB)
+_A_KEY = _signed64(0xA5A50DD51EAFC0DE)        # stream of the Davie / Foster normals
 
 
 def _srl(x, k):
@@ -221,10 +275,19 @@ def _check_levy(levy_area_approximation):
     if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
         raise ValueError("levy_area_approximation must be one of %s, got %r"
                          % (LEVY_AREA_APPROXIMATIONS, levy_area_approximation))
-    if levy_area_approximation != "none":
-        raise NotImplementedError(
-            "odecore.brownian: levy_area_approximation=%r is not implemented; only 'none' (Brownian "
-            "increments without Levy area) is supported" % (levy_area_approximation,))
+
+
+def _check_given(X, name, size, dtype, device):
+    """Checks a given W or H against size/dtype/device; returns (size, dtype, device) it implies."""
+    if not isinstance(X, torch.Tensor) or not X.is_floating_point():
+        raise ValueError("%s must be a floating point tensor, got %r" % (name, type(X).__name__))
+    if size is not None and _size(size) != X.shape:
+        raise ValueError("size=%s and %s.shape=%s differ" % (tuple(_size(size)), name, tuple(X.shape)))
+    if dtype is not None and dtype != X.dtype:
+        raise ValueError("dtype=%s and %s.dtype=%s differ" % (dtype, name, X.dtype))
+    if device is not None and torch.device(device) != X.device:
+        raise ValueError("device=%s and %s.device=%s differ" % (device, name, X.device))
+    return X.shape, X.dtype, X.device
 
 
 # --------------------------------------------------------------------------- #
@@ -252,9 +315,11 @@ class BrownianInterval:
         cache_size: how many evaluated points to keep (LRU); ``None`` for no limit, 0 for
             none. Only speed depends on it, never the values.
         halfway_tree: ignored; the construction is always the dyadic (halfway) tree.
-        levy_area_approximation: only ``'none'``; the others raise NotImplementedError.
+        levy_area_approximation: ``'none'`` (default), ``'space-time'`` (U with return_U),
+            ``'davie'`` or ``'foster'`` (U, and A with return_A); see the module docstring.
         W: optional increment W(t1) - W(t0) to condition on (the path is then the Brownian
-            bridge to W). H: space-time Levy area, not supported (NotImplementedError).
+            bridge to W). H: optional space-time Levy area over [t0, t1] to condition on
+            (needs a Levy area), so that bm(t0, t1, return_U=True)[1] == (t1 - t0) (W / 2 + H).
     """
 
     def __init__(self, t0=0.0, t1=1.0, size=None, dtype=None, device=None, entropy=None, dt=None, tol=0.0,
@@ -278,22 +343,17 @@ class BrownianInterval:
             if cache_size < 0:
                 raise ValueError("cache_size must be a non-negative int or None, got %r" % (cache_size,))
         _check_levy(levy_area_approximation)
-        if H is not None:
-            raise NotImplementedError("odecore.brownian: H (space-time Levy area) is not supported; "
-                                      "only levy_area_approximation='none'")
+        have_H = levy_area_approximation != "none"
+        if H is not None and not have_H:
+            raise ValueError("H (the space-time Levy area over [t0, t1]) is only used with levy_area_approximation "
+                             "in ('space-time', 'davie', 'foster'), got levy_area_approximation='none'")
 
         if W is not None:
-            if not isinstance(W, torch.Tensor) or not W.is_floating_point():
-                raise ValueError("W must be a floating point tensor, got %r" % (type(W).__name__,))
-            if size is not None and _size(size) != W.shape:
-                raise ValueError("size=%s and W.shape=%s differ" % (tuple(_size(size)), tuple(W.shape)))
-            if dtype is not None and dtype != W.dtype:
-                raise ValueError("dtype=%s and W.dtype=%s differ" % (dtype, W.dtype))
-            if device is not None and torch.device(device) != W.device:
-                raise ValueError("device=%s and W.device=%s differ" % (device, W.device))
-            size, dtype, device = W.shape, W.dtype, W.device
+            size, dtype, device = _check_given(W, "W", size, dtype, device)
+        if H is not None:
+            size, dtype, device = _check_given(H, "H", size, dtype, device)
         if size is None:
-            raise ValueError("size must be given (or W, which implies it)")
+            raise ValueError("size must be given (or W or H, which imply it)")
         size = _size(size)
         dtype = torch.get_default_dtype() if dtype is None else dtype
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
@@ -337,6 +397,18 @@ class BrownianInterval:
         self._key = _stream_key(entropy)
         self._counters = torch.arange(1, (self._numel + 1) // 2 + 1, dtype=torch.int64, device=device) * _GAMMA
         self._W = None if W is None else W.detach().reshape(-1).to(torch.float64)
+        self._H = None if H is None else H.detach().reshape(-1).to(torch.float64)
+        self._have_H = have_H
+        self._have_A = levy_area_approximation in ("davie", "foster")
+        if have_H:
+            # Space-time tree (see the module docstring): its own stream key, so its normals are
+            # unrelated to those of the 'none' motion with the same entropy.
+            self._st_key = _mix64_py(self._key ^ _signed64(0x5A17_E0F1_A5E7_1EE5))
+            self._np_x_scale = np.array([2.0 ** -(depth - d - 1) for d in levels], dtype=np.float64)  # 1 / half
+            self._np_sqrt_len = np.array([2.0 ** (-d / 2) for d in levels], dtype=np.float64)      # sqrt(L)
+            self._np_q_scale = np.array([2.0 ** (-1.5 * d - 1) for d in levels], dtype=np.float64)  # (L / 2) sqrt(L)
+            self._span15 = span * self._sqrt_span
+        self._a_counters = None
         self._cache = collections.OrderedDict()
 
     # ------------------------------------------------------------------ #
@@ -367,8 +439,74 @@ class BrownianInterval:
         m = np.where(r <= half, r, (half << np.uint64(1)) - r)
         return self._np_base[:n] + (gu >> self._np_shift[:n]), m.astype(np.float64) * self._np_scale[:n]
 
+    def _path_st(self, g):
+        """The space-time tree's node ids (uint64) and coefficients of grid point g, in level
+        order: on the unit interval, with L = 2^-d the length of the level-d node containing g
+        and x the position of g in that node's half (0 < x <= 1),
+
+            B(g 2^-K) = root terms + sum_j cw3_j X3[ids_j] + cw4_j X4[ids_j],
+            Q(g 2^-K) = int_0^(g 2^-K) B = root terms + sum_j cq3_j X3[ids_j] + cq4_j X4[ids_j].
+
+        Node (d, k) has id 2^d + k (its X4 normals are drawn under id + 2^63)."""
+        if 0 < g < self._grid_n:
+            n = self._depth - ((g & -g).bit_length() - 1)
+        else:
+            n = 0
+        gu = np.uint64(g)
+        r = gu & self._np_mask[:n]
+        half = self._np_half[:n]
+        left = r <= half
+        x = (r - np.where(left, np.uint64(0), half)).astype(np.float64) * self._np_x_scale[:n]
+        y = 1.0 - x
+        xy = x * y
+        sl = self._np_sqrt_len[:n]
+        q = self._np_q_scale[:n]
+        cw3 = np.where(left, _SQRT3_2, -_SQRT3_2) * sl * xy
+        cw4 = sl * (0.25 * np.where(left, x, y) - 0.75 * xy)
+        cq3 = (q * _RSQRT48) * np.where(left, x * x * (3.0 - 2.0 * x), y * y * (1.0 + 2.0 * x))
+        cq4 = (0.25 * q) * np.where(left, -x * xy, xy * y)
+        return self._np_base[:n] + (gu >> self._np_shift[:n]), cw3, cw4, cq3, cq4
+
+    def _evaluate_st(self, g):
+        """(W(t) - W(t0), Q(t)) at t = t0 + g 2^-K (t1 - t0), Q(t) = int_t0^t (W(u) - W(t0)) du,
+        as a float64 tensor (2, numel)."""
+        ids, cw3, cw4, cq3, cq4 = self._path_st(g)
+        s = g / self._grid_n
+        ids = [ids, ids | _X4_STREAM]
+        cw, cq = [cw3, cw4], [cq3, cq4]
+        if self._W is None:  # root increment Z_W (unit variance)
+            ids.append(np.zeros(1, np.uint64))
+            cw.append(np.array([s]))
+            cq.append(np.array([0.5 * s * s]))
+        if self._H is None:  # root space-time area Z_H / sqrt(12)
+            ids.append(np.full(1, _X4_STREAM, np.uint64))
+            cw.append(np.array([_SQRT3 * s * (1.0 - s)]))
+            cq.append(np.array([s * s * (3.0 - 2.0 * s) * _RSQRT12]))
+        if self._numel == 0:
+            return torch.zeros(2, 0, dtype=torch.float64, device=self._device)
+        ids = np.concatenate(ids)
+        if len(ids):
+            keys = _node_keys(ids, self._st_key).to(self._device)
+            z = _normals(keys, self._counters, self._numel)
+            c = torch.from_numpy(np.stack([np.concatenate(cw), np.concatenate(cq)])).to(self._device)
+            out = c @ z
+            out[0].mul_(self._sqrt_span)
+            out[1].mul_(self._span15)
+        else:
+            out = torch.zeros(2, self._numel, dtype=torch.float64, device=self._device)
+        if self._W is not None:
+            out[0].add_(self._W, alpha=s)
+            out[1].add_(self._W, alpha=0.5 * s * s * self._span)
+        if self._H is not None:
+            out[0].add_(self._H, alpha=6.0 * s * (1.0 - s))
+            out[1].add_(self._H, alpha=s * s * (3.0 - 2.0 * s) * self._span)
+        return out
+
     def _evaluate(self, g):
-        """W(t0 + g 2^-K (t1 - t0)) - W(t0) as a flat float64 tensor (numel,)."""
+        """W(t0 + g 2^-K (t1 - t0)) - W(t0) as a flat float64 tensor (numel,); with a Levy area
+        the (2, numel) tensor of _evaluate_st."""
+        if self._have_H:
+            return self._evaluate_st(g)
         ids, coeffs = self._path(g)
         s = g / self._grid_n
         if self._W is None:
@@ -421,25 +559,76 @@ class BrownianInterval:
 
     def __call__(self, ta, tb=None, return_U=False, return_A=False):
         """W(tb) - W(ta), or W(ta) - W(t0) if tb is None. With return_U / return_A, torchsde's
-        tuples (W, U), (W, A) or (W, U, A) with U = A = None (no Levy area)."""
+        tuples (W, U), (W, A) or (W, U, A): U = int_ta^tb (W(u) - W(ta)) du (space-time Levy
+        area H = U / (tb - ta) - W / 2), A the Davie / Foster approximation of the Levy area;
+        None where ``levy_area_approximation`` does not provide them ('none': neither;
+        'space-time': no A)."""
         if tb is None:
             ta, tb = self._t0, self._time(ta, "ta")
         else:
             ta, tb = self._time(ta, "ta"), self._time(tb, "tb")
             if ta > tb:
                 raise ValueError("query times must satisfy ta <= tb, got ta=%r > tb=%r" % (ta, tb))
-        wa, wb = self._value(self._grid(ta)), self._value(self._grid(tb))
+        ga, gb = self._grid(ta), self._grid(tb)
+        wa, wb = self._value(ga), self._value(gb)
+        if not self._have_H:
+            if wb is None:
+                out = torch.zeros(self._size, dtype=self._dtype, device=self._device)
+            elif wa is None:  # copy: never hand out the cached tensor itself
+                out = wb.to(self._dtype, copy=True).reshape(self._size)
+            else:
+                out = (wb - wa).to(self._dtype).reshape(self._size)
+            if return_U and return_A:
+                return out, None, None
+            if return_U or return_A:
+                return out, None
+            return out
+
+        h = (gb - ga) / self._grid_n * self._span  # the grid interval's length
         if wb is None:
-            out = torch.zeros(self._size, dtype=self._dtype, device=self._device)
-        elif wa is None:  # copy: never hand out the cached tensor itself
-            out = wb.to(self._dtype, copy=True).reshape(self._size)
+            w = u = torch.zeros(self._numel, dtype=torch.float64, device=self._device)
+        elif wa is None:
+            w, u = wb[0], wb[1]
         else:
-            out = (wb - wa).to(self._dtype).reshape(self._size)
-        if return_U and return_A:
-            return out, None, None
-        if return_U or return_A:
-            return out, None
-        return out
+            w = wb[0] - wa[0]
+            u = wb[1] - wa[1] - h * wa[0]
+        out = w.to(self._dtype, copy=True).reshape(self._size)
+        if not (return_U or return_A):
+            return out
+        result = [out]
+        if return_U:
+            result.append(u.to(self._dtype, copy=True).reshape(self._size))
+        if return_A:
+            result.append(self._levy_area(w, u, h, ga, gb) if self._have_A else None)
+        return tuple(result)
+
+    def _levy_area(self, w, u, h, ga, gb):
+        """torchsde's Davie / Foster approximation of the Levy area over the grid interval
+        [ga, gb] from its W and U (float64, flat), with the extra normals hashed from
+        (entropy, ga, gb): A = H W^T - W H^T + std (N - N^T)."""
+        size = self._size
+        if len(size) < 2 or h == 0.0:
+            # a scalar motion (or a batch of them, torchsde's convention) has no Levy area
+            shape = size if len(size) < 2 else (*size, size[-1])
+            return torch.zeros(shape, dtype=self._dtype, device=self._device)
+        m = size[-1]
+        W = w.reshape(size)
+        H = (u / h - 0.5 * w).reshape(size)
+        A = H.unsqueeze(-1) * W.unsqueeze(-2) - W.unsqueeze(-1) * H.unsqueeze(-2)
+        numel = self._numel * m
+        if self._a_counters is None or self._a_counters.numel() != (numel + 1) // 2:
+            self._a_counters = torch.arange(1, (numel + 1) // 2 + 1, dtype=torch.int64, device=self._device) * _GAMMA
+        key = _mix64_py(_mix64_py(self._st_key ^ _A_KEY) + ga * _GAMMA + gb * _NODE_GAMMA)
+        keys = torch.tensor([key], dtype=torch.int64, device=self._device)
+        noise = _normals(keys, self._a_counters, numel).reshape(*size, m)
+        noise = noise - noise.transpose(-1, -2)  # skew-symmetric, variance 2 off the diagonal
+        if self._levy_area_approximation == "foster":
+            h10 = 0.1 * h
+            H2 = H * H
+            std = (h10 * (h10 + H2.unsqueeze(-1) + H2.unsqueeze(-2))).sqrt()
+        else:  # davie
+            std = math.sqrt(h * h / 12.0)
+        return (A + std * noise).to(self._dtype)
 
     def __repr__(self):
         return ("%s(t0=%r, t1=%r, size=%s, dtype=%s, device=%r, entropy=%r, tol=%r, cache_size=%r, "

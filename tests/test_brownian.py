@@ -439,15 +439,12 @@ def test_query_not_scalar(bad):
         bm(bad, 0.5)
 
 
-@pytest.mark.parametrize('levy', ['space-time', 'davie', 'foster'])
-def test_levy_area_not_implemented(levy):
-    with pytest.raises(NotImplementedError, match='levy_area_approximation'):
-        BrownianInterval(0.0, 1.0, size=(2,), levy_area_approximation=levy)
-
-
 @pytest.mark.parametrize('kwargs,exc,pattern', [
     (dict(levy_area_approximation='bogus'), ValueError, 'levy_area_approximation'),
-    (dict(H=torch.zeros(2)), NotImplementedError, r'\bH\b'),
+    (dict(H=torch.zeros(2)), ValueError, r'\bH\b'),  # H needs a Levy area
+    (dict(H=torch.zeros(3), levy_area_approximation='space-time'), ValueError, r'\bH\b'),
+    (dict(W=torch.zeros(2), H=torch.zeros(2, dtype=torch.float64), dtype=None, levy_area_approximation='space-time'),
+     ValueError, r'\bH\b'),
     (dict(t0=1.0, t1=0.0), ValueError, r'\bt0\b'),
     (dict(t0=float('nan')), ValueError, r'\bt0\b'),
     (dict(t1=float('inf')), ValueError, r'\bt1\b'),
@@ -511,6 +508,241 @@ def test_reverse_brownian():
     rbm = ReverseBrownian(bm)
     assert torch.equal(rbm(-0.7, -0.3), bm(0.3, 0.7))
     assert rbm.shape == bm.shape and rbm.dtype == bm.dtype and rbm.levy_area_approximation == 'none'
+
+
+# --------------------------------------------------------------------------- #
+# Space-time Levy area: U = int_ta^tb (W_u - W_ta) du, H = U / h - W / 2
+# --------------------------------------------------------------------------- #
+
+LEVY = ['space-time', 'davie', 'foster']
+
+
+def st_bm(dtype=torch.float64, entropy=0, t0=0.0, t1=1.0, size=(N,), **kwargs):
+    return BrownianInterval(t0, t1, size=size, dtype=dtype, entropy=entropy, levy_area_approximation='space-time',
+                            **kwargs)
+
+
+def space_time_area(bm, a, b):
+    w, u = bm(a, b, return_U=True)
+    return w, u / (b - a) - w / 2
+
+
+def _st_coefficient_vectors(bm, gs):
+    """Coefficients of B(s) and Q(s) = int_0^s B on the standard normals (unit interval)."""
+    out = []
+    for g in gs:
+        ids, cw3, cw4, cq3, cq4 = bm._path_st(g)
+        assert len(ids) == len(set(ids.tolist())) and len(ids) <= bm.depth
+        s = g / bm._grid_n
+        cw = {('W',): s, ('H',): math.sqrt(3) * s * (1 - s)}
+        cq = {('W',): s * s / 2, ('H',): s * s * (3 - 2 * s) / math.sqrt(12)}
+        for i, a3, a4, b3, b4 in zip(ids.tolist(), cw3, cw4, cq3, cq4):
+            cw[3, i], cw[4, i], cq[3, i], cq[4, i] = a3, a4, b3, b4
+        out.append((cw, cq))
+    return out
+
+
+@pytest.mark.parametrize('tol', [0.0, 1e-4])
+def test_space_time_construction_has_exact_covariance(tol):
+    """The grid values of (W, Q), Q(s) = int_0^s W, have exactly the covariances of Brownian
+    motion and its integral: Cov(W_s, W_t) = min(s, t), Cov(W_s, Q_t) = int_0^t min(s, u) du,
+    Cov(Q_s, Q_t) = s^2 t / 2 - s^3 / 6 (s <= t). So every (W, U) query has the exact law."""
+    bm = st_bm(size=(1,), tol=tol)
+    n = bm._grid_n
+    rng = random.Random(5)
+    gs = [rng.randrange(n + 1) for _ in range(12)] + [0, n, n // 2, n // 4 + 1, n - 1, 1, (n // 3) | 1]
+    vecs = _st_coefficient_vectors(bm, gs)
+
+    def dot(x, y):
+        return sum(c * y[k] for k, c in x.items() if k in y)
+
+    for gi, (wi, qi) in zip(gs, vecs):
+        for gj, (wj, qj) in zip(gs, vecs):
+            s, t = gi / n, gj / n
+            lo, hi = min(s, t), max(s, t)
+            assert abs(dot(wi, wj) - lo) < 1e-13, (gi, gj)
+            assert abs(dot(wi, qj) - (t * t / 2 if t <= s else s * t - s * s / 2)) < 1e-13, (gi, gj)
+            assert abs(dot(qi, qj) - (lo * lo * hi / 2 - lo ** 3 / 6)) < 1e-13, (gi, gj)
+
+
+@pytest.mark.parametrize('dtype,interval', product(dtypes, [(0.0, 1.0), (0.1, 0.35), (-1.3, 2.9), (1.7, 1.7 + 1e-4)]))
+def test_space_time_area_law(dtype, interval):
+    """H ~ N(0, h / 12), uncorrelated with (in fact independent of) W ~ N(0, h)."""
+    a, b = interval
+    # (entropy 17 gives normaltest p = 6e-4 for W on the shortest interval: over 40
+    # entropies those p-values are uniform, KS p = 0.86)
+    bm = st_bm(dtype, entropy=18, t0=-2.0, t1=5.0)
+    w, u = bm(a, b, return_U=True)
+    assert w.dtype == u.dtype == dtype and w.shape == u.shape == (N,)
+    h = b - a
+    H = u.double() / h - w.double() / 2
+    check_normal(w, h, ('W', interval))
+    check_normal(H, h / 12, ('H', interval))
+    assert abs(corr(w, H)) < 0.05
+    # H is independent of W: its conditional variance does not depend on |W|
+    big = as_np(w).__abs__() > math.sqrt(h)
+    assert abs(as_np(H)[big].var() / as_np(H)[~big].var() - 1) < 0.1
+
+
+def test_space_time_area_law_over_entropies():
+    """The same coordinate over many seeds; and (W, H) of adjacent intervals uncorrelated."""
+    rows = []
+    for e in range(1500):
+        bm = BrownianInterval(0.0, 2.0, size=(2,), dtype=torch.float64, entropy=e, levy_area_approximation='space-time')
+        w1, h1 = space_time_area(bm, 0.3, 1.4)
+        w2, h2 = space_time_area(bm, 1.4, 1.9)
+        rows.append(torch.cat([w1, h1, w2, h2]))
+    xs = torch.stack(rows)  # columns: W1 (2), H1 (2), W2 (2), H2 (2)
+    check_normal(xs[:, 2], 1.1 / 12, 'H over entropies')
+    check_normal(xs[:, 3], 1.1 / 12, 'H over entropies')
+    check_normal(xs[:, 6], 0.5 / 12, 'H over entropies')
+    c = np.corrcoef(xs.numpy().T)
+    off = c[~np.eye(8, dtype=bool)]
+    assert np.abs(off).max() < 0.1, c
+
+
+@pytest.mark.parametrize('dtype', dtypes)
+def test_space_time_increments_and_areas_add_up(dtype):
+    rng = random.Random(1)
+    bm = st_bm(dtype, entropy=5, t0=0.0, t1=3.0, size=(50,))
+    ref = st_bm(torch.float64, entropy=5, t0=0.0, t1=3.0, size=(50,))
+    tol = 1e-6 if dtype == torch.float32 else 1e-13
+    for _ in range(10):
+        ts = sorted(rng.uniform(0.0, 3.0) for _ in range(6))
+        w_sum = torch.zeros(50, dtype=torch.float64)
+        u_sum = torch.zeros(50, dtype=torch.float64)
+        for a, b in zip(ts[:-1], ts[1:]):
+            w, u = ref(a, b, return_U=True)
+            u_sum = u_sum + u + (b - a) * w_sum
+            w_sum = w_sum + w
+        w, u = ref(ts[0], ts[-1], return_U=True)
+        assert (w - w_sum).abs().max().item() < 1e-13 and (u - u_sum).abs().max().item() < 1e-13, ts
+        # interval queries are point queries combined: U_ab = U_0b - U_0a - (b - a) W_0a
+        (wa, ua), (wb, ub) = ref(ts[1], return_U=True), ref(ts[2], return_U=True)
+        w, u = ref(ts[1], ts[2], return_U=True)
+        assert (w - (wb - wa)).abs().max().item() < 1e-13
+        assert (u - (ub - ua - (ts[2] - ts[1]) * wa)).abs().max().item() < 1e-13
+        # float32 is the float64 path rounded
+        w, u = ref(ts[0], ts[-1], return_U=True)
+        w32, u32 = bm(ts[0], ts[-1], return_U=True)
+        assert w32.dtype == u32.dtype == dtype
+        assert torch.allclose(w32.double(), w, atol=tol, rtol=0) and torch.allclose(u32.double(), u, atol=tol, rtol=0)
+    # a solver's steps: the whole interval from a fine partition
+    grid = torch.linspace(0.0, 3.0, 301, dtype=torch.float64).tolist()
+    w_sum = u_sum = torch.zeros(50, dtype=torch.float64)
+    for a, b in zip(grid[:-1], grid[1:]):
+        w, u = ref(a, b, return_U=True)
+        u_sum, w_sum = u_sum + u + (3.0 - b) * w, w_sum + w
+    w, u = ref(0.0, 3.0, return_U=True)
+    assert (w - w_sum).abs().max().item() < 1e-12 and (u - u_sum).abs().max().item() < 1e-12
+
+
+@pytest.mark.parametrize('dtype,levy', product(dtypes, LEVY))
+def test_space_time_same_entropy_same_values_any_order(dtype, levy):
+    rng = random.Random(0)
+    queries = random_queries(rng, -0.5, 2.0, 10)
+    kw = dict(size=(3, 2), dtype=dtype, entropy=1234, levy_area_approximation=levy)
+    ref_bm = BrownianInterval(-0.5, 2.0, **kw)
+    ref = [ref_bm(*q, return_U=True, return_A=True) for q in queries]
+    for cache_size in [0, 1, None]:
+        bm = BrownianInterval(-0.5, 2.0, cache_size=cache_size, **kw)
+        order = list(range(len(queries))) * 2
+        rng.shuffle(order)
+        for i in order:
+            w, u, A = bm(*queries[i], return_U=True, return_A=True)
+            assert w.shape == u.shape == (3, 2) and w.dtype == u.dtype == dtype
+            assert torch.equal(w, ref[i][0]) and torch.equal(u, ref[i][1]), (cache_size, queries[i])
+            if levy == 'space-time':
+                assert A is None
+            else:
+                assert A.shape == (3, 2, 2) and A.dtype == dtype and torch.equal(A, ref[i][2])
+            # the plain increment is the same W
+            assert torch.equal(bm(*queries[i]), w)
+    other = BrownianInterval(-0.5, 2.0, **dict(kw, entropy=1235))
+    assert not torch.allclose(other(0.1, 0.9, return_U=True)[1], ref_bm(0.1, 0.9, return_U=True)[1])
+
+
+def test_space_time_conditioning_on_w_and_h():
+    W = torch.linspace(-1, 1, N, dtype=torch.float64)
+    H = torch.linspace(0.5, -0.3, N, dtype=torch.float64)
+    span = 2.5
+    both = BrownianInterval(1.0, 1.0 + span, W=W, H=H, entropy=3, levy_area_approximation='space-time')
+    w, u = both(1.0, 1.0 + span, return_U=True)
+    assert torch.allclose(w, W, atol=1e-14) and torch.allclose(u, span * (W / 2 + H), atol=1e-14)
+    # the midpoint's conditional law given (W, H): mean W/2 + 3H/2, variance span / 16
+    check_normal(both(1.0 + span / 2) - (W / 2 + 1.5 * H), span / 16, 'midpoint | W, H')
+    # the left half: H_l = H / 4 + sqrt(span / 48) X3 - sqrt(span) X4 / 8
+    w_l, h_l = space_time_area(both, 1.0, 1.0 + span / 2)
+    check_normal(h_l - H / 4, span / 48 + span / 64, "left H | W, H")
+    only_w = BrownianInterval(0.0, span, W=W, entropy=3, levy_area_approximation='space-time')
+    w, h = space_time_area(only_w, 0.0, span)
+    assert torch.allclose(w, W, atol=1e-14)
+    check_normal(h, span / 12, 'H | W')
+    only_h = BrownianInterval(0.0, span, H=H, entropy=3, levy_area_approximation='davie')
+    w, h = space_time_area(only_h, 0.0, span)
+    assert torch.allclose(h, H, atol=1e-13)
+    check_normal(w, span, 'W | H')
+
+
+def test_space_time_returns_and_properties():
+    bm = st_bm(size=(2, 3), entropy=9)
+    assert bm.levy_area_approximation == 'space-time' and "levy_area_approximation='space-time'" in repr(bm)
+    w, u = bm(0.2, 0.2, return_U=True)
+    zeros = torch.zeros(2, 3, dtype=torch.float64)
+    assert torch.equal(w, zeros) and torch.equal(u, zeros)
+    w, a = bm(0.1, 0.4, return_A=True)
+    assert a is None and torch.equal(w, bm(0.1, 0.4))
+    w, u, a = bm(0.1, 0.4, return_U=True, return_A=True)
+    assert a is None and torch.equal(u, bm(0.1, 0.4, return_U=True)[1])
+    # point queries start at t0, and the output is not the cache
+    w, u = bm(0.4, return_U=True)
+    assert torch.equal(w, bm(0.0, 0.4)) and torch.equal(u, bm(0.0, 0.4, return_U=True)[1])
+    w.add_(1.0)
+    assert not torch.equal(w, bm(0.4))
+    empty = BrownianInterval(0.0, 1.0, size=(0, 3), levy_area_approximation='space-time')
+    assert empty(0.5, return_U=True)[1].shape == (0, 3)
+    assert BrownianInterval(0.0, 1.0, size=(), levy_area_approximation='foster')(0.5, return_A=True)[1].shape == ()
+    assert BrownianInterval(0.0, 1.0, size=(4,), levy_area_approximation='davie')(0.5, return_A=True)[1].shape == (4,)
+    # ReverseBrownian passes the request through (as torchsde's does)
+    assert len(ReverseBrownian(bm)(-0.4, -0.1, return_U=True)) == 2
+
+
+@pytest.mark.parametrize('levy', ['davie', 'foster'])
+def test_davie_foster_levy_area(levy):
+    bm = BrownianInterval(0.0, 1.0, size=(4000, 3), dtype=torch.float64, entropy=8, levy_area_approximation=levy)
+    w, u, A = bm(0.2, 0.7, return_U=True, return_A=True)
+    h = 0.5
+    H = u / h - w / 2
+    assert A.shape == (4000, 3, 3)
+    assert torch.allclose(A, -A.transpose(-1, -2), atol=1e-15)
+    assert torch.equal(A.diagonal(dim1=-2, dim2=-1), torch.zeros(4000, 3, dtype=torch.float64))
+    # the deterministic part is H W^T - W H^T; the rest is centred noise of torchsde's scale
+    resid = A - (H.unsqueeze(-1) * w.unsqueeze(-2) - w.unsqueeze(-1) * H.unsqueeze(-2))
+    if levy == 'davie':
+        check_normal(resid[:, 0, 1], 2 * h * h / 12, 'davie noise')
+    else:
+        std = (0.1 * h * (0.1 * h + H[:, 0] ** 2 + H[:, 1] ** 2)).sqrt()
+        check_normal(resid[:, 0, 1] / std, 2.0, 'foster noise')
+    assert abs(corr(resid[:, 0, 1], resid[:, 1, 2])) < 0.05
+
+
+def test_space_time_against_torchsde_statistics():
+    torchsde = _torchsde()
+    for levy in LEVY:
+        theirs = torchsde.BrownianInterval(0.0, 2.0, size=(4000, 2), dtype=torch.float64, entropy=5,
+                                           levy_area_approximation=levy)
+        ours = BrownianInterval(0.0, 2.0, size=(4000, 2), dtype=torch.float64, entropy=5, levy_area_approximation=levy)
+        for a, b in [(0.0, 0.4), (0.4, 0.45), (0.45, 2.0)]:
+            out_t = theirs(a, b, return_U=True, return_A=True)
+            out_o = ours(a, b, return_U=True, return_A=True)
+            assert len(out_t) == len(out_o) == 3
+            for x, y in zip(out_t, out_o):
+                if x is None:
+                    assert y is None
+                    continue
+                assert x.shape == y.shape and x.dtype == y.dtype
+                x, y = as_np(x), as_np(y)
+                assert scipy_stats.ks_2samp(x, y).pvalue > 1e-3, (levy, a, b)
 
 
 # --------------------------------------------------------------------------- #

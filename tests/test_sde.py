@@ -190,5 +190,5 @@ def test_bad_inputs():
 
     with pytest.raises(ValueError, match="sde.g returned shape"):
         sdeint(BadG(), y0, ts)
-    with pytest.raises(NotImplementedError, match="adaptive"):
-        sdeint(GBM(), y0, ts, adaptive=True)
+    with pytest.raises(NotImplementedError, match="extra"):
+        sdeint(GBM(), y0, ts, extra=True)
