@@ -142,40 +142,71 @@ class _Backward:
         return z.split(self.parts)
 
 
+try:  # the autograd engine without torch.autograd.grad's argument normalisation
+    from torch.autograd.graph import _engine_run_backward
+except ImportError:  # pragma: no cover - older or newer torch
+    _engine_run_backward = None
+
+
+def _vjp(f, inputs, v):
+    """v^T df/d(inputs) for each input (None where f does not depend on it); `v` has f's
+    shape and dtype (checked by the caller), so torch.autograd.grad's checks are skipped."""
+    if not f.requires_grad:
+        return (None,) * len(inputs)
+    if _engine_run_backward is not None:
+        return _engine_run_backward((f,), (v,), False, False, inputs, True, False)
+    return torch.autograd.grad(f, inputs, v, allow_unused=True)
+
+
 class _AugmentedDynamics:
     """d/dt [a_t, y, a, a_theta] = [-a.df/dt, f, -a.df/dy, -a.df/dtheta]: one evaluation
     and one vector-Jacobian product of func. y and a are views of the flat state; the
     derivative is written in one pass (one concatenation of the VJP's outputs).
 
+    It is only ever integrated backwards in time, so it returns the derivative with respect
+    to the solver's reversed time directly, [a.df/dt, -f, a.df/dy, a.df/dtheta]
+    (``negated_when_reversed``): the VJP takes a itself and only f is negated, instead of
+    negating a and then the whole augmented derivative.
+
     As torchdiffeq 0.2.5 does in practice, the VJP always includes t, so the a_t part
     (and with it the backward error norm and steps) matches torchdiffeq's whether or not
     t requires grad."""
+
+    negated_when_reversed = True
 
     def __init__(self, func, back, shape):
         self.func = func
         self.back = back
         self.shape = shape
         self._zeros = None
+        self._checked = False
 
     def __call__(self, t, z):
-        back, n = self.back, self.back.n
-        y = z[1:1 + n].view(self.shape)
-        a = z[1 + n:1 + 2 * n].view(self.shape)
+        back, n, shape = self.back, self.back.n, self.shape
+        y = z[1:1 + n].view(shape)
+        a = z[1 + n:1 + 2 * n].view(shape)
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             t = t.detach().requires_grad_(True)
             f = self.func(t, y)
-            vjps = torch.autograd.grad(f, (t, y) + back.params, -a, allow_unused=True)
-        if self._zeros is None:
-            self._zeros = [z.new_zeros(size) for size in [1, n] + back.param_sizes]
-            if any(q.dtype != z.dtype for q in back.params):
-                raise TypeError("odeint_adjoint: the parameters must have the state's dtype %s, got %s"
-                                % (z.dtype, sorted({str(q.dtype) for q in back.params})))
-        pieces = [f.detach().reshape(-1)]
+            if not self._checked:
+                self._check(f, z)
+            vjps = _vjp(f, (t, y) + back.params, a)
+        pieces = [f.detach().reshape(-1).neg()]
         for i, vjp in enumerate(vjps):
             pieces.append(self._zeros[i] if vjp is None else vjp.reshape(-1))
-        pieces[0], pieces[1] = pieces[1], pieces[0]  # order: a_t, f, a_y, a_theta
+        pieces[0], pieces[1] = pieces[1], pieces[0]  # order: a_t, -f, a_y, a_theta
         return torch.cat(pieces)
+
+    def _check(self, f, z):
+        if not isinstance(f, torch.Tensor) or f.shape != self.shape or f.dtype != z.dtype:
+            raise ValueError("odeint_adjoint: func returned %s during the backward pass, expected a tensor of shape %s "
+                             "and dtype %s" % (getattr(f, "shape", type(f).__name__), tuple(self.shape), z.dtype))
+        if any(q.dtype != z.dtype for q in self.back.params):
+            raise TypeError("odeint_adjoint: the parameters must have the state's dtype %s, got %s"
+                            % (z.dtype, sorted({str(q.dtype) for q in self.back.params})))
+        self._zeros = [z.new_zeros(size) for size in [1, self.back.n] + self.back.param_sizes]
+        self._checked = True
 
 
 class _AdjointSolve(torch.autograd.Function):

@@ -343,3 +343,18 @@ def test_new_ops_opcheck():
     torch.library.opcheck(torch.ops.odecore.rk_control.default,
                           (state, accept, stage_t, ratio, times, [0.2, 0.5, 1.0], [5.0, 0.9, 10.0, 0.2, 0.0, 1.0, 1e9, 1.0, 0.0]),
                           test_utils=("test_schema", "test_faketensor"))
+
+
+@pytest.mark.parametrize("k", [0, 4])
+def test_times_func_keeps_never_change(k):
+    """func may keep its time argument: neither loop writes into it afterwards."""
+    seen = []
+
+    def func(t, y):
+        seen.append((t, t.item()))
+        return -y * torch.cos(t)
+
+    odecore.odeint(func, torch.ones(3, dtype=torch.float64), torch.linspace(0, 3, 4, dtype=torch.float64),
+                   options={"sync_every": k})
+    assert len(seen) > 20
+    assert all(t.item() == value for t, value in seen)

@@ -171,6 +171,8 @@ def rk_control(state, accept, stage_t, ratio, times, c, params):
                     stage = [time_sign * (_time_before(t1, stage_t.dtype) if ci == 1.0 else t0 + ci * dt) for ci in c]
     state.copy_(torch.tensor(s, dtype=torch.float64))
     accept.fill_(ok)
+    if s[_STATUS] != 0:  # stopped: queued attempts evaluate func at the current time
+        stage = [time_sign * s[_T]] * len(c)
     if stage is not None:
         stage_t.copy_(torch.tensor(stage, dtype=stage_t.dtype))
 

@@ -113,6 +113,8 @@ class AdaptiveRKSolver:
         return ratio
 
     def _initial_step(self, t0, y0, f0):
+        if self.norm is None:
+            return self._initial_step_fused(t0, y0, f0)
         with torch.no_grad():
             scale = self.atol.view(-1) + y0.abs().reshape(-1).to(torch.float64) * self.rtol.view(-1)
             d0 = abs(self._norm((y0.reshape(-1) / scale).view_as(y0)))
@@ -120,6 +122,22 @@ class AdaptiveRKSolver:
             h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
             f1 = self.func(t0 + h0, y0 + h0 * f0)
             d2 = abs(self._norm(((f1 - f0).reshape(-1) / scale).view_as(y0))) / h0
+            if d1 <= 1e-15 and d2 <= 1e-15:
+                h1 = max(1e-6, h0 * 1e-3)
+            else:
+                h1 = (0.01 / max(d1, d2)) ** (1.0 / self.order)
+        return self._round(min(100 * h0, h1))
+
+    def _initial_step_fused(self, t0, y0, f0):
+        """torchdiffeq's initial step with the three scaled norms as fused error-ratio ops:
+        rms(x / (atol + rtol |y0|)) per segment is the ratio of an error x at y1 = y0."""
+        ops, rtol, atol, segments = self.ops, self.rtol, self.atol, self.segments
+        with torch.no_grad():
+            d0 = ops.rk_error_ratio(y0, y0, [y0], [1.0], 1.0, rtol, atol, segments).item()
+            d1 = ops.rk_error_ratio(y0, y0, [f0], [1.0], 1.0, rtol, atol, segments).item()
+            h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+            f1 = self.func(t0 + h0, ops.rk_stage(y0, [f0], [1.0], h0))
+            d2 = ops.rk_error_ratio(y0, y0, [f1, f0], [1.0, -1.0], 1.0, rtol, atol, segments).item() / h0
             if d1 <= 1e-15 and d2 <= 1e-15:
                 h1 = max(1e-6, h0 * 1e-3)
             else:
@@ -205,7 +223,6 @@ class AdaptiveRKSolver:
         params = [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
                   float(self.max_num_steps), func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0]
         dt_t = state[DT_USED]
-        stage_views = list(stage_t.unbind(0))
         plan = [([j for j in idx], coeffs) for idx, coeffs, _ in self._stage_plan]
         rtol, atol, segments = self.rtol, self.atol, self.segments
         poly = tab.dense_flat
@@ -217,6 +234,10 @@ class AdaptiveRKSolver:
             for _ in range(batch):
                 k = [f]
                 yi = y
+                # func gets views of this step's own time tensor: rk_control writes the next
+                # step's times into a fresh one, so a time func keeps never changes
+                stage_views = stage_t.unbind(0)
+                stage_t = torch.empty_like(stage_t)
                 for (idx, coeffs), ti in zip(plan, stage_views):
                     yi = ops.rk_stage_dt(y, [k[j] for j in idx], coeffs, dt_t)
                     k.append(func.call_device_time(ti, yi))
@@ -306,9 +327,10 @@ class AdaptiveRKSolver:
         k = [f0]
         yi = y0
         t_end = func.nudge(t1, Perturb.PREV)  # stages at the end run just before it, in case of discontinuities
-        for idx, coeffs, c in self._stage_plan:
+        times = func.time_tensors([t_end if c == 1.0 else t0 + c * dt for _, _, c in self._stage_plan])
+        for (idx, coeffs, _), ti in zip(self._stage_plan, times):
             yi = rk_stage(y0, [k[j] for j in idx], coeffs, dt)
-            k.append(func(t_end if c == 1.0 else t0 + c * dt, yi))
+            k.append(func.call_device_time(ti, yi))
         if self.norm is not None:
             y1 = yi if tab.fsal else ops.rk_stage(y0, k, tab.b, dt)
             return k, y1, self._error_ratio(y0, y1, k, dt)

@@ -7,6 +7,9 @@ import numpy as np
 import torch
 
 
+_NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
+
+
 class Perturb(enum.Enum):
     """Which side of a time the right-hand side is evaluated on (torchdiffeq's Perturb)."""
 
@@ -41,6 +44,9 @@ class RHS:
         self.device = y0.device
         self.shape = y0.shape
         self.time_sign = time_sign
+        # a func that already returns the reversed-time derivative (the adjoint's augmented
+        # dynamics) is not negated again
+        self.negate = time_sign < 0 and not getattr(func, "negated_when_reversed", False)
         self.nfe = 0
         self._checked = False
 
@@ -55,7 +61,18 @@ class RHS:
         self.nfe += 1
         if not self._checked:
             self._check(out)
-        return -out if self.time_sign < 0 else out
+        return -out if self.negate else out
+
+    def time_tensors(self, times):
+        """The 0-d time tensors func receives at the float `times` (already nudged), made at
+        once: one tensor and its unbound views on the CPU (two ops for a whole step); on
+        other devices one fill each (a host-to-device copy could wait for the stream)."""
+        sign, dtype, device = self.time_sign, self.dtype, self.device
+        if device.type == "cpu" and dtype in _NUMPY_DTYPES:  # from_numpy dispatches no op
+            return torch.from_numpy(np.array([sign * t for t in times], dtype=_NUMPY_DTYPES[dtype])).unbind(0)
+        if device.type == "cpu":
+            return torch.tensor([sign * t for t in times], dtype=dtype).unbind(0)
+        return [torch.scalar_tensor(sign * t, dtype=dtype, device=device) for t in times]
 
     def call_device_time(self, t, y):
         """func at a time that is already a 0-d tensor on y's device, times the time sign
@@ -64,7 +81,7 @@ class RHS:
         self.nfe += 1
         if not self._checked:
             self._check(out)
-        return -out if self.time_sign < 0 else out
+        return -out if self.negate else out
 
     def _check(self, out):
         if not isinstance(out, torch.Tensor):

@@ -245,9 +245,10 @@ ODECORE_HD bool prepare_attempt(double* state, time_t* stage_t, const double* c,
 
 // Decides the attempt described by state[kT0..kDtUsed] given its error ratio, and sets
 // up the next one. Output rows [state[kFirstOut], state[kNextOut]) fall in the step
-// when it was accepted (then described by state[kOutT0..kOutDt]). Once the status leaves kRunning nothing changes any more.
+// when it was accepted (then described by state[kOutT0..kOutDt]). Once the status
+// leaves kRunning nothing changes any more.
 template <typename time_t>
-ODECORE_HD void control_update(double* state, bool* accept, time_t* stage_t, double ratio, const double* times,
+ODECORE_HD void control_decide(double* state, bool* accept, time_t* stage_t, double ratio, const double* times,
                                int64_t n_times, const double* c, int n_c, const ControlParams& p) {
   *accept = false;
   state[kFirstOut] = state[kNextOut];
@@ -298,6 +299,19 @@ ODECORE_HD void control_update(double* state, bool* accept, time_t* stage_t, dou
     return;
   }
   prepare_attempt(state, stage_t, c, n_c, p);
+}
+
+// control_decide, and every stage time written in any case: once the solve has stopped,
+// the (wasted) attempts still queued evaluate func at the current time.
+template <typename time_t>
+ODECORE_HD void control_update(double* state, bool* accept, time_t* stage_t, double ratio, const double* times,
+                               int64_t n_times, const double* c, int n_c, const ControlParams& p) {
+  control_decide(state, accept, stage_t, ratio, times, n_times, c, n_c, p);
+  if (state[kStatus] != kRunning) {
+    for (int i = 0; i < n_c; ++i) {
+      stage_t[i] = static_cast<time_t>(dmul(p.time_sign, state[kT]));
+    }
+  }
 }
 
 }  // namespace odecore
