@@ -81,10 +81,14 @@ std::vector<double> dense_weights(at::ArrayRef<double> poly, int64_t m, double x
   return w;
 }
 
-void check_dt_tensor(const char* op, const at::Tensor& dt, const at::Tensor& y0) {
+int64_t check_dt_tensor(const char* op, const at::Tensor& dt, const at::Tensor& y0) {
   TORCH_CHECK_TYPE(dt.scalar_type() == at::kDouble, op, ": dt must be a float64 tensor, got dtype ", dt.scalar_type());
-  TORCH_CHECK_VALUE(dt.numel() == 1, op, ": dt must have exactly one element, got ", dt.numel());
   TORCH_CHECK_VALUE(dt.device() == y0.device(), op, ": dt is on ", dt.device(), " but y0 is on ", y0.device());
+  const int64_t samples = dt.numel();
+  TORCH_CHECK_VALUE(samples == 1 || (samples > 1 && y0.numel() % samples == 0 && dt.is_contiguous()), op,
+                    ": dt must have one element, or one per sample (a contiguous tensor whose size divides y0's ",
+                    y0.numel(), " elements), got ", samples, " elements");
+  return samples;
 }
 
 double host_dt(const at::Tensor& dt) {
@@ -93,49 +97,64 @@ double host_dt(const at::Tensor& dt) {
 
 namespace {
 
-void check_state(const char* op, const at::Tensor& state) {
+// The state of one solve (kNumSlots,) or of B per-sample solves (B, kNumSlots); returns B.
+int64_t check_state(const char* op, const at::Tensor& state) {
   TORCH_CHECK_TYPE(state.scalar_type() == at::kDouble, op, ": state must be a float64 tensor, got dtype ",
                    state.scalar_type());
-  TORCH_CHECK_VALUE(state.dim() == 1 && state.size(0) == kNumSlots && state.is_contiguous(), op,
-                    ": state must be a contiguous 1-D tensor of ", static_cast<int>(kNumSlots), " elements, got shape ",
-                    state.sizes());
+  const bool ok = state.is_contiguous() && ((state.dim() == 1 && state.size(0) == kNumSlots) ||
+                                            (state.dim() == 2 && state.size(1) == kNumSlots));
+  TORCH_CHECK_VALUE(ok, op, ": state must be a contiguous tensor of shape (", static_cast<int>(kNumSlots), ",) or (B, ",
+                    static_cast<int>(kNumSlots), "), got shape ", state.sizes());
+  return state.dim() == 1 ? 1 : state.size(0);
 }
 
-void check_times(const char* op, const at::Tensor& times, const at::Tensor& state) {
+// Output times shared by every sample (T,) or one row per sample (B, T); returns T.
+int64_t check_times(const char* op, const at::Tensor& times, const at::Tensor& state, int64_t samples) {
   TORCH_CHECK_TYPE(times.scalar_type() == at::kDouble, op, ": times must be a float64 tensor, got dtype ",
                    times.scalar_type());
-  TORCH_CHECK_VALUE(times.dim() == 1 && times.is_contiguous(), op, ": times must be a contiguous 1-D tensor, got shape ",
-                    times.sizes());
+  const bool ok = times.is_contiguous() && (times.dim() == 1 || (times.dim() == 2 && times.size(0) == samples));
+  TORCH_CHECK_VALUE(ok, op, ": times must be a contiguous tensor of shape (T,) or (B, T) with B = ", samples,
+                    " samples, got shape ", times.sizes());
   TORCH_CHECK_VALUE(times.device() == state.device(), op, ": times is on ", times.device(), " but state is on ",
                     state.device());
+  return times.size(times.dim() - 1);
 }
 
 }  // namespace
 
 void check_control(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t,
-                   const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
+                   const at::Tensor& dt, const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
                    at::ArrayRef<double> params) {
   const char* op = "rk_control";
-  check_state(op, state);
-  check_times(op, times, state);
+  const int64_t samples = check_state(op, state);
+  TORCH_CHECK_TYPE(dt.scalar_type() == at::kDouble, op, ": dt must be a float64 tensor, got dtype ", dt.scalar_type());
+  TORCH_CHECK_VALUE(dt.numel() == samples && dt.is_contiguous() && dt.device() == state.device(), op,
+                    ": dt must be a contiguous tensor with one element per sample (", samples,
+                    ") on the state's device");
+  check_times(op, times, state, samples);
   TORCH_CHECK_TYPE(accept.scalar_type() == at::kBool, op, ": accept must be a bool tensor, got dtype ",
                    accept.scalar_type());
-  TORCH_CHECK_VALUE(accept.numel() == 1 && accept.device() == state.device(), op,
-                    ": accept must be a one-element tensor on the state's device");
+  TORCH_CHECK_VALUE(accept.numel() == samples && accept.is_contiguous() && accept.device() == state.device(), op,
+                    ": accept must be a contiguous tensor with one element per sample (", samples,
+                    ") on the state's device");
   TORCH_CHECK_TYPE(stage_t.scalar_type() == at::kDouble || stage_t.scalar_type() == at::kFloat, op,
                    ": stage_t must be float32 or float64, got dtype ", stage_t.scalar_type());
-  TORCH_CHECK_VALUE(stage_t.dim() == 1 && stage_t.size(0) == static_cast<int64_t>(c.size()) && stage_t.is_contiguous(),
-                    op, ": stage_t must be a contiguous 1-D tensor with one element per node in c (", c.size(),
-                    "), got shape ", stage_t.sizes());
+  const int64_t nc = static_cast<int64_t>(c.size());
+  const bool shape_ok = (stage_t.dim() == 1 && samples == 1 && stage_t.size(0) == nc) ||
+                        (stage_t.dim() == 2 && stage_t.size(0) == samples && stage_t.size(1) == nc);
+  TORCH_CHECK_VALUE(shape_ok && stage_t.is_contiguous(), op,
+                    ": stage_t must be a contiguous tensor with one element per node in c (", c.size(),
+                    ") per sample (", samples, "), got shape ", stage_t.sizes());
   TORCH_CHECK_VALUE(stage_t.device() == state.device(), op, ": stage_t is on ", stage_t.device(),
                     " but state is on ", state.device());
   TORCH_CHECK_TYPE(ratio.scalar_type() == at::kDouble, op, ": ratio must be a float64 tensor, got dtype ",
                    ratio.scalar_type());
-  TORCH_CHECK_VALUE(ratio.numel() == 1 && ratio.device() == state.device(), op,
-                    ": ratio must be a one-element tensor on the state's device");
+  TORCH_CHECK_VALUE(ratio.numel() == samples && ratio.is_contiguous() && ratio.device() == state.device(), op,
+                    ": ratio must be a contiguous tensor with one element per sample (", samples,
+                    ") on the state's device");
   TORCH_CHECK_VALUE(params.size() == static_cast<size_t>(kControlParams), op, ": params must hold ", kControlParams,
                     " values (order, safety, ifactor, dfactor, min_step, max_step, max_num_steps, time_sign, "
-                    "round_f32), got ",
+                    "round_f32, prepare_only), got ",
                     params.size());
   TORCH_CHECK_VALUE(params[0] > 0.0, op, ": the order (params[0]) must be positive, got ", params[0]);
 }
@@ -151,26 +170,39 @@ ControlParams control_params(at::ArrayRef<double> params) {
   p.max_num_steps = params[6];
   p.time_sign = params[7];
   p.round_f32 = params[8] != 0.0;
+  p.prepare_only = params[9] != 0.0;
   return p;
 }
 
-void check_dense_into(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
-                      const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly) {
+int64_t check_dense_into(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
+                         const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly) {
   const char* op = "rk_dense_into";
-  check_state(op, state);
-  check_times(op, times, state);
+  const int64_t samples = check_state(op, state);
+  const int64_t n_times = check_times(op, times, state, samples);
   check_terms(op, y0, k, k.size(), "k");
   check_dense_poly(op, k, poly);
   check_same_as_y0(op, "y1", y1, y0);
   TORCH_CHECK_VALUE(y0.device() == state.device(), op, ": y0 is on ", y0.device(), " but state is on ", state.device());
-  std::vector<int64_t> shape{times.size(0)};
+  TORCH_CHECK_VALUE(y0.numel() % samples == 0, op, ": y0's ", y0.numel(), " elements do not split into ", samples,
+                    " samples");
+  std::vector<int64_t> shape{n_times};
   shape.insert(shape.end(), y0.sizes().begin(), y0.sizes().end());
   TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(shape), op, ": out must have shape ", at::IntArrayRef(shape),
-                    " (len(times), *y0.shape), got ", out.sizes());
+                    " (T, *y0.shape), got ", out.sizes());
   TORCH_CHECK_TYPE(out.scalar_type() == y0.scalar_type(), op, ": out has dtype ", out.scalar_type(),
                    " but y0 has dtype ", y0.scalar_type());
   TORCH_CHECK_VALUE(out.is_contiguous() && out.device() == y0.device(), op,
                     ": out must be a contiguous tensor on y0's device");
+  return samples;
+}
+
+void check_initial_dt(const at::Tensor& h0, const at::Tensor& d1, const at::Tensor& d2) {
+  for (const auto* t : {&h0, &d1, &d2}) {
+    TORCH_CHECK_TYPE(t->scalar_type() == at::kDouble, "rk_initial_dt: h0, d1 and d2 must be float64 tensors, got ",
+                     t->scalar_type());
+    TORCH_CHECK_VALUE(t->numel() == h0.numel() && t->is_contiguous() && t->device() == h0.device(),
+                      "rk_initial_dt: h0, d1 and d2 must be contiguous tensors of the same size on one device");
+  }
 }
 
 namespace {
@@ -286,8 +318,10 @@ TORCH_LIBRARY(odecore, m) {
   // dense output: out[n] = y0 + dt * sum_j P_j(x[n]) * k[j]
   m.def("rk_interp(Tensor y0, Tensor[] k, float[] poly, float dt, float[] x) -> Tensor");
   // y0 + f dt + g dW + 1/2 gdg (dW^2 - correction): one SDE step with diagonal noise
-  // The same three with the step size as a one-element float64 tensor on y0's device,
-  // so that a device-resident loop never reads it back to the host.
+  // The same three with the step size as a float64 tensor on y0's device, so that a
+  // device-resident loop never reads it back to the host: one element, or one per sample
+  // (B elements: sample b is elements [b N/B, (b+1) N/B) of the flattened state, and
+  // the error ratio is then one RMS per sample, shape (B,)).
   m.def("rk_stage_dt(Tensor y0, Tensor[] k, float[] a, Tensor dt) -> Tensor");
   m.def(
       "rk_finish_dt(Tensor y0, Tensor[] k, float[] b, float[] e, Tensor dt, Tensor rtol, "
@@ -297,11 +331,13 @@ TORCH_LIBRARY(odecore, m) {
       "Tensor atol, int[] segments) -> Tensor");
   // Step control on the state's device: accept/reject, next step, stage times (rk_math.h).
   m.def(
-      "rk_control(Tensor(a!) state, Tensor(b!) accept, Tensor(c!) stage_t, Tensor ratio, Tensor times, "
-      "float[] c, float[] params) -> ()");
+      "rk_control(Tensor(a!) state, Tensor(b!) accept, Tensor(c!) stage_t, Tensor(d!) dt, Tensor ratio, "
+      "Tensor times, float[] c, float[] params) -> ()");
   // Writes the output rows [state[FirstOut], state[NextOut]) from the accepted step's dense output.
   m.def(
       "rk_dense_into(Tensor(a!) out, Tensor times, Tensor state, Tensor y0, Tensor y1, Tensor[] k, "
       "float[] poly) -> ()");
+  // min(100 h0, h1) of the initial step, elementwise (per-sample solves).
+  m.def("rk_initial_dt(Tensor h0, Tensor d1, Tensor d2, float order, float round_f32) -> Tensor");
   m.def("sde_step(Tensor y0, Tensor f, Tensor g, Tensor dw, Tensor? gdg, float dt, float correction) -> Tensor");
 }

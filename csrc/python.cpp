@@ -78,12 +78,12 @@ at::Tensor rk_error_ratio_dt(const at::Tensor& y0, const at::Tensor& y1, const T
   return h.call(y0, y1, k, e, dt, rtol, atol, segments);
 }
 
-void rk_control(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t, const at::Tensor& ratio,
-                const at::Tensor& times, const DoubleVec& c, const DoubleVec& params) {
+void rk_control(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t, const at::Tensor& dt,
+                const at::Tensor& ratio, const at::Tensor& times, const DoubleVec& c, const DoubleVec& params) {
   static auto h = op("odecore::rk_control")
                       .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                  const at::Tensor&, at::ArrayRef<double>, at::ArrayRef<double>)>();
-  h.call(state, accept, stage_t, ratio, times, c, params);
+                                  const at::Tensor&, const at::Tensor&, at::ArrayRef<double>, at::ArrayRef<double>)>();
+  h.call(state, accept, stage_t, dt, ratio, times, c, params);
 }
 
 void rk_dense_into(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
@@ -92,6 +92,12 @@ void rk_dense_into(const at::Tensor& out, const at::Tensor& times, const at::Ten
                       .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                   const at::Tensor&, at::TensorList, at::ArrayRef<double>)>();
   h.call(out, times, state, y0, y1, k, poly);
+}
+
+at::Tensor rk_initial_dt(const at::Tensor& h0, const at::Tensor& d1, const at::Tensor& d2, double order, double round_f32) {
+  static auto h = op("odecore::rk_initial_dt")
+                      .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, double)>();
+  return h.call(h0, d1, d2, order, round_f32);
 }
 
 }  // namespace
@@ -115,5 +121,6 @@ PYBIND11_MODULE(_C, m) {
   m.def("rk_finish_dt", &rk_finish_dt, "rk_finish with dt a float64 tensor");
   m.def("rk_error_ratio_dt", &rk_error_ratio_dt, "rk_error_ratio with dt a float64 tensor");
   m.def("rk_control", &rk_control, "device-resident step control (in place)");
+  m.def("rk_initial_dt", &rk_initial_dt, "min(100 h0, h1) of the initial step, elementwise");
   m.def("rk_dense_into", &rk_dense_into, "dense output of an accepted step into its output rows (in place)");
 }

@@ -165,7 +165,7 @@ def test_device_loop_ops_cuda_vs_cpu():
     from odecore.solvers import adaptive as ad
 
     c = [0.2, 0.3, 0.8, 8 / 9, 1.0, 1.0]
-    params = [5.0, 0.9, 10.0, 0.2, 0.0, 0.4, 1e9, 1.0, 0.0]
+    params = [5.0, 0.9, 10.0, 0.2, 0.0, 0.4, 1e9, 1.0, 0.0, 0.0]
     states = []
     for device in ("cpu", "cuda"):
         state = torch.zeros(ad.NUM_SLOTS, dtype=torch.float64)
@@ -173,10 +173,11 @@ def test_device_loop_ops_cuda_vs_cpu():
         state = state.to(device)
         accept = torch.zeros((), dtype=torch.bool, device=device)
         stage_t = torch.zeros(len(c), dtype=torch.float64, device=device)
+        dt = torch.zeros(1, dtype=torch.float64, device=device)
         times = torch.linspace(0, 2, 7, dtype=torch.float64, device=device)
         trace = []
         for r in [0.3, 1.7, 0.9, 0.0, 0.5, 2.5, 0.99, 0.2] * 3:
-            fused.rk_control(state, accept, stage_t, torch.tensor(r, dtype=torch.float64, device=device), times, c, params)
+            fused.rk_control(state, accept, stage_t, dt, torch.tensor(r, dtype=torch.float64, device=device), times, c, params)
             trace.append((state.cpu().clone(), bool(accept), stage_t.cpu().clone()))
         states.append(trace)
     for (sa, aa, ta), (sb, ab, tb) in zip(*states):

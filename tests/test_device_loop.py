@@ -238,8 +238,8 @@ def test_dt_ops_reject_bad_dt():
     y0, k = _stages(torch.float64)
     with pytest.raises(TypeError, match="rk_stage_dt: dt must be a float64 tensor"):
         fused.rk_stage_dt(y0, k, [1.0] * 4, torch.tensor(0.1, dtype=torch.float32))
-    with pytest.raises(ValueError, match="rk_stage_dt: dt must have exactly one element"):
-        fused.rk_stage_dt(y0, k, [1.0] * 4, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="rk_stage_dt: dt must have one element, or one per sample"):
+        fused.rk_stage_dt(y0, k, [1.0] * 4, torch.ones(2, dtype=torch.float64))  # 2 does not divide 37
 
 
 def _control_args(dtype, n_times=6, ratio=0.5):
@@ -248,7 +248,8 @@ def _control_args(dtype, n_times=6, ratio=0.5):
     state[adaptive_mod.T0], state[adaptive_mod.T1], state[adaptive_mod.DT_USED] = 0.0, 0.25, 0.25
     state[adaptive_mod.NEXT_OUT] = 1
     times = torch.linspace(0, 1, n_times, dtype=torch.float64)
-    return state, torch.zeros((), dtype=torch.bool), torch.zeros(3, dtype=dtype), torch.tensor(ratio, dtype=torch.float64), times
+    return (state, torch.zeros((), dtype=torch.bool), torch.zeros(3, dtype=dtype), torch.zeros(1, dtype=torch.float64),
+            torch.tensor(ratio, dtype=torch.float64), times)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -256,7 +257,7 @@ def test_rk_control_matches_reference_over_a_sequence(dtype):
     """Random error ratios (accepting and rejecting, zero, NaN at the end) drive the fused and
     the reference control through the same states."""
     c = [0.2, 0.5, 1.0]
-    params = [5.0, 0.9, 10.0, 0.2, 0.0, 0.3, 1e9, -1.0, 0.0]
+    params = [5.0, 0.9, 10.0, 0.2, 0.0, 0.3, 1e9, -1.0, 0.0, 0.0]
     g = torch.Generator().manual_seed(0)
     status = []
     ratios = (torch.rand(40, generator=g, dtype=torch.float64) * 2.2).tolist()
@@ -264,48 +265,48 @@ def test_rk_control_matches_reference_over_a_sequence(dtype):
     ratios[25] = math.nan
     fa, ra = _control_args(dtype), _control_args(dtype)
     for r in ratios:
-        fa[3].fill_(r)
-        ra[3].fill_(r)
+        fa[4].fill_(r)
+        ra[4].fill_(r)
         fused.rk_control(*fa, c, params)
         reference.rk_control(*ra, c, params)
         torch.testing.assert_close(fa[0], ra[0], rtol=0, atol=0, equal_nan=True)
-        assert torch.equal(fa[1], ra[1]) and torch.equal(fa[2], ra[2])
+        assert torch.equal(fa[1], ra[1]) and torch.equal(fa[2], ra[2]) and torch.equal(fa[3], ra[3])
         status.append(int(fa[0][adaptive_mod.STATUS]))
     assert status[0] == adaptive_mod.RUNNING and status[-1] in (adaptive_mod.DONE, adaptive_mod.NON_FINITE)
 
 
 def test_rk_control_statuses():
     c, dtype = [0.5, 1.0, 1.0], torch.float64
-    params = [5.0, 0.9, 10.0, 0.2, 0.0, math.inf, 1e9, 1.0, 0.0]
-    state, accept, stage_t, ratio, times = _control_args(dtype)
-    fused.rk_control(state, accept, stage_t, ratio, times, c, params)
+    params = [5.0, 0.9, 10.0, 0.2, 0.0, math.inf, 1e9, 1.0, 0.0, 0.0]
+    state, accept, stage_t, dt, ratio, times = _control_args(dtype)
+    fused.rk_control(state, accept, stage_t, dt, ratio, times, c, params)
     assert bool(accept) and state[adaptive_mod.T] == 0.25 and state[adaptive_mod.N_ACCEPTED] == 1
     assert state[adaptive_mod.NEXT_OUT] == 2  # the output time 0.2 fell in [0, 0.25]
     assert stage_t[1].item() == math.nextafter(state[adaptive_mod.T1].item(), -math.inf)
     ratio.fill_(math.inf)  # an infinite ratio is rejected, not an error
-    fused.rk_control(state, accept, stage_t, ratio, times, c, params)
+    fused.rk_control(state, accept, stage_t, dt, ratio, times, c, params)
     assert not bool(accept) and state[adaptive_mod.STATUS] == adaptive_mod.RUNNING
     ratio.fill_(math.nan)
-    fused.rk_control(state, accept, stage_t, ratio, times, c, params)
+    fused.rk_control(state, accept, stage_t, dt, ratio, times, c, params)
     assert state[adaptive_mod.STATUS] == adaptive_mod.NON_FINITE
     frozen = state.clone()
     ratio.fill_(0.1)
-    fused.rk_control(state, accept, stage_t, ratio, times, c, params)
+    fused.rk_control(state, accept, stage_t, dt, ratio, times, c, params)
     assert not bool(accept)
     torch.testing.assert_close(state, frozen, rtol=0, atol=0, equal_nan=True)
 
 
 def test_rk_control_rejects_bad_arguments():
-    state, accept, stage_t, ratio, times = _control_args(torch.float64)
-    params = [5.0, 0.9, 10.0, 0.2, 0.0, 1.0, 1e9, 1.0, 0.0]
-    with pytest.raises(ValueError, match="rk_control: state must be a contiguous 1-D tensor of 20"):
-        fused.rk_control(state[:10], accept, stage_t, ratio, times, [0.5, 1.0, 1.0], params)
+    state, accept, stage_t, dt, ratio, times = _control_args(torch.float64)
+    params = [5.0, 0.9, 10.0, 0.2, 0.0, 1.0, 1e9, 1.0, 0.0, 0.0]
+    with pytest.raises(ValueError, match=r"rk_control: state must be a contiguous tensor of shape \(20,\) or \(B, 20\)"):
+        fused.rk_control(state[:10], accept, stage_t, dt, ratio, times, [0.5, 1.0, 1.0], params)
     with pytest.raises(ValueError, match="one element per node"):
-        fused.rk_control(state, accept, stage_t, ratio, times, [0.5], params)
-    with pytest.raises(ValueError, match="params must hold 9"):
-        fused.rk_control(state, accept, stage_t, ratio, times, [0.5, 1.0, 1.0], params[:5])
+        fused.rk_control(state, accept, stage_t, dt, ratio, times, [0.5], params)
+    with pytest.raises(ValueError, match="params must hold 10"):
+        fused.rk_control(state, accept, stage_t, dt, ratio, times, [0.5, 1.0, 1.0], params[:5])
     with pytest.raises(TypeError, match="accept must be a bool"):
-        fused.rk_control(state, accept.double(), stage_t, ratio, times, [0.5, 1.0, 1.0], params)
+        fused.rk_control(state, accept.double(), stage_t, dt, ratio, times, [0.5, 1.0, 1.0], params)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -339,9 +340,9 @@ def test_new_ops_opcheck():
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.odecore.rk_finish_dt.default, (y0, k, [0.1] * 4, [0.01] * 4, dt, rtol, atol, [37]),
                           test_utils=("test_schema", "test_faketensor"))
-    state, accept, stage_t, ratio, times = _control_args(torch.float64)
+    state, accept, stage_t, dt, ratio, times = _control_args(torch.float64)
     torch.library.opcheck(torch.ops.odecore.rk_control.default,
-                          (state, accept, stage_t, ratio, times, [0.2, 0.5, 1.0], [5.0, 0.9, 10.0, 0.2, 0.0, 1.0, 1e9, 1.0, 0.0]),
+                          (state, accept, stage_t, dt, ratio, times, [0.2, 0.5, 1.0], [5.0, 0.9, 10.0, 0.2, 0.0, 1.0, 1e9, 1.0, 0.0, 0.0]),
                           test_utils=("test_schema", "test_faketensor"))
 
 

@@ -3,6 +3,8 @@
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <torch/library.h>
 
@@ -65,6 +67,34 @@ double segment_block_sum(const Prepared& a, scalar_t* y1, const CombineParams<sc
   return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
 }
 
+// Sum of the squared scaled errors over the segment [offset, offset + len), writing y1
+// there first when a.write_y1: fixed blocks reduced in order (any thread count, any
+// offset gives the same sum for the same elements).
+template <typename scalar_t>
+double segment_sum(const Prepared& a, scalar_t* y1, const CombineParams<scalar_t, acc_t<scalar_t>>& sol,
+                   const CombineParams<scalar_t, double>& err_p, int64_t offset, int64_t len) {
+  const int64_t nblocks = (len + kReduceBlock - 1) / kReduceBlock;
+  std::vector<double> partial(nblocks, 0.0);
+  const auto reduce_blocks = [&](int64_t b0, int64_t b1) {
+    std::vector<double> err(std::min(kReduceBlock, len));
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t begin = offset + blk * kReduceBlock;
+      const int64_t end = std::min(begin + kReduceBlock, offset + len);
+      partial[blk] = segment_block_sum(a, y1, sol, err_p, begin, end, err.data());
+    }
+  };
+  if (nblocks > 1) {  // parallel_for would start the thread pool even for a single block
+    at::parallel_for(0, nblocks, 1, reduce_blocks);
+  } else {
+    reduce_blocks(0, nblocks);
+  }
+  double sum = 0.0;
+  for (const double s : partial) {
+    sum += s;
+  }
+  return sum;
+}
+
 // Writes y1 (when a.write_y1) and returns the error ratio, in one pass over memory.
 template <typename scalar_t>
 double finish_cpu(const Prepared& a) {
@@ -81,30 +111,33 @@ double finish_cpu(const Prepared& a) {
       offset -= signed_len;
       continue;
     }
-    const int64_t len = signed_len;
-    const int64_t nblocks = (len + kReduceBlock - 1) / kReduceBlock;
-    std::vector<double> partial(nblocks, 0.0);
-    const auto reduce_blocks = [&](int64_t b0, int64_t b1) {
-      std::vector<double> err(kReduceBlock);
-      for (int64_t blk = b0; blk < b1; ++blk) {
-        const int64_t begin = offset + blk * kReduceBlock;
-        const int64_t end = std::min(begin + kReduceBlock, offset + len);
-        partial[blk] = segment_block_sum(a, y1, sol, err_p, begin, end, err.data());
-      }
-    };
-    if (nblocks > 1) {  // parallel_for would start the thread pool even for a single block
-      at::parallel_for(0, nblocks, 1, reduce_blocks);
-    } else {
-      reduce_blocks(0, nblocks);
-    }
-    double sum = 0.0;
-    for (const double s : partial) {
-      sum += s;
-    }
-    ratio = nan_max(ratio, rms_of_sum(sum, len));
-    offset += len;
+    ratio = nan_max(ratio, rms_of_sum(segment_sum(a, y1, sol, err_p, offset, signed_len), signed_len));
+    offset += signed_len;
   }
   return ratio;
+}
+
+// Per-sample steps: a prepared with unscaled coefficients (dt = 1), sample b scaled by
+// dts[b]; writes y1 (when a.write_y1) and each sample's error ratio to ratios[b].
+template <typename scalar_t>
+void finish_per_sample_cpu(const Prepared& a, const double* dts, int64_t samples, double* ratios) {
+  scalar_t* y1 = const_cast<scalar_t*>(a.y1.const_data_ptr<scalar_t>());
+  const int64_t per = a.y0.numel() / samples;
+  const auto sol0 = make_params<scalar_t>(&a.y0, a.write_y1 ? a.k : std::vector<at::Tensor>{}, a.w);
+  const auto err0 = make_params<scalar_t, double>(nullptr, a.k, a.err_w);
+  at::parallel_for(0, samples, std::max<int64_t>(1, kGrain / std::max<int64_t>(per, 1)), [&](int64_t b0, int64_t b1) {
+    auto sol = sol0;
+    auto err = err0;
+    for (int64_t b = b0; b < b1; ++b) {
+      for (int j = 0; j < sol.m; ++j) {
+        sol.w[j] = static_cast<acc_t<scalar_t>>(a.w[j] * dts[b]);
+      }
+      for (int j = 0; j < err.m; ++j) {
+        err.w[j] = a.err_w[j] * dts[b];
+      }
+      ratios[b] = rms_of_sum(segment_sum(a, y1, sol, err, b * per, per), per);
+    }
+  });
 }
 
 at::Tensor ratio_tensor(double ratio, const at::Tensor& y0) {
@@ -174,51 +207,110 @@ at::Tensor sde_step_cpu(const at::Tensor& y0, const at::Tensor& f, const at::Ten
 
 // The *_dt ops: on the CPU the step size is a plain memory read.
 at::Tensor rk_stage_dt_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, const at::Tensor& dt) {
-  check_dt_tensor("rk_stage_dt", dt, y0);
-  return rk_stage_cpu(y0, k, a, host_dt(dt));
+  const int64_t samples = check_dt_tensor("rk_stage_dt", dt, y0);
+  if (samples == 1) {
+    return rk_stage_cpu(y0, k, a, host_dt(dt));
+  }
+  const Prepared p = prepare_stage(y0, k, a, 1.0);
+  const double* dts = dt.const_data_ptr<double>();
+  const int64_t per = y0.numel() / samples;
+  ODECORE_DISPATCH(y0.scalar_type(), "rk_stage_dt_cpu", [&] {
+    scalar_t* out = p.y1.mutable_data_ptr<scalar_t>();
+    const auto p0 = make_params<scalar_t>(&p.y0, p.k, p.w);
+    at::parallel_for(0, samples, std::max<int64_t>(1, kGrain / std::max<int64_t>(per, 1)), [&](int64_t b0, int64_t b1) {
+      auto params = p0;
+      for (int64_t b = b0; b < b1; ++b) {
+        for (int j = 0; j < params.m; ++j) {
+          params.w[j] = static_cast<acc_t<scalar_t>>(p.w[j] * dts[b]);
+        }
+        combine_range(out + b * per, params, b * per, (b + 1) * per);
+      }
+    });
+  });
+  return p.y1;
+}
+
+// Checks of the per-sample norm: one segment per sample, the whole state.
+void check_per_sample_segments(const char* op, at::IntArrayRef segments, const at::Tensor& y0) {
+  TORCH_CHECK_VALUE(segments.size() == 1 && segments[0] == y0.numel(), op,
+                    ": with one dt per sample the error norm is per sample; segments must be [", y0.numel(),
+                    "] (the whole state), got ", segments);
+}
+
+at::Tensor ratios_tensor(const at::Tensor& y0, int64_t samples) {
+  return at::empty({samples}, y0.options().dtype(at::kDouble));
 }
 
 std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
                                                     at::ArrayRef<double> e, const at::Tensor& dt, const at::Tensor& rtol,
                                                     const at::Tensor& atol, at::IntArrayRef segments) {
-  check_dt_tensor("rk_finish_dt", dt, y0);
-  return rk_finish_cpu(y0, k, b, e, host_dt(dt), rtol, atol, segments);
+  const int64_t samples = check_dt_tensor("rk_finish_dt", dt, y0);
+  if (samples == 1) {
+    return rk_finish_cpu(y0, k, b, e, host_dt(dt), rtol, atol, segments);
+  }
+  const Prepared p = prepare_finish(y0, k, b, e, 1.0, rtol, atol, segments);
+  check_per_sample_segments("rk_finish_dt", segments, y0);
+  at::Tensor ratios = ratios_tensor(y0, samples);
+  ODECORE_DISPATCH(y0.scalar_type(), "rk_finish_dt_cpu", [&] {
+    finish_per_sample_cpu<scalar_t>(p, dt.const_data_ptr<double>(), samples, ratios.mutable_data_ptr<double>());
+  });
+  return {p.y1, ratios};
 }
 
 at::Tensor rk_error_ratio_dt_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> e,
                                  const at::Tensor& dt, const at::Tensor& rtol, const at::Tensor& atol,
                                  at::IntArrayRef segments) {
-  check_dt_tensor("rk_error_ratio_dt", dt, y0);
-  return rk_error_ratio_cpu(y0, y1, k, e, host_dt(dt), rtol, atol, segments);
+  const int64_t samples = check_dt_tensor("rk_error_ratio_dt", dt, y0);
+  if (samples == 1) {
+    return rk_error_ratio_cpu(y0, y1, k, e, host_dt(dt), rtol, atol, segments);
+  }
+  const Prepared p = prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments);
+  check_per_sample_segments("rk_error_ratio_dt", segments, y0);
+  at::Tensor ratios = ratios_tensor(y0, samples);
+  ODECORE_DISPATCH(y0.scalar_type(), "rk_error_ratio_dt_cpu", [&] {
+    finish_per_sample_cpu<scalar_t>(p, dt.const_data_ptr<double>(), samples, ratios.mutable_data_ptr<double>());
+  });
+  return ratios;
 }
 
-void rk_control_cpu(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t,
+void rk_control_cpu(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t, const at::Tensor& dt,
                     const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
                     at::ArrayRef<double> params) {
-  check_control(state, accept, stage_t, ratio, times, c, params);
+  check_control(state, accept, stage_t, dt, ratio, times, c, params);
   const ControlParams p = control_params(params);
+  const int64_t samples = state.dim() == 1 ? 1 : state.size(0);
+  const int64_t n_times = times.size(times.dim() - 1);
+  const int64_t times_stride = times.dim() == 1 ? 0 : n_times;
+  const int nc = static_cast<int>(c.size());
   AT_DISPATCH_FLOATING_TYPES(stage_t.scalar_type(), "rk_control_cpu", [&] {
-    control_update<scalar_t>(state.mutable_data_ptr<double>(), accept.mutable_data_ptr<bool>(),
-                             stage_t.mutable_data_ptr<scalar_t>(), *ratio.const_data_ptr<double>(),
-                             times.const_data_ptr<double>(), times.numel(), c.data(), static_cast<int>(c.size()), p);
+    double* st = state.mutable_data_ptr<double>();
+    bool* acc = accept.mutable_data_ptr<bool>();
+    scalar_t* stt = stage_t.mutable_data_ptr<scalar_t>();
+    double* dtp = dt.mutable_data_ptr<double>();
+    const double* r = ratio.const_data_ptr<double>();
+    const double* tp = times.const_data_ptr<double>();
+    at::parallel_for(0, samples, 4096, [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        control_update<scalar_t>(st + b * kNumSlots, acc + b, stt + b * nc, dtp + b, r[b], tp + b * times_stride, n_times,
+                                 c.data(), nc, p);
+      }
+    });
   });
 }
 
 void rk_dense_into_cpu(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
                        const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly) {
-  check_dense_into(out, times, state, y0, y1, k, poly);
-  const double* st = state.const_data_ptr<double>();
-  const int64_t first = static_cast<int64_t>(st[kFirstOut]);
-  const int64_t last = static_cast<int64_t>(st[kNextOut]);
-  TORCH_CHECK_VALUE(0 <= first && first <= last && last <= times.size(0), "rk_dense_into: the state's output rows [",
-                    first, ", ", last, ") are not within the ", times.size(0), " output times");
-  if (first == last) {
-    return;
+  const int64_t samples = check_dense_into(out, times, state, y0, y1, k, poly);
+  const int64_t n_times = times.size(times.dim() - 1);
+  const int64_t times_stride = times.dim() == 1 ? 0 : n_times;
+  const double* states = state.const_data_ptr<double>();
+  for (int64_t b = 0; b < samples; ++b) {
+    const double* st = states + b * kNumSlots;
+    const int64_t first = static_cast<int64_t>(st[kFirstOut]);
+    const int64_t last = static_cast<int64_t>(st[kNextOut]);
+    TORCH_CHECK_VALUE(0 <= first && first <= last && last <= n_times, "rk_dense_into: the state's output rows [",
+                      first, ", ", last, ") of sample ", b, " are not within the ", n_times, " output times");
   }
-  const double t0 = st[kOutT0];
-  const double span = st[kOutT1] - t0;
-  const double dt = st[kOutDt];
-  const double* tp = times.const_data_ptr<double>();
   const at::Tensor y0c = y0.contiguous();
   const at::Tensor y1c = y1.contiguous();
   std::vector<at::Tensor> kc;
@@ -226,17 +318,48 @@ void rk_dense_into_cpu(const at::Tensor& out, const at::Tensor& times, const at:
     kc.push_back(t.contiguous());
   }
   const int64_t n = y0.numel();
+  const int64_t per = n / samples;
+  const double* tp = times.const_data_ptr<double>();
   ODECORE_DISPATCH(y0.scalar_type(), "rk_dense_into_cpu", [&] {
     scalar_t* o = out.mutable_data_ptr<scalar_t>();
-    for (int64_t row = first; row < last; ++row) {
-      const double x = (tp[row] - t0) / span;
-      if (x == 1.0) {  // the step's end: the solution itself, as the host loop
-        std::copy(y1c.const_data_ptr<scalar_t>(), y1c.const_data_ptr<scalar_t>() + n, o + row * n);
-      } else {
-        combine_cpu(o + row * n, make_params<scalar_t>(&y0c, kc, dense_weights(poly, static_cast<int64_t>(kc.size()), x, dt)), n);
+    const scalar_t* y1p = y1c.const_data_ptr<scalar_t>();
+    for (int64_t b = 0; b < samples; ++b) {
+      const double* st = states + b * kNumSlots;
+      const int64_t first = static_cast<int64_t>(st[kFirstOut]);
+      const int64_t last = static_cast<int64_t>(st[kNextOut]);
+      const double t0 = st[kOutT0];
+      const double span = st[kOutT1] - t0;
+      const double dt = st[kOutDt];
+      for (int64_t row = first; row < last; ++row) {
+        const double x = (tp[b * times_stride + row] - t0) / span;
+        scalar_t* dst = o + row * n + b * per;
+        if (x == 1.0) {  // the step's end: the solution itself, as the host loop
+          std::copy(y1p + b * per, y1p + (b + 1) * per, dst);
+        } else {
+          const auto params = make_params<scalar_t>(&y0c, kc, dense_weights(poly, static_cast<int64_t>(kc.size()), x, dt));
+          if (samples == 1) {
+            combine_cpu(dst, params, n);
+          } else {
+            combine_range(dst, params, b * per, (b + 1) * per);
+          }
+        }
       }
     }
   });
+}
+
+at::Tensor rk_initial_dt_cpu(const at::Tensor& h0, const at::Tensor& d1, const at::Tensor& d2, double order,
+                             double round_f32) {
+  check_initial_dt(h0, d1, d2);
+  at::Tensor out = at::empty_like(h0);
+  const double* h = h0.const_data_ptr<double>();
+  const double* a = d1.const_data_ptr<double>();
+  const double* b = d2.const_data_ptr<double>();
+  double* o = out.mutable_data_ptr<double>();
+  for (int64_t i = 0; i < h0.numel(); ++i) {
+    o[i] = initial_dt(h[i], a[i], b[i], order, round_f32 != 0.0);
+  }
+  return out;
 }
 
 }  // namespace
@@ -247,6 +370,7 @@ TORCH_LIBRARY_IMPL(odecore, CPU, m) {
   m.impl("rk_error_ratio_dt", &rk_error_ratio_dt_cpu);
   m.impl("rk_control", &rk_control_cpu);
   m.impl("rk_dense_into", &rk_dense_into_cpu);
+  m.impl("rk_initial_dt", &rk_initial_dt_cpu);
   m.impl("sde_step", &sde_step_cpu);
   m.impl("rk_stage", &rk_stage_cpu);
   m.impl("rk_finish", &rk_finish_cpu);

@@ -57,10 +57,29 @@ struct Nodes {
   int n;
 };
 
-// One thread runs control_update (rk_math.h) on the device state.
+// One thread per sample runs control_update (rk_math.h) on its row of the device state;
+// times_stride is 0 (output times shared) or n_times (one row per sample).
 template <typename time_t>
-cudaError_t launch_control(double* state, bool* accept, time_t* stage_t, const double* ratio, const double* times,
-                           int64_t n_times, const Nodes& nodes, const ControlParams& params, cudaStream_t stream);
+cudaError_t launch_control(double* state, bool* accept, time_t* stage_t, double* dt, const double* ratio,
+                           const double* times,
+                           int64_t n_times, int64_t times_stride, int64_t samples, const Nodes& nodes,
+                           const ControlParams& params, cudaStream_t stream);
+
+// Per-sample steps: sample b (elements [b per, (b+1) per)) scaled by dts[b].
+template <typename scalar_t>
+cudaError_t launch_combine_per_sample(scalar_t* out, const CombineParams<scalar_t, double>& p, const double* dts,
+                                      int64_t per, int64_t n, cudaStream_t stream);
+
+// One block per sample: y1 (when write_y1) and ratios[b], the RMS of sample b's scaled error.
+template <typename scalar_t>
+cudaError_t launch_error_per_sample(scalar_t* y1, bool write_y1, const CombineParams<scalar_t, double>& sol,
+                                    const CombineParams<scalar_t, double>& err, const double* dts,
+                                    const NormParams& norm, int64_t per, int64_t samples, double* ratios,
+                                    cudaStream_t stream);
+
+// initial_dt (rk_math.h) elementwise.
+cudaError_t launch_initial_dt(double* out, const double* h0, const double* d1, const double* d2, int64_t n, double order,
+                              bool round_f32, cudaStream_t stream);
 
 // Most dense-output polynomial coefficients (stages x degree) rk_dense_into takes.
 constexpr int kMaxPoly = 192;
@@ -76,6 +95,13 @@ template <typename scalar_t>
 cudaError_t launch_dense_into(scalar_t* out, const double* times, const double* state, int64_t n_rows,
                               const CombineParams<scalar_t, double>& p, const scalar_t* y1, const DensePoly& poly,
                               int64_t n, cudaStream_t stream);
+
+// The same for B per-sample solves (state (B, kNumSlots), sample b = elements
+// [b per, (b+1) per) of each row of n elements; times_stride 0 or n_rows).
+template <typename scalar_t>
+cudaError_t launch_dense_into_per_sample(scalar_t* out, const double* times, int64_t times_stride, const double* state,
+                                         int64_t n_rows, const CombineParams<scalar_t, double>& p, const scalar_t* y1,
+                                         const DensePoly& poly, int64_t per, int64_t n, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace odecore

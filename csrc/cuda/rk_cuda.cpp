@@ -3,6 +3,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -129,17 +130,46 @@ at::Tensor sde_step_cuda(const at::Tensor& y0, const at::Tensor& f, const at::Te
   return t.back();
 }
 
-// The *_dt ops: the weights are formed on the device from the coefficients and *dt.
+// The *_dt ops: the weights are formed on the device from the coefficients and *dt
+// (one dt, or one per sample).
 at::Tensor rk_stage_dt_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, const at::Tensor& dt) {
   const c10::cuda::CUDAGuard guard(y0.device());
-  check_dt_tensor("rk_stage_dt", dt, y0);
+  const int64_t samples = check_dt_tensor("rk_stage_dt", dt, y0);
   const Prepared p = prepare_stage(y0, k, a, 1.0);
   ODECORE_DISPATCH(y0.scalar_type(), "rk_stage_dt_cuda", [&] {
-    C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(p.y1.mutable_data_ptr<scalar_t>(),
-                                                  make_params<scalar_t, double>(&p.y0, p.k, p.w),
-                                                  dt.const_data_ptr<double>(), y0.numel(), current_stream()));
+    const auto params = make_params<scalar_t, double>(&p.y0, p.k, p.w);
+    if (samples == 1) {
+      C10_CUDA_CHECK(cuda::launch_combine<scalar_t>(p.y1.mutable_data_ptr<scalar_t>(), params,
+                                                    dt.const_data_ptr<double>(), y0.numel(), current_stream()));
+    } else {
+      C10_CUDA_CHECK(cuda::launch_combine_per_sample<scalar_t>(p.y1.mutable_data_ptr<scalar_t>(), params,
+                                                               dt.const_data_ptr<double>(), y0.numel() / samples,
+                                                               y0.numel(), current_stream()));
+    }
   });
   return p.y1;
+}
+
+// Per-sample error ratios (B,) of a prepared with unscaled coefficients.
+at::Tensor error_per_sample_cuda(const Prepared& p, const at::Tensor& dt, int64_t samples, const char* op) {
+  TORCH_CHECK_VALUE(p.segments.size() == 1 && p.segments[0] == p.y0.numel(), op,
+                    ": with one dt per sample the error norm is per sample; segments must be [", p.y0.numel(),
+                    "] (the whole state)");
+  cuda::NormParams norm{};
+  norm.rtol = p.rtol.const_data_ptr<double>();
+  norm.atol = p.atol.const_data_ptr<double>();
+  norm.rtol_stride = p.rtol.numel() == 1 ? 0 : 1;
+  norm.atol_stride = p.atol.numel() == 1 ? 0 : 1;
+  auto ratios = at::empty({samples}, p.y0.options().dtype(at::kDouble));
+  ODECORE_DISPATCH(p.y0.scalar_type(), "rk_error_per_sample_cuda", [&] {
+    auto* y1 = const_cast<scalar_t*>(p.y1.const_data_ptr<scalar_t>());
+    const auto sol = make_params<scalar_t, double>(&p.y0, p.write_y1 ? p.k : std::vector<at::Tensor>{}, p.w);
+    const auto err = make_params<scalar_t, double>(nullptr, p.k, p.err_w);
+    C10_CUDA_CHECK(cuda::launch_error_per_sample<scalar_t>(y1, p.write_y1, sol, err, dt.const_data_ptr<double>(), norm,
+                                                           p.y0.numel() / samples, samples,
+                                                           ratios.mutable_data_ptr<double>(), current_stream()));
+  });
+  return ratios;
 }
 
 std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
@@ -147,8 +177,11 @@ std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cuda(const at::Tensor& y0, at::T
                                                      const at::Tensor& rtol, const at::Tensor& atol,
                                                      at::IntArrayRef segments) {
   const c10::cuda::CUDAGuard guard(y0.device());
-  check_dt_tensor("rk_finish_dt", dt, y0);
+  const int64_t samples = check_dt_tensor("rk_finish_dt", dt, y0);
   const Prepared p = prepare_finish(y0, k, b, e, 1.0, rtol, atol, segments);
+  if (samples > 1) {
+    return {p.y1, error_per_sample_cuda(p, dt, samples, "rk_finish_dt")};
+  }
   return {p.y1, error_ratio_cuda(p, dt.const_data_ptr<double>())};
 }
 
@@ -156,14 +189,18 @@ at::Tensor rk_error_ratio_dt_cuda(const at::Tensor& y0, const at::Tensor& y1, at
                                   const at::Tensor& dt, const at::Tensor& rtol, const at::Tensor& atol,
                                   at::IntArrayRef segments) {
   const c10::cuda::CUDAGuard guard(y0.device());
-  check_dt_tensor("rk_error_ratio_dt", dt, y0);
-  return error_ratio_cuda(prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments), dt.const_data_ptr<double>());
+  const int64_t samples = check_dt_tensor("rk_error_ratio_dt", dt, y0);
+  const Prepared p = prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments);
+  if (samples > 1) {
+    return error_per_sample_cuda(p, dt, samples, "rk_error_ratio_dt");
+  }
+  return error_ratio_cuda(p, dt.const_data_ptr<double>());
 }
 
-void rk_control_cuda(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t,
+void rk_control_cuda(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t, const at::Tensor& dt,
                      const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
                      at::ArrayRef<double> params) {
-  check_control(state, accept, stage_t, ratio, times, c, params);
+  check_control(state, accept, stage_t, dt, ratio, times, c, params);
   TORCH_CHECK_VALUE(c.size() <= static_cast<size_t>(kMaxTerms), "rk_control: at most ", kMaxTerms, " nodes, got ",
                     c.size());
   const c10::cuda::CUDAGuard guard(state.device());
@@ -172,17 +209,21 @@ void rk_control_cuda(const at::Tensor& state, const at::Tensor& accept, const at
   for (size_t i = 0; i < c.size(); ++i) {
     nodes.c[i] = c[i];
   }
+  const int64_t samples = state.dim() == 1 ? 1 : state.size(0);
+  const int64_t n_times = times.size(times.dim() - 1);
   AT_DISPATCH_FLOATING_TYPES(stage_t.scalar_type(), "rk_control_cuda", [&] {
     C10_CUDA_CHECK(cuda::launch_control<scalar_t>(state.mutable_data_ptr<double>(), accept.mutable_data_ptr<bool>(),
-                                                  stage_t.mutable_data_ptr<scalar_t>(), ratio.const_data_ptr<double>(),
-                                                  times.const_data_ptr<double>(), times.numel(), nodes,
+                                                  stage_t.mutable_data_ptr<scalar_t>(), dt.mutable_data_ptr<double>(),
+                                                  ratio.const_data_ptr<double>(),
+                                                  times.const_data_ptr<double>(), n_times,
+                                                  times.dim() == 1 ? 0 : n_times, samples, nodes,
                                                   control_params(params), current_stream()));
   });
 }
 
 void rk_dense_into_cuda(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
                         const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly) {
-  check_dense_into(out, times, state, y0, y1, k, poly);
+  const int64_t samples = check_dense_into(out, times, state, y0, y1, k, poly);
   TORCH_CHECK_VALUE(poly.size() <= static_cast<size_t>(cuda::kMaxPoly), "rk_dense_into: at most ", cuda::kMaxPoly,
                     " polynomial coefficients on CUDA, got ", poly.size());
   const c10::cuda::CUDAGuard guard(y0.device());
@@ -198,13 +239,32 @@ void rk_dense_into_cuda(const at::Tensor& out, const at::Tensor& times, const at
     kc.push_back(t.contiguous());
   }
   const std::vector<double> unused(kc.size(), 0.0);  // the kernel forms the weights from the state
+  const int64_t n_times = times.size(times.dim() - 1);
   ODECORE_DISPATCH(y0.scalar_type(), "rk_dense_into_cuda", [&] {
-    C10_CUDA_CHECK(cuda::launch_dense_into<scalar_t>(out.mutable_data_ptr<scalar_t>(), times.const_data_ptr<double>(),
-                                                     state.const_data_ptr<double>(), times.numel(),
-                                                     make_params<scalar_t, double>(&y0c, kc, unused),
-                                                     y1c.const_data_ptr<scalar_t>(), dense, y0.numel(),
-                                                     current_stream()));
+    const auto params = make_params<scalar_t, double>(&y0c, kc, unused);
+    if (samples == 1 && times.dim() == 1) {
+      C10_CUDA_CHECK(cuda::launch_dense_into<scalar_t>(out.mutable_data_ptr<scalar_t>(), times.const_data_ptr<double>(),
+                                                       state.const_data_ptr<double>(), n_times, params,
+                                                       y1c.const_data_ptr<scalar_t>(), dense, y0.numel(),
+                                                       current_stream()));
+    } else {
+      C10_CUDA_CHECK(cuda::launch_dense_into_per_sample<scalar_t>(
+          out.mutable_data_ptr<scalar_t>(), times.const_data_ptr<double>(), times.dim() == 1 ? 0 : n_times,
+          state.const_data_ptr<double>(), n_times, params, y1c.const_data_ptr<scalar_t>(), dense, y0.numel() / samples,
+          y0.numel(), current_stream()));
+    }
   });
+}
+
+at::Tensor rk_initial_dt_cuda(const at::Tensor& h0, const at::Tensor& d1, const at::Tensor& d2, double order,
+                              double round_f32) {
+  check_initial_dt(h0, d1, d2);
+  const c10::cuda::CUDAGuard guard(h0.device());
+  at::Tensor out = at::empty_like(h0);
+  C10_CUDA_CHECK(cuda::launch_initial_dt(out.mutable_data_ptr<double>(), h0.const_data_ptr<double>(),
+                                         d1.const_data_ptr<double>(), d2.const_data_ptr<double>(), h0.numel(), order,
+                                         round_f32 != 0.0, current_stream()));
+  return out;
 }
 
 }  // namespace
@@ -215,6 +275,7 @@ TORCH_LIBRARY_IMPL(odecore, CUDA, m) {
   m.impl("rk_error_ratio_dt", &rk_error_ratio_dt_cuda);
   m.impl("rk_control", &rk_control_cuda);
   m.impl("rk_dense_into", &rk_dense_into_cuda);
+  m.impl("rk_initial_dt", &rk_initial_dt_cuda);
   m.impl("sde_step", &sde_step_cuda);
   m.impl("rk_stage", &rk_stage_cuda);
   m.impl("rk_finish", &rk_finish_cuda);

@@ -115,9 +115,90 @@ __global__ void sde_step_kernel(scalar_t* out, const scalar_t* y0, const scalar_
 }
 
 template <typename time_t>
-__global__ void control_kernel(double* state, bool* accept, time_t* stage_t, const double* ratio, const double* times,
-                               int64_t n_times, Nodes nodes, ControlParams params) {
-  control_update(state, accept, stage_t, *ratio, times, n_times, nodes.c, nodes.n, params);
+__global__ void control_kernel(double* state, bool* accept, time_t* stage_t, double* dt, const double* ratio,
+                               const double* times, int64_t n_times, int64_t times_stride, int64_t samples, Nodes nodes,
+                               ControlParams params) {
+  const int64_t b = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (b < samples) {
+    control_update(state + b * kNumSlots, accept + b, stage_t + b * nodes.n, dt + b, ratio[b], times + b * times_stride,
+                   n_times, nodes.c, nodes.n, params);
+  }
+}
+
+template <typename scalar_t>
+__global__ void combine_per_sample_kernel(scalar_t* out, CombineParams<scalar_t, double> p, const double* dts,
+                                          int64_t per, int64_t n) {
+  using acc = acc_t<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const double dt = dts[i / per];
+    acc sum = acc(0);
+    for (int j = 0; j < p.m; ++j) {
+      sum += static_cast<acc>(dmul(p.w[j], dt)) * static_cast<acc>(p.k[j][i]);
+    }
+    out[i] = static_cast<scalar_t>(static_cast<acc>(p.y0[i]) + sum);
+  }
+}
+
+template <typename scalar_t>
+__global__ void error_per_sample_kernel(scalar_t* y1, bool write_y1, CombineParams<scalar_t, double> sol,
+                                        CombineParams<scalar_t, double> err, const double* dts, NormParams norm,
+                                        int64_t per, double* ratios) {
+  __shared__ acc_t<scalar_t> sol_w[kMaxTerms];
+  __shared__ double err_w[kMaxTerms];
+  const int64_t b = blockIdx.x;
+  load_weights(sol_w, sol, dts + b);
+  load_weights(err_w, err, dts + b);
+  double sum = 0.0;
+  for (int64_t i = b * per + threadIdx.x; i < (b + 1) * per; i += blockDim.x) {
+    if (write_y1) {
+      y1[i] = combine_with(sol, sol_w, i);
+    }
+    const double e = weighted_sum(err.k, err_w, err.m, i);
+    sum += scaled_error_sq(e, static_cast<double>(sol.y0[i]), static_cast<double>(y1[i]),
+                           norm.rtol[i * norm.rtol_stride], norm.atol[i * norm.atol_stride]);
+  }
+  const double total = block_sum(sum);
+  if (threadIdx.x == 0) {
+    ratios[b] = rms_of_sum(total, per);
+  }
+}
+
+template <typename scalar_t>
+__global__ void dense_into_per_sample_kernel(scalar_t* out, const double* times, int64_t times_stride,
+                                             const double* state, int64_t n_rows, CombineParams<scalar_t, double> p,
+                                             const scalar_t* y1, DensePoly poly, int64_t per, int64_t n) {
+  using acc = acc_t<scalar_t>;
+  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n; i += stride) {
+    const int64_t b = i / per;
+    const double* st = state + b * kNumSlots;
+    const int64_t first = max(static_cast<int64_t>(st[kFirstOut]), int64_t(0));
+    const int64_t last = min(static_cast<int64_t>(st[kNextOut]), n_rows);
+    const double t0 = st[kOutT0];
+    const double span = st[kOutT1] - t0;
+    const double dt = st[kOutDt];
+    for (int64_t row = first; row < last; ++row) {
+      const double x = (times[b * times_stride + row] - t0) / span;
+      if (x == 1.0) {
+        out[row * n + i] = y1[i];
+        continue;
+      }
+      acc sum = acc(0);
+      for (int j = 0; j < p.m; ++j) {
+        sum += static_cast<acc>(dense_weight(poly.poly, poly.degree, j, x, dt)) * static_cast<acc>(p.k[j][i]);
+      }
+      out[row * n + i] = static_cast<scalar_t>(static_cast<acc>(p.y0[i]) + sum);
+    }
+  }
+}
+
+__global__ void initial_dt_kernel(double* out, const double* h0, const double* d1, const double* d2, int64_t n,
+                                  double order, bool round_f32) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) {
+    out[i] = initial_dt(h0[i], d1[i], d2[i], order, round_f32);
+  }
 }
 
 // Rows are few (usually none) per step: every block walks them, all of its threads
@@ -158,9 +239,61 @@ __global__ void dense_into_kernel(scalar_t* out, const double* times, const doub
 }  // namespace
 
 template <typename time_t>
-cudaError_t launch_control(double* state, bool* accept, time_t* stage_t, const double* ratio, const double* times,
-                           int64_t n_times, const Nodes& nodes, const ControlParams& params, cudaStream_t stream) {
-  control_kernel<<<1, 1, 0, stream>>>(state, accept, stage_t, ratio, times, n_times, nodes, params);
+cudaError_t launch_control(double* state, bool* accept, time_t* stage_t, double* dt, const double* ratio,
+                           const double* times, int64_t n_times, int64_t times_stride, int64_t samples,
+                           const Nodes& nodes, const ControlParams& params, cudaStream_t stream) {
+  if (samples == 0) {
+    return cudaSuccess;
+  }
+  const int threads = samples < kThreads ? static_cast<int>(samples) : kThreads;
+  const int64_t blocks = (samples + threads - 1) / threads;
+  control_kernel<<<static_cast<unsigned>(blocks), threads, 0, stream>>>(state, accept, stage_t, dt, ratio, times,
+                                                                       n_times, times_stride, samples, nodes, params);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t launch_combine_per_sample(scalar_t* out, const CombineParams<scalar_t, double>& p, const double* dts,
+                                      int64_t per, int64_t n, cudaStream_t stream) {
+  if (n == 0) {
+    return cudaSuccess;
+  }
+  combine_per_sample_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, p, dts, per, n);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t launch_error_per_sample(scalar_t* y1, bool write_y1, const CombineParams<scalar_t, double>& sol,
+                                    const CombineParams<scalar_t, double>& err, const double* dts,
+                                    const NormParams& norm, int64_t per, int64_t samples, double* ratios,
+                                    cudaStream_t stream) {
+  if (samples == 0) {
+    return cudaSuccess;
+  }
+  error_per_sample_kernel<<<static_cast<unsigned>(samples), kThreads, 0, stream>>>(y1, write_y1, sol, err, dts, norm,
+                                                                                 per, ratios);
+  return cudaGetLastError();
+}
+
+template <typename scalar_t>
+cudaError_t launch_dense_into_per_sample(scalar_t* out, const double* times, int64_t times_stride, const double* state,
+                                         int64_t n_rows, const CombineParams<scalar_t, double>& p, const scalar_t* y1,
+                                         const DensePoly& poly, int64_t per, int64_t n, cudaStream_t stream) {
+  if (n == 0) {
+    return cudaSuccess;
+  }
+  dense_into_per_sample_kernel<<<blocks_for(n), kThreads, 0, stream>>>(out, times, times_stride, state, n_rows, p, y1,
+                                                                       poly, per, n);
+  return cudaGetLastError();
+}
+
+cudaError_t launch_initial_dt(double* out, const double* h0, const double* d1, const double* d2, int64_t n, double order,
+                              bool round_f32, cudaStream_t stream) {
+  if (n == 0) {
+    return cudaSuccess;
+  }
+  initial_dt_kernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0, stream>>>(out, h0, d1, d2, n,
+                                                                                                   order, round_f32);
   return cudaGetLastError();
 }
 
@@ -225,17 +358,25 @@ cudaError_t launch_error_ratio(scalar_t* y1, bool write_y1, const CombineParams<
                                           cudaStream_t);                                                         \
   template cudaError_t launch_dense_into<T>(T*, const double*, const double*, int64_t, const CombineParams<T, double>&, \
                                             const T*,                                                           \
-                                            const DensePoly&, int64_t, cudaStream_t);
+                                            const DensePoly&, int64_t, cudaStream_t);                           \
+  template cudaError_t launch_combine_per_sample<T>(T*, const CombineParams<T, double>&, const double*, int64_t, int64_t, \
+                                                    cudaStream_t);                                              \
+  template cudaError_t launch_error_per_sample<T>(T*, bool, const CombineParams<T, double>&,                      \
+                                                  const CombineParams<T, double>&, const double*, const NormParams&, \
+                                                  int64_t, int64_t, double*, cudaStream_t);                     \
+  template cudaError_t launch_dense_into_per_sample<T>(T*, const double*, int64_t, const double*, int64_t,        \
+                                                       const CombineParams<T, double>&, const T*, const DensePoly&, \
+                                                       int64_t, int64_t, cudaStream_t);
 
 ODECORE_INSTANTIATE(float)
 ODECORE_INSTANTIATE(double)
 ODECORE_INSTANTIATE(c10::Half)
 ODECORE_INSTANTIATE(c10::BFloat16)
 
-template cudaError_t launch_control<float>(double*, bool*, float*, const double*, const double*, int64_t, const Nodes&,
-                                           const ControlParams&, cudaStream_t);
-template cudaError_t launch_control<double>(double*, bool*, double*, const double*, const double*, int64_t,
-                                            const Nodes&, const ControlParams&, cudaStream_t);
+template cudaError_t launch_control<float>(double*, bool*, float*, double*, const double*, const double*, int64_t,
+                                           int64_t, int64_t, const Nodes&, const ControlParams&, cudaStream_t);
+template cudaError_t launch_control<double>(double*, bool*, double*, double*, const double*, const double*, int64_t,
+                                            int64_t, int64_t, const Nodes&, const ControlParams&, cudaStream_t);
 
 }  // namespace cuda
 }  // namespace odecore

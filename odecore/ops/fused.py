@@ -73,8 +73,16 @@ def _(y0, y1, k, e, dt, rtol, atol, segments):
 
 
 @torch.library.register_fake("odecore::rk_control")
-def _(state, accept, stage_t, ratio, times, c, params):
+def _(state, accept, stage_t, dt, ratio, times, c, params):
     return None
+
+
+@torch.library.register_fake("odecore::rk_initial_dt")
+def _(h0, d1, d2, order, round_f32):
+    return torch.empty_like(h0)
+
+
+rk_initial_dt = _C.rk_initial_dt
 
 
 @torch.library.register_fake("odecore::rk_dense_into")

@@ -82,23 +82,47 @@ def sde_step(y0, f, g, dw, gdg, dt, correction):
 # --------------------------------------------------------------------------- #
 
 def _check_dt(op, dt, y0):
-    if dt.dtype != torch.float64 or dt.numel() != 1 or dt.device != y0.device:
-        raise ValueError("%s: dt must be a one-element float64 tensor on y0's device" % op)
+    n = dt.numel()
+    if dt.dtype != torch.float64 or dt.device != y0.device or not (n == 1 or (n > 1 and y0.numel() % n == 0)):
+        raise ValueError("%s: dt must be a float64 tensor on y0's device with one element, or one per sample" % op)
+
+
+def _per_sample(op, y0, dt):
+    _check_dt(op, dt, y0)
+    samples = dt.numel()
+    return samples, y0.numel() // samples
 
 
 def rk_stage_dt(y0, k, a, dt):
-    _check_dt("rk_stage_dt", dt, y0)
-    return rk_stage(y0, k, a, dt.item())
+    samples, per = _per_sample("rk_stage_dt", y0, dt)
+    if samples == 1:
+        return rk_stage(y0, k, a, dt.item())
+    flat = [rk_stage(y0.reshape(-1)[b * per:(b + 1) * per], [kj.reshape(-1)[b * per:(b + 1) * per] for kj in k], a, d)
+            for b, d in enumerate(dt.tolist())]
+    return torch.cat(flat).view(y0.shape)
+
+
+def _ratios(y0, y1, k, e, dt, rtol, atol, per):
+    def part(x, b):
+        return x.reshape(-1)[b * per:(b + 1) * per] if x.numel() > 1 else x
+
+    return torch.stack([_error_ratio(part(y0, b), part(y1, b), [part(kj, b) for kj in k], e, d, part(rtol, b),
+                                     part(atol, b), [per]) for b, d in enumerate(dt.tolist())])
 
 
 def rk_finish_dt(y0, k, b, e, dt, rtol, atol, segments):
-    _check_dt("rk_finish_dt", dt, y0)
-    return rk_finish(y0, k, b, e, dt.item(), rtol, atol, segments)
+    samples, per = _per_sample("rk_finish_dt", y0, dt)
+    if samples == 1:
+        return rk_finish(y0, k, b, e, dt.item(), rtol, atol, segments)
+    y1 = rk_stage_dt(y0, k, b, dt)
+    return y1, _ratios(y0, y1, k, e, dt, rtol, atol, per)
 
 
 def rk_error_ratio_dt(y0, y1, k, e, dt, rtol, atol, segments):
-    _check_dt("rk_error_ratio_dt", dt, y0)
-    return rk_error_ratio(y0, y1, k, e, dt.item(), rtol, atol, segments)
+    samples, per = _per_sample("rk_error_ratio_dt", y0, dt)
+    if samples == 1:
+        return rk_error_ratio(y0, y1, k, e, dt.item(), rtol, atol, segments)
+    return _ratios(y0, y1, k, e, dt, rtol, atol, per)
 
 
 (_T, _DT, _STATUS, _N_STEPS, _N_ACCEPTED, _STEPS_HERE, _NEXT_OUT, _FIRST_OUT, _T0, _T1, _DT_USED, _RATIO, _ERR_T, _ERR_DT,
@@ -117,16 +141,17 @@ def _time_before(t, dtype):
     return math.nextafter(t, -math.inf)
 
 
-def rk_control(state, accept, stage_t, ratio, times, c, params):
-    """The host loop's step control on the state tensor (in place); see rk_math.h."""
-    order, safety, ifactor, dfactor, min_step, max_step, max_num_steps, time_sign, round_f32 = params
-    s = state.tolist()
+def _control_one(s, r, tl, c, params, stage_dtype):
+    """The host loop's step control on one sample's state list `s` (see rk_math.h);
+    returns (accept, stage times or None)."""
+    order, safety, ifactor, dfactor, min_step, max_step, max_num_steps, time_sign, round_f32, prepare_only = params
     s[_FIRST_OUT] = s[_NEXT_OUT]
     ok = False
-    stage = None
-    if s[_STATUS] == 0:
+    prepare = False
+    if s[_STATUS] == 0 and prepare_only:
+        prepare = True
+    elif s[_STATUS] == 0:
         dt = s[_DT_USED]
-        r = float(ratio.item())
         s[_RATIO] = r
         ok = r <= 1.0
         if dt > max_step:
@@ -144,7 +169,6 @@ def rk_control(state, accept, stage_t, ratio, times, c, params):
                 s[_N_ACCEPTED] += 1
                 s[_T] = t1 = s[_T1]
                 nxt = first = int(s[_NEXT_OUT])
-                tl = times.tolist()
                 while nxt < len(tl) and tl[nxt] <= t1:
                     nxt += 1
                 if nxt != first:
@@ -155,33 +179,66 @@ def rk_control(state, accept, stage_t, ratio, times, c, params):
             else:
                 factor = min(ifactor, max(safety / r ** (1.0 / order), dfactor if r >= 1.0 else 1.0))
             s[_DT] = _round_time(min(max(dt * factor, min_step), max_step), round_f32)
-            if int(s[_NEXT_OUT]) >= len(times):
+            if int(s[_NEXT_OUT]) >= len(tl):
                 s[_STATUS] = 1
             else:
-                t0, dt = s[_T], s[_DT]
-                if s[_STEPS_HERE] >= max_num_steps:
-                    s[_STATUS] = 4
-                elif not t0 + dt > t0:
-                    s[_STATUS] = 3
-                if s[_STATUS] != 0:
-                    s[_ERR_T], s[_ERR_DT] = t0, dt
-                else:
-                    t1 = _round_time(t0 + dt, round_f32)
-                    s[_T0], s[_T1], s[_DT_USED] = t0, t1, dt
-                    stage = [time_sign * (_time_before(t1, stage_t.dtype) if ci == 1.0 else t0 + ci * dt) for ci in c]
-    state.copy_(torch.tensor(s, dtype=torch.float64))
-    accept.fill_(ok)
+                prepare = True
+    stage = None
+    if prepare:
+        t0, dt = s[_T], s[_DT]
+        if s[_STEPS_HERE] >= max_num_steps:
+            s[_STATUS] = 4
+        elif not t0 + dt > t0:
+            s[_STATUS] = 3
+        if s[_STATUS] != 0:
+            s[_ERR_T], s[_ERR_DT] = t0, dt
+        else:
+            t1 = _round_time(t0 + dt, round_f32)
+            s[_T0], s[_T1], s[_DT_USED] = t0, t1, dt
+            stage = [time_sign * (_time_before(t1, stage_dtype) if ci == 1.0 else t0 + ci * dt) for ci in c]
     if s[_STATUS] != 0:  # stopped: queued attempts evaluate func at the current time
         stage = [time_sign * s[_T]] * len(c)
-    if stage is not None:
-        stage_t.copy_(torch.tensor(stage, dtype=stage_t.dtype))
+    return ok, stage
+
+
+def rk_control(state, accept, stage_t, dt, ratio, times, c, params):
+    """The host loop's step control on the state tensor (in place), per sample; see rk_math.h."""
+    rows = state.reshape(-1, state.shape[-1]).tolist()
+    ratios = ratio.reshape(-1).tolist()
+    time_rows = times.reshape(-1, times.shape[-1]).tolist()
+    stage_rows = stage_t.reshape(len(rows), -1)
+    oks, dts = [], []
+    for b, s in enumerate(rows):
+        ok, stage = _control_one(s, ratios[b], time_rows[b if len(time_rows) > 1 else 0], c, params, stage_t.dtype)
+        oks.append(ok)
+        dts.append(s[_DT_USED])
+        if stage is not None:
+            stage_rows[b].copy_(torch.tensor(stage, dtype=stage_t.dtype))
+    state.copy_(torch.tensor(rows, dtype=torch.float64).reshape(state.shape))
+    accept.copy_(torch.tensor(oks, dtype=torch.bool).reshape(accept.shape))
+    dt.copy_(torch.tensor(dts, dtype=torch.float64).reshape(dt.shape))
+
+
+def rk_initial_dt(h0, d1, d2, order, round_f32):
+    out = []
+    for h, a, b in zip(h0.tolist(), d1.tolist(), d2.tolist()):
+        h1 = max(1e-6, h * 1e-3) if a <= 1e-15 and b <= 1e-15 else (0.01 / max(a, b)) ** (1.0 / order)
+        out.append(_round_time(min(100 * h, h1), round_f32))
+    return torch.tensor(out, dtype=torch.float64, device=h0.device).reshape(h0.shape)
 
 
 def rk_dense_into(out, times, state, y0, y1, k, poly):
-    """Writes the output rows the last accepted step covers (in place)."""
-    s = state.tolist()
-    first, last = int(s[_FIRST_OUT]), int(s[_NEXT_OUT])
-    t0, span, dt = s[_OUT_T0], s[_OUT_T1] - s[_OUT_T0], s[_OUT_DT]
-    for row, time in zip(range(first, last), times[first:last].tolist()):
-        x = (time - t0) / span
-        out[row] = y1 if x == 1.0 else rk_interp(y0, k, poly, dt, [x])[0]
+    """Writes the output rows the last accepted step of each sample covers (in place)."""
+    rows = state.reshape(-1, state.shape[-1]).tolist()
+    samples = len(rows)
+    time_rows = times.reshape(-1, times.shape[-1]).tolist()
+    per = y0.numel() // samples
+    flat_out = out.view(out.shape[0], -1)
+    y0f, y1f, kf = y0.reshape(-1), y1.reshape(-1), [kj.reshape(-1) for kj in k]
+    for b, s in enumerate(rows):
+        first, last = int(s[_FIRST_OUT]), int(s[_NEXT_OUT])
+        t0, span, dt = s[_OUT_T0], s[_OUT_T1] - s[_OUT_T0], s[_OUT_DT]
+        part = slice(b * per, (b + 1) * per)
+        for row in range(first, last):
+            x = (time_rows[b if len(time_rows) > 1 else 0][row] - t0) / span
+            flat_out[row, part] = y1f[part] if x == 1.0 else rk_interp(y0f[part], [kj[part] for kj in kf], poly, dt, [x])[0]

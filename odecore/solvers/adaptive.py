@@ -155,7 +155,10 @@ class AdaptiveRKSolver:
         y0 = self.y0
         self.t, self.y = t[0], y0
         self.f = self.func(t[0], y0)
-        self.dt = self._initial_step(t[0], y0, self.f) if self.first_step is None else self.first_step
+        dt = self._initial_step(t[0], y0, self.f) if self.first_step is None else self.first_step
+        # torchdiffeq clamps dt to [min_step, max_step] (a non-finite one to min_step) before
+        # every step; later steps are clamped when their dt is chosen, so only the first here
+        self.dt = self._round(min(max(dt if math.isfinite(dt) else self.min_step, self.min_step), self.max_step))
         self.next_step_index = min(bisect.bisect(self.step_t, t[0]), len(self.step_t) - 1)
         self.next_jump_index = min(bisect.bisect(self.jump_t, t[0]), len(self.jump_t) - 1)
         sync_every = self._device_sync_every(recorder)
@@ -188,6 +191,7 @@ class AdaptiveRKSolver:
         ops = self.ops
         eligible = (
             hasattr(ops, "rk_control") and recorder is None and self.norm is None and not self.step_t and not self.jump_t
+            and not self.func.callbacks  # callbacks run on the host, at every step
             and self.y0.dtype in (torch.float32, torch.float64) and self.time_dtype in (torch.float32, torch.float64)
             and not (torch.is_grad_enabled() and (self.y0.requires_grad or self.f.requires_grad))
             and len(self.tableau.dense_flat) <= 192
@@ -204,25 +208,21 @@ class AdaptiveRKSolver:
         y, f = self.y0, self.f
         dev = y.device
         t0, dt = self.t, self.dt
-        # the first attempt is set up here with the host loop's arithmetic, later ones by rk_control
-        if not t0 + dt > t0:
-            raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
-                               "its solution may blow up here)" % (t0, dt))
-        t1 = self._round(t0 + dt)
-        t_end = func.nudge(t1, Perturb.PREV)
         nodes = [c for _, _, c in self._stage_plan]
-        stage_t = torch.tensor([func.time_sign * (t_end if c == 1.0 else t0 + c * dt) for c in nodes], dtype=y.dtype)
         state = torch.zeros(NUM_SLOTS, dtype=torch.float64)
         state[T], state[DT], state[NEXT_OUT], state[FIRST_OUT] = t0, dt, 1, 1
-        state[T0], state[T1], state[DT_USED] = t0, t1, dt
-        state, stage_t = state.to(dev), stage_t.to(dev)
+        state = state.to(dev)
+        stage_t = torch.empty(len(nodes), dtype=y.dtype, device=dev)
+        dt_t = torch.empty(1, dtype=torch.float64, device=dev)
         times = torch.tensor(t, dtype=torch.float64, device=dev)
         out = y.new_empty((len(t), *y.shape))
         out[0] = y
         accept = torch.zeros((), dtype=torch.bool, device=dev)
         params = [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
                   float(self.max_num_steps), func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0]
-        dt_t = state[DT_USED]
+        # the first attempt (or the error that stops it), set up where the state lives
+        ops.rk_control(state, accept, stage_t, dt_t, dt_t, times, nodes, params + [1.0])
+        params.append(0.0)
         plan = [([j for j in idx], coeffs) for idx, coeffs, _ in self._stage_plan]
         rtol, atol, segments = self.rtol, self.atol, self.segments
         poly = tab.dense_flat
@@ -246,7 +246,7 @@ class AdaptiveRKSolver:
                     ratio = ops.rk_error_ratio_dt(y, yi, [k[j] for j in e_idx], e, dt_t, rtol, atol, segments)
                 else:
                     y1, ratio = ops.rk_finish_dt(y, k, tab.b, tab.e, dt_t, rtol, atol, segments)
-                ops.rk_control(state, accept, stage_t, ratio, times, nodes, params)
+                ops.rk_control(state, accept, stage_t, dt_t, ratio, times, nodes, params)
                 ops.rk_dense_into(out, times, state, y, y1, k, poly)
                 y = torch.where(accept, y1, y)
                 f = torch.where(accept, k[-1], f)
@@ -280,6 +280,9 @@ class AdaptiveRKSolver:
     # -- the host loop -------------------------------------------------------------------
     def _step(self):
         t0, y0, f0, dt = self.t, self.y, self.f, self.dt
+        callbacks = self.func.callbacks
+        if callbacks:
+            self.func.callback("callback_step", t0, y0, dt, self.time_dtype)
         if not t0 + dt > t0:
             raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
                                "its solution may blow up here)" % (t0, dt))
@@ -317,7 +320,11 @@ class AdaptiveRKSolver:
                 self.next_step_index += 1
             if on_jump_t and self.next_jump_index != len(self.jump_t) - 1:
                 self.next_jump_index += 1
+            if callbacks:
+                self.func.callback("callback_accept_step", t0, y0, dt, self.time_dtype)
             self._accept(t0, y0, k, dt, t1, y1, on_jump_t)
+        elif callbacks:
+            self.func.callback("callback_reject_step", t0, y0, dt, self.time_dtype)
         self.dt = self._round(min(max(dt * self._step_factor(ratio), self.min_step), self.max_step))
 
     def _attempt(self, t0, y0, f0, dt, t1):

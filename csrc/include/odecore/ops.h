@@ -48,18 +48,21 @@ Prepared prepare_error_ratio(const at::Tensor& y0, const at::Tensor& y1, at::Ten
 Prepared prepare_interp(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> poly,
                         double dt, at::ArrayRef<double> x);
 
-// The step size of the *_dt ops: a one-element float64 tensor on y0's device.
-void check_dt_tensor(const char* op, const at::Tensor& dt, const at::Tensor& y0);
+// The step size of the *_dt ops: a float64 tensor on y0's device with one element, or
+// one per sample (B elements dividing y0's); returns B.
+int64_t check_dt_tensor(const char* op, const at::Tensor& dt, const at::Tensor& y0);
 // Reads it where that is a plain memory read (CPU); never on CUDA.
 double host_dt(const at::Tensor& dt);
 
 // rk_control / rk_dense_into: checks of the state, output-time and flag tensors.
 void check_control(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t,
-                   const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
+                   const at::Tensor& dt, const at::Tensor& ratio, const at::Tensor& times, at::ArrayRef<double> c,
                    at::ArrayRef<double> params);
 ControlParams control_params(at::ArrayRef<double> params);
-void check_dense_into(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
-                      const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly);
+// Returns the number of samples B (state (B, kNumSlots)).
+int64_t check_dense_into(const at::Tensor& out, const at::Tensor& times, const at::Tensor& state, const at::Tensor& y0,
+                         const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> poly);
+void check_initial_dt(const at::Tensor& h0, const at::Tensor& d1, const at::Tensor& d2);
 
 // sde_step's inputs made contiguous after checks: {y0, f, g, dw[, gdg], out}.
 std::vector<at::Tensor> prepare_sde_step(const at::Tensor& y0, const at::Tensor& f, const at::Tensor& g,

@@ -180,9 +180,10 @@ constexpr double kMaxSteps = 4.0;   // max_num_steps exceeded
 // Parameters of rk_control, in the order of its `params` argument.
 struct ControlParams {
   double order, safety, ifactor, dfactor, min_step, max_step, max_num_steps, time_sign;
-  bool round_f32;  // time-like values carry float32 precision (options dtype=float32)
+  bool round_f32;     // time-like values carry float32 precision (options dtype=float32)
+  bool prepare_only;  // only set up the first attempt from state[kT], state[kDt]
 };
-constexpr int kControlParams = 9;
+constexpr int kControlParams = 10;
 
 ODECORE_HD bool is_inf(double v) {
   return v == INFINITY || v == -INFINITY;
@@ -301,12 +302,38 @@ ODECORE_HD void control_decide(double* state, bool* accept, time_t* stage_t, dou
   prepare_attempt(state, stage_t, c, n_c, p);
 }
 
+// The last part of the host loop's initial step (torchdiffeq's select_initial_step)
+// from h0 and the norms d1 = |f0|, d2 = |f1 - f0| / h0: min(100 h0, h1).
+ODECORE_HD double initial_dt(double h0, double d1, double d2, double order, bool round_f32) {
+  double h1;
+  if (d1 <= 1e-15 && d2 <= 1e-15) {
+    const double small = dmul(h0, 1e-3);
+    h1 = small > 1e-6 ? small : 1e-6;  // Python's max(1e-6, h0 * 1e-3)
+  } else {
+    h1 = pow(0.01 / (d2 > d1 ? d2 : d1), 1.0 / order);
+  }
+  const double big = dmul(100.0, h0);
+  return round_time(h1 < big ? h1 : big, round_f32);  // min(100 h0, h1)
+}
+
 // control_decide, and every stage time written in any case: once the solve has stopped,
 // the (wasted) attempts still queued evaluate func at the current time.
+// With p.prepare_only, the first attempt is set up instead (ratio ignored). The step size
+// of the attempt set up is also written to *dt_out (the stage ops' dt).
 template <typename time_t>
-ODECORE_HD void control_update(double* state, bool* accept, time_t* stage_t, double ratio, const double* times,
-                               int64_t n_times, const double* c, int n_c, const ControlParams& p) {
-  control_decide(state, accept, stage_t, ratio, times, n_times, c, n_c, p);
+ODECORE_HD void control_update(double* state, bool* accept, time_t* stage_t, double* dt_out, double ratio,
+                               const double* times, int64_t n_times, const double* c, int n_c,
+                               const ControlParams& p) {
+  if (p.prepare_only) {
+    *accept = false;
+    state[kFirstOut] = state[kNextOut];
+    if (state[kStatus] == kRunning) {
+      prepare_attempt(state, stage_t, c, n_c, p);
+    }
+  } else {
+    control_decide(state, accept, stage_t, ratio, times, n_times, c, n_c, p);
+  }
+  *dt_out = state[kDtUsed];
   if (state[kStatus] != kRunning) {
     for (int i = 0; i < n_c; ++i) {
       stage_t[i] = static_cast<time_t>(dmul(p.time_sign, state[kT]));
