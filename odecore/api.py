@@ -148,6 +148,10 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     """
     if event_fn is not None:
         raise NotImplementedError("odecore.odeint does not support event_fn yet")
+    if isinstance(options, dict) and options.get("batch_dim") is not None:
+        from .solvers.per_sample import odeint_per_sample
+
+        return odeint_per_sample(func, y0, t, rtol, atol, method, options)
     p = _prepare(func, y0, t, rtol, atol, method, options)
     if len(p.times) == 1:
         solution = p.y0.unsqueeze(0)
