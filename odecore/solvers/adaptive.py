@@ -344,9 +344,9 @@ class AdaptiveRKSolver:
         if tab.fsal:
             e_idx, e = tab.e_terms
             ratio = ops.rk_error_ratio(y0, yi, [k[j] for j in e_idx], e, dt, self.rtol, self.atol, self.segments)
-            return k, yi, ratio.item()
+            return k, yi, ratio.tolist()
         y1, ratio = ops.rk_finish(y0, k, tab.b, tab.e, dt, self.rtol, self.atol, self.segments)
-        return k, y1, ratio.item()
+        return k, y1, ratio.tolist()
 
     def _accept(self, t0, y0, k, dt, t1, y1, on_jump_t):
         self.last_step = (t0, y0, k, dt)

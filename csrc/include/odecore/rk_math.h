@@ -41,12 +41,70 @@ ODECORE_HD scalar_t combine_at(const CombineParams<scalar_t, acc_t>& p, int64_t 
   return static_cast<scalar_t>(static_cast<acc_t>(p.y0[i]) + weighted_sum(p.k, p.w, p.m, i));
 }
 
-// The same combination over elements [begin, end), written to out[0 .. end - begin),
-// one stage at a time through a small accumulator block so the compiler can vectorise
-// it. The sum is formed in the same order as `combine_at`, so both give identical
-// results. A null p.y0 leaves out the y0 term (an error estimate). Host only.
+// The combination with a compile-time number of stages: the stage loop unrolls and the
+// element loop vectorises (the sum is formed in the same order as `combine_at`).
+template <int M, typename scalar_t, typename acc_t, typename out_t>
+inline void combine_fixed(out_t* __restrict out, const CombineParams<scalar_t, acc_t>& p, int64_t begin, int64_t end) {
+  const scalar_t* k[M > 0 ? M : 1];
+  acc_t w[M > 0 ? M : 1];
+  for (int j = 0; j < M; ++j) {
+    k[j] = p.k[j] + begin;
+    w[j] = p.w[j];
+  }
+  const int64_t len = end - begin;
+  if (p.y0 != nullptr) {
+    const scalar_t* __restrict y0 = p.y0 + begin;
+    for (int64_t i = 0; i < len; ++i) {
+      acc_t sum = acc_t(0);
+#pragma GCC unroll 16
+      for (int j = 0; j < M; ++j) {
+        sum += w[j] * static_cast<acc_t>(k[j][i]);
+      }
+      out[i] = static_cast<out_t>(static_cast<acc_t>(y0[i]) + sum);
+    }
+  } else {
+    for (int64_t i = 0; i < len; ++i) {
+      acc_t sum = acc_t(0);
+#pragma GCC unroll 16
+      for (int j = 0; j < M; ++j) {
+        sum += w[j] * static_cast<acc_t>(k[j][i]);
+      }
+      out[i] = static_cast<out_t>(sum);
+    }
+  }
+}
+
+// The same combination over elements [begin, end), written to out[0 .. end - begin):
+// up to 16 stages through `combine_fixed`, more one stage at a time through a small
+// accumulator block. Both form the sum in the same order as `combine_at`, so all give
+// identical results. A null p.y0 leaves out the y0 term (an error estimate). Host only.
 template <typename scalar_t, typename acc_t, typename out_t>
 inline void combine_range(out_t* out, const CombineParams<scalar_t, acc_t>& p, int64_t begin, int64_t end) {
+  switch (p.m) {
+#define ODECORE_FIXED_CASE(M) \
+  case M:                     \
+    return combine_fixed<M>(out, p, begin, end);
+    ODECORE_FIXED_CASE(0)
+    ODECORE_FIXED_CASE(1)
+    ODECORE_FIXED_CASE(2)
+    ODECORE_FIXED_CASE(3)
+    ODECORE_FIXED_CASE(4)
+    ODECORE_FIXED_CASE(5)
+    ODECORE_FIXED_CASE(6)
+    ODECORE_FIXED_CASE(7)
+    ODECORE_FIXED_CASE(8)
+    ODECORE_FIXED_CASE(9)
+    ODECORE_FIXED_CASE(10)
+    ODECORE_FIXED_CASE(11)
+    ODECORE_FIXED_CASE(12)
+    ODECORE_FIXED_CASE(13)
+    ODECORE_FIXED_CASE(14)
+    ODECORE_FIXED_CASE(15)
+    ODECORE_FIXED_CASE(16)
+#undef ODECORE_FIXED_CASE
+    default:
+      break;
+  }
   constexpr int64_t kBlock = 256;
   acc_t acc[kBlock];
   for (int64_t b = begin; b < end; b += kBlock) {
