@@ -6,6 +6,8 @@ method names and gives the same results.
 from ._extension import backend_info
 from .adjoint import odeint_adjoint
 from .api import odeint
+from .dense import DenseSolution, odeint_dense
+from .events import odeint_event
 from .ops import get_backend, set_backend
 from .brownian import BrownianInterval, BrownianPath, BrownianTree
 from .sde import sdeint
@@ -15,4 +17,4 @@ from .solvers.base import Perturb
 
 __version__ = "0.1.0"
 
-__all__ = ["odeint", "odeint_adjoint", "sdeint", "sdeint_adjoint", "BrownianInterval", "BrownianPath", "BrownianTree", "backend_info", "set_backend", "get_backend", "SOLVERS", "Perturb", "__version__"]
+__all__ = ["odeint", "odeint_adjoint", "odeint_event", "odeint_dense", "DenseSolution", "sdeint", "sdeint_adjoint", "BrownianInterval", "BrownianPath", "BrownianTree", "backend_info", "set_backend", "get_backend", "SOLVERS", "Perturb", "__version__"]

@@ -16,7 +16,8 @@ import warnings
 import torch
 from torch import nn
 
-from .api import _prepare, _solve, _tolerance
+from .api import _prepare, _solve, _tolerance, _warn_unsupported_callbacks, wrap_callbacks
+from .solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
 
 
 def find_parameters(module):
@@ -35,9 +36,9 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
     ``adjoint_options={'norm': 'seminorm'}`` leaves the parameter adjoints out of the
     backward error norm. Gradients reach ``y0``, ``t`` (when it requires grad) and every
     parameter; a parameter that ``func`` does not use gets a zero gradient.
+    With ``event_fn`` it returns ``(event_t, solution)`` as `odeint` does, the adjoint pass
+    running from the (fixed) event time; ``odeint_event`` adds the event time's gradient.
     """
-    if event_fn is not None:
-        raise NotImplementedError("odecore.odeint_adjoint does not support event_fn yet")
     if adjoint_params is None and not isinstance(func, nn.Module):
         raise ValueError("func must be an instance of nn.Module to specify the adjoint parameters; alternatively they "
                          "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
@@ -62,10 +63,25 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
         warnings.warn("An adjoint parameter was passed without requiring gradient. For efficiency this will be "
                       "excluded from the adjoint pass, and will not appear as a tensor in the adjoint norm.")
 
+    per_sample = None
+    if isinstance(options, dict) and options.get("batch_dim") is not None:
+        # per-sample steps forward (odecore.solvers.per_sample); the backward pass shares its
+        # steps over the batch (the parameter adjoints are sums over the samples)
+        options = dict(options)
+        per_sample = dict(options)
+        options.pop("batch_dim")
+        adjoint_options.pop("batch_dim", None)
     p = _prepare(func, y0, t, rtol, atol, method, options)
+    p.per_sample = None if per_sample is None else (func, y0, t, rtol, atol, method, per_sample)
+    # torchdiffeq checks the callbacks twice on the forward pass (odeint_adjoint, then its odeint)
+    _warn_unsupported_callbacks(p.method, func)
     back = _Backward(p, params, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options)
+    if event_fn is not None:  # odecore.events: forward until the event, adjoint from the event time
+        from .events import adjoint_event_solve
+
+        return adjoint_event_solve(p, back, params, t, event_fn)
     if len(p.times) == 1:
-        solution, stats = p.y0.unsqueeze(0), {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0}
+        solution, stats = p.y0.unsqueeze(0), {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0, "final_dt": None}
     else:
         # Solve in increasing time: a decreasing t is negated (a differentiable op, so t's
         # gradient gets the sign back) and func sees -t and returns -f, as in odeint.
@@ -80,6 +96,8 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
 class _Reversed:
     def __init__(self, func):
         self.func = func
+        self.complex_view = getattr(func, "complex_view", False)
+        wrap_callbacks(self, func, time_sign=-1.0)  # callbacks get the caller's (un-negated) t0
 
     def __call__(self, t, y):
         return -self.func(-t, y)
@@ -180,6 +198,18 @@ class _AugmentedDynamics:
         self.shape = shape
         self._zeros = None
         self._checked = False
+        # func's callback_*_adjoint become this system's callbacks (as torchdiffeq), given the
+        # augmented state as the tuple (a_t, y, a, *a_theta)
+        for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
+            callback = getattr(func, adjoint_name, None)
+            if callable(callback):
+                setattr(self, name, lambda t0, z, dt, _callback=callback: _callback(t0, self.split(z), dt))
+
+    def split(self, z):
+        """The flat augmented state as torchdiffeq's tuple (a_t, y, a, *a_theta)."""
+        a_t, y, a, *adj_params = z.split(self.back.parts)
+        return (a_t.view(()), y.view(self.shape), a.view(self.shape),
+                *(x.view_as(q) for x, q in zip(adj_params, self.back.params)))
 
     def __call__(self, t, z):
         back, n, shape = self.back, self.back.n, self.shape
@@ -213,8 +243,16 @@ class _AdjointSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, back, func, stats, y0, t, *params):
         with torch.no_grad():
-            solution, forward_stats = _solve(func, y0, t.tolist(), t.detach(), False, p.rtol, p.atol, p.method,
-                                             p.options, p.backend, p.segments)
+            if getattr(p, "per_sample", None) is not None:
+                from .solvers.per_sample import odeint_per_sample
+
+                user_func, user_y0, user_t, rtol, atol, method, options = p.per_sample
+                solution, forward_stats = odeint_per_sample(user_func, user_y0.detach(), user_t.detach(), rtol, atol, method,
+                                                            dict(options, return_stats=True))
+                solution = solution.reshape(len(user_t), -1)
+            else:
+                solution, forward_stats = _solve(func, y0, t.tolist(), t.detach(), False, p.rtol, p.atol, p.method,
+                                                 p.options, p.backend, p.segments)
         stats.update(forward_stats)
         ctx.p, ctx.back, ctx.func, ctx.stats = p, back, func, stats
         ctx.t_requires_grad = t.requires_grad
@@ -236,6 +274,7 @@ class _AdjointSolve(torch.autograd.Function):
             aug[1 + n:1 + 2 * n] = grad_solution[-1]
             time_vjps = torch.zeros(len(times), dtype=t.dtype, device=t.device) if ctx.t_requires_grad else None
             totals = dict.fromkeys(("nfe", "n_steps", "n_accepted", "n_rejected"), 0)
+            final_dt = None
             for i in range(len(times) - 1, 0, -1):
                 if ctx.t_requires_grad:
                     # moving the output time t_i moves y(t_i) along f(t_i, y_i)
@@ -243,16 +282,20 @@ class _AdjointSolve(torch.autograd.Function):
                     dl_dt = (f_i.reshape(-1) * grad_solution[i]).sum()
                     aug[0] -= dl_dt
                     time_vjps[i] = dl_dt
+                _warn_unsupported_callbacks(back.method, ctx.func, ADJOINT_CALLBACK_NAMES)  # per solve, as torchdiffeq
                 out, step_stats = _solve(dynamics, aug, [times[i], times[i - 1]], t[i - 1:i + 1].flip(0).detach(), True,
                                          back.rtol, back.atol, back.method, dict(back.options), back.backend,
                                          back.segments)
                 for key in totals:
-                    totals[key] += step_stats[key]
+                    # None: not known for this solver (scipy_solver's implicit methods)
+                    totals[key] = None if totals[key] is None or step_stats[key] is None else totals[key] + step_stats[key]
+                final_dt = step_stats.get("final_dt")
                 aug = out[1].clone()
                 aug[1:1 + n] = flat_solution[i - 1]  # the forward pass's state, not the re-integrated one
                 aug[1 + n:1 + 2 * n] += grad_solution[i - 1]
             if ctx.t_requires_grad:
                 time_vjps[0] = aug[0]
+        totals["final_dt"] = final_dt  # of the last backward solve (the one ending at t[0])
         stats.update({"backward_" + key: value for key, value in totals.items()})
         _, _, adj_y, *adj_params = back.split(aug)
         grad_params = [g.view_as(q).to(q.dtype) for g, q in zip(adj_params, back.params)]

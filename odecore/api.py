@@ -4,12 +4,14 @@ The call travels: validate -> tuple state to one flat tensor -> decreasing t to 
 -> pick the solver class -> solve with the backend's ops -> reshape back.
 """
 import math
+import warnings
 
 import torch
 
 from .ops import BACKENDS, get_ops
-from .solvers import SOLVERS, AdaptiveRKSolver
-from .solvers.base import RHS
+from .solvers import SOLVERS, AdaptiveRKSolver, FixedGridRKSolver
+from .solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, RHS
+from .solvers.complex_state import as_complex, for_complex_state
 
 _ODECORE_OPTIONS = ("backend", "return_stats")
 
@@ -27,8 +29,8 @@ def _check_y0(y0):
         name = "y0" if isinstance(y0, torch.Tensor) else "y0[%d]" % i
         if not isinstance(y, torch.Tensor):
             raise TypeError("%s must be a torch.Tensor, got %s" % (name, type(y).__name__))
-        if not torch.is_floating_point(y):
-            raise TypeError("%s must be a floating point tensor, got dtype %s" % (name, y.dtype))
+        if not (torch.is_floating_point(y) or y.dtype in (torch.complex64, torch.complex128)):
+            raise TypeError("%s must be a floating point or complex tensor, got dtype %s" % (name, y.dtype))
         if y.dtype != tensors[0].dtype:
             raise TypeError("all tensors in y0 must have the same dtype, got %s and %s" % (tensors[0].dtype, y.dtype))
         if y.device != tensors[0].device:
@@ -85,6 +87,44 @@ def _tolerance(name, tol, shapes, y0):
         raise ValueError("%s of shape %s does not broadcast to y0's shape %s" % (name, tuple(tol.shape), tuple(y0.shape))) from None
 
 
+def _valid_callbacks(method):
+    """The callbacks a method calls (torchdiffeq's ``valid_callbacks``)."""
+    cls = SOLVERS[method]
+    valid = getattr(cls, "valid_callbacks", None)
+    if valid is not None:
+        return set(valid())
+    return set(CALLBACK_NAMES) if issubclass(cls, AdaptiveRKSolver) else set()
+
+
+def _warn_unsupported_callbacks(method, func, names=CALLBACK_NAMES):
+    """torchdiffeq's warning for callbacks of func (`names`, reported without any _adjoint
+    suffix) that `method` does not call."""
+    callback_names = set()
+    for name in names:
+        if callable(getattr(func, name, None)):
+            callback_names.add(name[:-len("_adjoint")] if name.endswith("_adjoint") else name)
+    invalid_callbacks = callback_names - _valid_callbacks(method)
+    if len(invalid_callbacks) > 0:
+        warnings.warn("Solver '{}' does not support callbacks {}".format(method, invalid_callbacks))
+
+
+def wrap_callbacks(wrapper, inner, to_inner=None, time_sign=1.0):
+    """Gives `wrapper` (a function the solver sees in place of `inner`) inner's callbacks
+    as torchdiffeq passes them on: the state turned back by `to_inner`, t0 negated for a
+    time_sign of -1; the _adjoint variants are passed on unchanged."""
+    for name in CALLBACK_NAMES:
+        callback = getattr(inner, name, None)
+        if callable(callback):
+            def wrapped(t0, y0, dt, _callback=callback):
+                return _callback(-t0 if time_sign < 0 else t0, y0 if to_inner is None else to_inner(y0), dt)
+
+            setattr(wrapper, name, wrapped)
+    for name in ADJOINT_CALLBACK_NAMES:
+        callback = getattr(inner, name, None)
+        if callable(callback):
+            setattr(wrapper, name, callback)
+
+
 class _TupleFunc:
     """func on a tuple state, seen by the solver as a function of one flat tensor."""
 
@@ -93,6 +133,7 @@ class _TupleFunc:
         self.shapes = shapes
         self.numels = [math.prod(s) for s in shapes]
         self._checked = False
+        wrap_callbacks(self, func, self.split)
 
     def split(self, flat):
         return tuple(part.view(shape) for part, shape in zip(flat.split(self.numels, dim=-1), self.shapes))
@@ -113,6 +154,38 @@ class _TupleFunc:
         return torch.cat([o.reshape(-1) for o in out])
 
 
+class _ComplexFunc:
+    """func on a complex state, seen by the solver as a function of its real view (..., 2)
+    (see odecore.solvers.complex_state)."""
+
+    complex_view = True
+
+    def __init__(self, func, dtype):
+        self.func = func
+        self.dtype = dtype
+        self._checked = False
+        wrap_callbacks(self, func, as_complex)
+
+    def __call__(self, t, y):
+        out = self.func(t, as_complex(y))
+        if not self._checked:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError("func must return a torch.Tensor, got %s" % type(out).__name__)
+            if out.dtype != self.dtype:
+                raise TypeError("func returned dtype %s, but the state y0 has dtype %s" % (out.dtype, self.dtype))
+            if out.shape != y.shape[:-1]:
+                raise ValueError("func returned a tensor of shape %s, but the state y0 has shape %s"
+                                 % (tuple(out.shape), tuple(y.shape[:-1])))
+            self._checked = True
+        if out.requires_grad and torch.is_grad_enabled():
+            # the same values as view_as_real, with a backward that takes any gradient layout
+            # (odeint_adjoint hands the VJP views of its flat state, at odd offsets)
+            return torch.stack((out.real, out.imag), dim=-1)
+        if out.is_conj():
+            out = out.resolve_conj()
+        return torch.view_as_real(out)
+
+
 def _flip(times):
     if times is None:
         return None
@@ -128,7 +201,9 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     Args:
         func: callable ``func(t, y)`` returning dy/dt with y's shape and dtype; ``t`` is a 0-d
             tensor of y's dtype. With a tuple ``y0`` it takes and returns a tuple.
-        y0: initial state, a floating point tensor of any shape or a tuple of them.
+        y0: initial state, a floating point or complex tensor of any shape or a tuple of
+            them (complex states: see the README). ``func.callback_step`` etc. are called
+            as in torchdiffeq (see the README).
         t: 1-D tensor of times, strictly increasing or strictly decreasing; ``t[0]`` is the
             initial time. It may require grad.
         rtol, atol: relative and absolute tolerances: floats, tensors broadcastable to y0, or
@@ -140,14 +215,20 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
             'host_reads'), ``checkpoint`` (N: exact gradients from at most N stored steps)
             and ``sync_every`` (K: the device-resident loop reading the host once every K
             steps; default 16 on CUDA, 0 = the host loop elsewhere; see the README).
-        event_fn: not supported yet (raises NotImplementedError).
+        event_fn: ``event_fn(t, y)`` returning a tensor: with it, ``t`` must hold 2 times
+            (``t[1]`` only gives the direction) and the solve runs from ``t[0]`` until
+            event_fn changes sign, returning ``(event_t, solution)`` with ``solution``
+            of 2 rows ``[y0, y(event_t)]`` (odecore.events; use ``odecore.odeint_event``
+            for a differentiable event time).
 
     Returns:
         A tensor of shape ``(len(t), *y0.shape)`` (a tuple of such for a tuple ``y0``), and
         the statistics dict when ``options['return_stats']`` is true.
     """
     if event_fn is not None:
-        raise NotImplementedError("odecore.odeint does not support event_fn yet")
+        from .events import event_odeint
+
+        return event_odeint(func, y0, t, rtol, atol, method, options, event_fn)
     if isinstance(options, dict) and options.get("batch_dim") is not None:
         from .solvers.per_sample import odeint_per_sample
 
@@ -155,9 +236,10 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
     p = _prepare(func, y0, t, rtol, atol, method, options)
     if len(p.times) == 1:
         solution = p.y0.unsqueeze(0)
-        stats = {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0}
+        stats = {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0, "final_dt": None}
     else:
-        t_grad = t.requires_grad and torch.is_grad_enabled()
+        # (scipy_solver's result does not depend differentiably on anything, as in torchdiffeq)
+        t_grad = t.requires_grad and torch.is_grad_enabled() and getattr(SOLVERS[p.method], "differentiable", True)
         start = p.y0
         if t_grad:
             # Gradients for t, exact for the solved trajectory: an output time t_j moves
@@ -178,10 +260,15 @@ class _Problem:
         self.__dict__.update(fields)
 
     def unflatten(self, solution):
-        """(len(t), numel) back to the user's tuple of (len(t), *shape), or the tensor as is."""
+        """(len(t), numel) back to the user's tuple of (len(t), *shape), or the tensor as is
+        (a complex state from its real view)."""
+        if self.complex_shape is not None:
+            solution = as_complex(solution.reshape(len(solution), -1, 2))
+            if self.shapes is None:
+                return solution.reshape(len(solution), *self.complex_shape)
         if self.shapes is None:
             return solution
-        parts = solution.split(self.segments, dim=1)
+        parts = solution.split([math.prod(s) for s in self.shapes], dim=1)
         return tuple(part.reshape(len(solution), *shape) for part, shape in zip(parts, self.shapes))
 
 
@@ -203,13 +290,24 @@ def _prepare(func, y0, t, rtol, atol, method, options):
     if backend is not None and backend not in BACKENDS:
         raise ValueError("options['backend'] must be one of %s, got %r" % (", ".join(map(repr, BACKENDS)), backend))
     return_stats = bool(options.pop("return_stats", False))
+    _warn_unsupported_callbacks(method, func)
 
     shapes = [y.shape for y in tensors] if is_tuple else None
     y0_flat = torch.cat([y.reshape(-1) for y in tensors]) if is_tuple else y0
     flat_func = _TupleFunc(func, shapes) if is_tuple else func
     if is_tuple and "norm" in options:
         user_norm = options["norm"]
-        options["norm"] = lambda flat: user_norm(flat_func.split(flat))
+        split = flat_func.split
+        options["norm"] = lambda flat: user_norm(split(flat))
+    # tolerances per element of y0 (per complex element for a complex y0)
+    tolerances = _tolerance("rtol", rtol, shapes, y0_flat), _tolerance("atol", atol, shapes, y0_flat)
+    complex_shape = None
+    if y0_flat.is_complex():
+        # solved as its real view; func, callbacks, a norm and the output see complex tensors
+        complex_shape = y0_flat.shape
+        flat_func = _ComplexFunc(flat_func, y0_flat.dtype)
+        # (stack, not view_as_real: its backward takes gradients at any storage offset)
+        y0_flat = torch.stack((y0_flat.real, y0_flat.imag), dim=-1)
     if reverse:
         for key in ("step_t", "jump_t"):
             if key in options:
@@ -217,10 +315,11 @@ def _prepare(func, y0, t, rtol, atol, method, options):
         if options.get("grid_constructor") is not None:
             grid_constructor = options["grid_constructor"]
             options["grid_constructor"] = lambda f, y, tt: -grid_constructor(f, y, -tt)
+    width = 1 if complex_shape is None else 2  # segments count real elements
     return _Problem(
-        y0=y0_flat, func=flat_func, times=times, reverse=reverse, shapes=shapes,
-        segments=[math.prod(s) for s in shapes] if is_tuple else [y0_flat.numel()],
-        rtol=_tolerance("rtol", rtol, shapes, y0_flat), atol=_tolerance("atol", atol, shapes, y0_flat),
+        y0=y0_flat, func=flat_func, times=times, reverse=reverse, shapes=shapes, complex_shape=complex_shape,
+        segments=[width * math.prod(s) for s in shapes] if is_tuple else [y0_flat.numel()],
+        rtol=tolerances[0], atol=tolerances[1],
         method=method, options=options, backend=backend, return_stats=return_stats,
     )
 
@@ -247,7 +346,12 @@ class _SolverFactory:
     def __call__(self, y0):
         rhs = RHS(self.func, y0, time_sign=self.sign)
         ops = get_ops(self.backend, y0.device)
-        return SOLVERS[self.method](rhs, y0, self.rtol, self.atol, ops=ops, segments=self.segments, **self.options)
+        cls, rtol, atol = SOLVERS[self.method], self.rtol, self.atol
+        if rhs.complex_view:  # a complex state's real view
+            cls = for_complex_state(cls)
+            if issubclass(cls, FixedGridRKSolver):  # their tolerances act elementwise on the real view
+                rtol, atol = (tol.repeat_interleave(2) if tol.numel() > 1 else tol for tol in (rtol, atol))
+        return cls(rhs, y0, rtol, atol, ops=ops, segments=self.segments, **self.options)
 
     def integrate(self, solver, recorder=None):
         if isinstance(solver, AdaptiveRKSolver):

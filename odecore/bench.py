@@ -1835,6 +1835,9 @@ def _environment(device, dtype, grad) -> Dict[str, Any]:
     return env
 
 
+# --threads above this is refused (torch accepts any count; far more abort the process)
+MAX_THREADS = 1024
+
 _DTYPES = {"float64": torch.float64, "double": torch.float64,
            "float32": torch.float32, "float": torch.float32}
 
@@ -1922,8 +1925,14 @@ def _print_tables(results: Sequence[Dict[str, Any]], out=None) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.from_json:
-        with open(args.from_json) as fh:
-            data = json.load(fh)
+        try:
+            with open(args.from_json) as fh:
+                data = json.load(fh)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            print(f"odecore bench: --from-json {args.from_json}: cannot read it ({e})", file=sys.stderr)
+            return 2
         env = data.get("environment", {})
         print(f"device={env.get('device')} dtype={env.get('dtype')} torch={env.get('torch')} "
               f"argv={' '.join(data.get('argv', []))}{' (partial)' if data.get('partial') else ''}")
@@ -1944,7 +1953,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     problems = [x for s in (args.problems or []) for x in _parse_list(s)] or None
     impls = [x for s in (args.impls or []) for x in _parse_list(s)] or None
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as e:
+        print(f"odecore bench: --device {args.device!r} is not a device ({e})", file=sys.stderr)
+        return 2
+    if device.type not in ("cpu", "cuda"):
+        print(f"odecore bench: --device must be cpu or cuda, got {args.device!r}", file=sys.stderr)
+        return 2
     if device.type == "cuda" and not torch.cuda.is_available():
         print("odecore bench: --device cuda requested but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
@@ -1953,6 +1969,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 2
     if args.batch is not None and args.batch < 1:
         print("odecore bench: --batch must be >= 1", file=sys.stderr)
+        return 2
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        # torch takes any count, and far more threads than this abort the process
+        print(f"odecore bench: --threads must be between 1 and {MAX_THREADS}", file=sys.stderr)
+        return 2
+    if args.warmup < 0:
+        print("odecore bench: --warmup must be >= 0", file=sys.stderr)
+        return 2
+    if args.case_budget is not None and math.isnan(args.case_budget):
+        print("odecore bench: --case-budget must be a number of seconds", file=sys.stderr)
         return 2
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -165,4 +165,7 @@ def main(argv):
         p.add_argument("--out", default="runs/demo")
     latent.add_argument("--nspiral", type=int, default=300)
     args = parser.parse_args(argv)
+    for name in ("batch", "iterations", "nspiral"):
+        if getattr(args, name, 1) < 1:
+            parser.error("--%s must be positive" % name)
     return {"vdp": demo_vdp, "spiral": demo_spiral, "latent": demo_latent}[args.demo](args)

@@ -31,6 +31,9 @@ DEFAULTS = {
                  "sigma_max": 0.5, "threads": 1},
 }
 REGRESSION_MODELS = ("sdenet", "mlp")
+# --threads above this is refused: torch accepts any count, and far more threads than this
+# abort the process (libgomp: thread creation failed)
+MAX_THREADS = 1024
 
 
 def build(name, num_classes, args):
@@ -340,13 +343,20 @@ def main(argv):
             setattr(args, key, value)
     if args.epochs < 1 or args.batch_size < 1 or args.passes < 1 or args.layer_depth < 1:
         parser.error("--epochs, --batch-size, --passes and --layer-depth must be positive")
-    if args.threads is not None and args.threads < 1:
-        parser.error("--threads must be positive")
+    if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
+        parser.error("--threads must be between 1 and %d" % MAX_THREADS)
+    if args.dim < 1 or (args.limit is not None and args.limit < 1):
+        parser.error("--dim and --limit must be positive")
+    finite = {"--lr": args.lr, "--lr-diffusion": args.lr_diffusion}
+    if not all(0 < v < math.inf for v in finite.values()):
+        parser.error("--lr and --lr-diffusion must be positive and finite")
+    for name, value in (("--sigma-max", args.sigma_max), ("--test-sigma-max", args.test_sigma_max),
+                        ("--weight-decay", args.weight_decay)):
+        if value is not None and not 0 <= value < math.inf:
+            parser.error("%s must be non-negative and finite, got %r" % (name, value))
     if args.data == "diabetes":
         if args.passes < 2:
             parser.error("--data diabetes needs --passes >= 2 (SDE-Net's uncertainty is the spread across passes)")
-        if args.dim < 1 or args.weight_decay < 0:
-            parser.error("--dim must be positive and --weight-decay non-negative")
     threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)

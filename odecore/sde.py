@@ -76,6 +76,8 @@ METHODS = {
 DEFAULT_METHOD = {"ito": "euler", "stratonovich": "midpoint"}
 SRK_NOISE_TYPES = ("diagonal", "scalar", "additive")
 LEVY_AREAS = ("space-time", "davie", "foster")  # what srk accepts on the Brownian motion
+# Default bound on the steps (attempts, when adaptive) between two output times, as odeint's.
+MAX_NUM_STEPS = 2 ** 31 - 1
 
 
 class _Tableau:
@@ -162,8 +164,14 @@ class _SDE:
 
         return f_aug, g_aug
 
+    @staticmethod
+    def _check_g(g):
+        if not isinstance(g, torch.Tensor):
+            raise TypeError("sde.g must return a torch.Tensor, got %s" % type(g).__name__)
+
     def check(self, y, f, g):
         batch, d = y.shape
+        self._check_g(g)
         if not isinstance(f, torch.Tensor) or f.shape != y.shape:
             raise ValueError("sde.f returned shape %s, expected the state's %s" % (getattr(f, "shape", type(f)), tuple(y.shape)))
         expected = {"diagonal": (batch, d), "scalar": (batch, d, 1)}.get(self.noise_type)
@@ -173,6 +181,7 @@ class _SDE:
             raise ValueError("sde.g returned shape %s, expected (%d, %d, m) for %s noise" % (tuple(g.shape), batch, d, self.noise_type))
 
     def brownian_size(self, y, g):
+        self._check_g(g)
         return {"diagonal": y.shape, "scalar": (y.shape[0], 1)}.get(self.noise_type, (y.shape[0], g.shape[-1]))
 
     def elementwise(self, g, dw):
@@ -190,6 +199,9 @@ class _SDE:
         with torch.enable_grad():
             y = y.detach().requires_grad_(True) if not y.requires_grad else y
             g = self.g(t, y)
+            self._check_g(g)
+            if not g.requires_grad:  # g does not depend on y (e.g. a constant): dg/dy = 0
+                return torch.zeros_like(g)
             (vjp,) = torch.autograd.grad(g, y, g, create_graph=torch.is_grad_enabled(), allow_unused=True)
         return torch.zeros_like(g) if vjp is None else vjp
 
@@ -212,14 +224,15 @@ class _PaddedBrownian:
         return tuple(pad(x) for x in out) if return_U else pad(out)
 
 
-def _error_estimate(y_full, y_half, rtol, atol, eps=1e-7):
+def _error_estimate(y_full, y_half, rtol, atol, eps=1e-7, t=None, dt=None):
     """torchsde's step-doubling error: RMS over all elements of (y_full - y_half) / tol,
     tol = rtol max(|y_full|, |y_half|) + atol (both floored at eps)."""
     tol = (rtol * torch.max(y_full.abs(), y_half.abs()) + atol).clamp_min(eps)
     err = (((y_full - y_half) / tol) ** 2).sum().div(max(y_full.numel(), 1)).sqrt().clamp_min(eps)
     err = float(err)
     if math.isnan(err):
-        raise RuntimeError("NaN in the adaptive step's error estimate; try a larger tolerance or a smaller dt")
+        raise RuntimeError("non-finite values (NaN or inf) in the adaptive step's error estimate at t=%r, dt=%r; "
+                           "sde.f or sde.g returned NaN/inf or the solution overflowed" % (t, dt))
     return err
 
 
@@ -262,7 +275,8 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
     ``adaptive=True`` uses torchsde's step doubling with ``rtol``, ``atol`` and ``dt_min``
     (``dt`` is then the first step size). Not yet supported (NotImplementedError):
     ``extra``/``extra_solver_state``. odecore's ``options``: ``backend`` ('fused' or
-    'reference').
+    'reference') and ``max_num_steps`` (the most steps, or adaptive attempts, between two
+    output times; RuntimeError naming t and dt beyond it, as odeint's).
     """
     for flag, name in ((extra, "extra"), (extra_solver_state is not None, "extra_solver_state")):
         if flag:
@@ -298,10 +312,15 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
         if method == "euler" and s.noise_type != "additive":
             warnings.warn("Numerical solution is not guaranteed to converge to the correct solution when using "
                           "adaptive time-stepping with the Euler--Maruyama method with non-additive noise.")
+    if options is not None and not isinstance(options, dict):
+        raise TypeError("options must be a dict, got %s" % type(options).__name__)
     options = dict(options or {})
     backend = options.pop("backend", None)
     if backend is not None and backend not in BACKENDS:
         raise ValueError("options['backend'] must be one of %s, got %r" % (BACKENDS, backend))
+    max_num_steps = options.pop("max_num_steps", MAX_NUM_STEPS)
+    if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, int) or max_num_steps < 0:
+        raise ValueError("options['max_num_steps'] must be a non-negative int, got %r" % (max_num_steps,))
     if options:
         raise ValueError("unknown options %s" % sorted(options))
     ops = get_ops(backend, y0.device)
@@ -431,9 +450,21 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
     prev_t, prev_y = t, y
     step_size, prev_ratio = dt, None
     for out_t in times[1:]:
+        steps_here = 0
+        if not adaptive and (out_t - t) / step_size > max_num_steps:
+            # the fixed steps to this output time would exceed the bound: say so now, not after
+            # max_num_steps of them (a tiny dt would otherwise run for hours)
+            raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r: about %.3g steps of dt are needed to "
+                               "reach the output time %r" % (max_num_steps, t, step_size, (out_t - t) / step_size, out_t))
         while t < out_t:
+            if steps_here >= max_num_steps:
+                raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r" % (max_num_steps, t, step_size))
+            steps_here += 1
             next_t = min(t + step_size, times[-1])
             if not adaptive:
+                if not next_t > t:
+                    raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (dt is too small for the "
+                                       "magnitude of t)" % (t, step_size))
                 prev_t, prev_y = t, y
                 y = step(t, next_t, y)
                 t = next_t
@@ -445,7 +476,7 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
             y_full = step(t, next_t, y)
             y_half = step(mid_t, next_t, step(t, mid_t, y))
             with torch.no_grad():
-                error = _error_estimate(y_full, y_half, rtol, atol)
+                error = _error_estimate(y_full, y_half, rtol, atol, t=t, dt=next_t - t)
             step_size, prev_ratio = _next_step_size(error, step_size, prev_ratio)
             if step_size < dt_min:
                 warnings.warn("Hitting minimum allowed step size in adaptive time-stepping.")

@@ -65,10 +65,22 @@ CHECKPOINT_KEYS = {"format", "model", "optimizer", "scheduler", "epoch", "histor
 
 
 def save_checkpoint(path, state):
-    """Writes atomically: a temporary file in the same folder, then a rename."""
+    """Writes atomically: a temporary file in the same folder, flushed to disk, then a rename
+    (a run killed mid-write leaves the previous checkpoint; an exception removes the
+    temporary file)."""
     tmp = "%s.tmp-%d" % (path, os.getpid())
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
 
 
 def load_checkpoint(path):
@@ -79,7 +91,27 @@ def load_checkpoint(path):
         raise ValueError("checkpoint %s is corrupted or not an odecore checkpoint (%s: %s)" % (path, type(error).__name__, error)) from None
     if not isinstance(state, dict) or set(state) != CHECKPOINT_KEYS or state.get("format") != "odecore-train-1":
         raise ValueError("checkpoint %s is not an odecore training checkpoint" % path)
+    kinds = {"model": dict, "optimizer": dict, "scheduler": dict, "history": list, "args": dict, "rng": torch.Tensor}
+    bad = sorted(key for key, kind in kinds.items() if not isinstance(state[key], kind))
+    epoch = state["epoch"]
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        bad.append("epoch")
+    if bad:
+        raise ValueError("checkpoint %s is corrupted: wrong type of %s" % (path, ", ".join(bad)))
     return state
+
+
+def restore(state, path, model, optimizer, scheduler, generator):
+    """Loads a checkpoint's states into the run's objects; a checkpoint of another model or
+    other options is a ValueError (the command line reports it), not a traceback."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        generator.set_state(state["rng"])
+    except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
+        raise ValueError("checkpoint %s does not match this run (another model or other options?): %s: %s"
+                         % (path, type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else ""))
 
 
 # -- training -----------------------------------------------------------------------------
@@ -158,11 +190,8 @@ def train(args):
     generator = torch.Generator().manual_seed(args.seed)  # the same batch order in every process
     if args.resume and os.path.exists(ckpt_path):
         state = load_checkpoint(ckpt_path)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        restore(state, ckpt_path, model, optimizer, scheduler, generator)
         history, start_epoch = state["history"], state["epoch"]
-        generator.set_state(state["rng"])
         log("resumed from %s at epoch %d" % (ckpt_path, start_epoch))
     block = ode_block(model)
     net = model
@@ -274,15 +303,26 @@ def main_train(argv):
     parser = argparse.ArgumentParser(prog="odecore train", description="Train an ODE-Net, RK-Net or ResNet classifier.")
     add_train_arguments(parser)
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or not args.tol > 0 or not args.lr > 0:
-        parser.error("--epochs, --batch-size, --tol and --lr must be positive")
+    if args.epochs < 1 or args.batch_size < 1 or not 0 < args.tol < math.inf or not 0 < args.lr < math.inf:
+        parser.error("--epochs, --batch-size, --tol and --lr must be positive (and finite)")
+    check_common_arguments(parser, args)
     if args.out is None:
         args.out = os.path.join("runs", args.model)
     try:
         train(args)
-    except (ValueError, FileNotFoundError) as error:  # bad data folder, corrupt file or checkpoint
+    except (ValueError, OSError) as error:  # bad data or output folder, corrupt file or checkpoint
         parser.error(str(error))
     return 0
+
+
+def check_common_arguments(parser, args):
+    """--method and --limit of `odecore train` and `odecore table1`."""
+    from .solvers import SOLVERS
+
+    if args.method not in SOLVERS:
+        parser.error("--method must be one of %s, got %r" % (", ".join(sorted(SOLVERS)), args.method))
+    if args.limit is not None and args.limit < 1:
+        parser.error("--limit must be positive")
 
 
 # -- Table 1 ------------------------------------------------------------------------------
@@ -381,8 +421,12 @@ def main_table1(argv):
     parser.add_argument("--out", default=os.path.join("runs", "table1"))
     parser.add_argument("--limit", type=int, default=None, help="use only the first N training and test images (quick runs)")
     args = parser.parse_args(argv)
-    if args.epochs < 1 or args.batch_size < 1 or not args.tol > 0:
-        parser.error("--epochs, --batch-size and --tol must be positive")
-    os.makedirs(args.out, exist_ok=True)
-    table1(args)
+    if args.epochs < 1 or args.batch_size < 1 or not 0 < args.tol < math.inf or not 0 < args.lr < math.inf:
+        parser.error("--epochs, --batch-size, --tol and --lr must be positive (and finite)")
+    check_common_arguments(parser, args)
+    try:
+        os.makedirs(args.out, exist_ok=True)
+        table1(args)
+    except (ValueError, OSError) as error:  # bad data or output folder, corrupt file
+        parser.error(str(error))
     return 0

@@ -225,3 +225,50 @@ def test_dense_into_cuda_vs_cpu():
         outs.append(out.cpu())
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-14, atol=1e-14)
     assert torch.equal(outs[1][4], y1) and (outs[1][5] == -7).all()
+
+
+# -- per-sample solving (options={'batch_dim': 0}) on CUDA -------------------------------
+
+@pytest.mark.parametrize("method,dtype", product(["dopri5", "tsit5", "bosh3", "dopri8"], dtypes))
+def test_per_sample_cuda_matches_cpu(method, dtype):
+    require_cuda()
+    mu = torch.linspace(1, 20, 32, dtype=torch.float64)
+
+    def vdp(m):
+        return lambda t, y: torch.stack([y[..., 1], m * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+    y0 = _vdp_batch(32, torch.float64, "cpu")
+    t = torch.linspace(0, 3, 7, dtype=torch.float64)
+    cpu, cs = odecore.odeint(vdp(mu), y0, t, rtol=1e-6, atol=1e-6, method=method,
+                             options={"batch_dim": 0, "return_stats": True})
+    gpu, gs = odecore.odeint(vdp(mu.to("cuda", dtype)), y0.to("cuda", dtype), t.to("cuda", dtype), rtol=1e-6, atol=1e-6,
+                             method=method, options={"batch_dim": 0, "return_stats": True})
+    assert gs["loop"] == "per_sample"
+    assert (gs["n_steps"].cpu() - cs["n_steps"]).abs().max() <= (1 if dtype == torch.float64 else 3)
+    torch.testing.assert_close(gpu.cpu().double(), cpu, rtol=0, atol=1e-8 if dtype == torch.float64 else 2e-3)
+
+
+def test_per_sample_cuda_sync_count():
+    require_cuda()
+    import warnings
+
+    mu = torch.linspace(1, 25, 4096, dtype=torch.float64, device="cuda")
+    y0 = _vdp_batch(4096, torch.float64, "cuda")
+    t = torch.linspace(0, 10, 5, dtype=torch.float64, device="cuda")
+
+    def vdp(t, y):
+        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+    odecore.odeint(vdp, y0, t, options={"batch_dim": 0})
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("warn")
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            _, stats = odecore.odeint(vdp, y0, t, options={"batch_dim": 0, "return_stats": True, "sync_every": 16})
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    syncs = sum("synchroniz" in str(w.message).lower() for w in caught)
+    most = int(stats["n_steps"].max())
+    assert most > 50
+    assert syncs <= most / 16 + 15, (syncs, most)

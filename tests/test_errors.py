@@ -113,9 +113,10 @@ def test_unknown_method():
         assert name in msg, name
 
 
-def test_event_fn_not_implemented():
-    with pytest.raises(NotImplementedError):
-        odecore.odeint(decay, ONE, T, event_fn=lambda t, y: y[0] - 0.5)
+def test_event_fn_needs_two_times():
+    # event handling itself: tests/test_events.py
+    with pytest.raises(ValueError, match=r'len\(t\) == 2'):
+        odecore.odeint(decay, ONE, torch.tensor([0.0, 1.0, 2.0]), event_fn=lambda t, y: y[0] - 0.5)
 
 
 # --------------------------------------------------------------------------- #

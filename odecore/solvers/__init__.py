@@ -19,6 +19,7 @@ from .midpoint import Midpoint
 from .radau_iia3 import RadauIIA3
 from .radau_iia5 import RadauIIA5
 from .rk4 import RK4
+from .scipy_wrapper import ScipyWrapperODESolver
 from .sdirk2 import SDIRK2
 from .trapezoid import Trapezoid
 from .trbdf2 import TRBDF2
@@ -49,6 +50,7 @@ SOLVERS = {
     "radauIIA5": RadauIIA5,
     "sdirk2": SDIRK2,
     "trbdf2": TRBDF2,
+    "scipy_solver": ScipyWrapperODESolver,  # any scipy.integrate.solve_ivp method
 }
 
 __all__ = ["SOLVERS", "AdaptiveRKSolver", "FixedGridRKSolver", "FixedGridImplicitRKSolver"] + sorted({cls.__name__ for cls in SOLVERS.values()})

@@ -9,6 +9,11 @@ import torch
 
 _NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
 
+# torchdiffeq 0.2.5's callbacks, each called as callback(t0, y0, dt); the `_adjoint` variants
+# are the ones odeint_adjoint's backward pass calls.
+CALLBACK_NAMES = ("callback_step", "callback_accept_step", "callback_reject_step")
+ADJOINT_CALLBACK_NAMES = tuple(name + "_adjoint" for name in CALLBACK_NAMES)
+
 
 class Perturb(enum.Enum):
     """Which side of a time the right-hand side is evaluated on (torchdiffeq's Perturb)."""
@@ -36,6 +41,10 @@ class RHS:
     dtype (as torchdiffeq does), applies the time reversal and perturbation, counts
     evaluations, and checks the first output so that a wrong shape or dtype is reported by
     name rather than deep inside a kernel.
+
+    It also holds func's callbacks (``func.callback_step`` etc., as torchdiffeq finds them on
+    the function it integrates): a solver calls `callback` for those it supports, and `RHS`
+    hands them 0-d time tensors, t0 in the caller's time direction (as torchdiffeq).
     """
 
     def __init__(self, func, y0, time_sign=1.0):
@@ -49,6 +58,21 @@ class RHS:
         self.negate = time_sign < 0 and not getattr(func, "negated_when_reversed", False)
         self.nfe = 0
         self._checked = False
+        self.callbacks = {name: getattr(func, name) for name in CALLBACK_NAMES if callable(getattr(func, name, None))}
+        # a complex state is integrated as its real view (odecore.api._ComplexFunc)
+        self.complex_view = bool(getattr(func, "complex_view", False))
+
+    def callback(self, name, t0, y0, dt, dtype):
+        """Calls func's callback `name` (if it has one) with (t0, y0, dt): times are 0-d
+        tensors (floats are made tensors of `dtype`, the solver's time dtype) on y0's device."""
+        callback = self.callbacks.get(name)
+        if callback is None:
+            return
+        if not isinstance(t0, torch.Tensor):
+            t0 = torch.tensor(t0, dtype=dtype, device=self.device)
+        if not isinstance(dt, torch.Tensor):
+            dt = torch.tensor(dt, dtype=dtype, device=self.device)
+        callback(-t0 if self.time_sign < 0 else t0, y0, dt)
 
     def nudge(self, t, perturb):
         """The time at which an evaluation perturbed by `perturb` happens, in y's dtype."""

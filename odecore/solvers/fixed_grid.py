@@ -30,6 +30,11 @@ class FixedGridRKSolver:
     tableau = None
     order = None
 
+    @classmethod
+    def valid_callbacks(cls):
+        """torchdiffeq's fixed-grid solvers call only callback_step (before every step)."""
+        return {"callback_step"}
+
     def __init__(self, func, y0, rtol=None, atol=None, *, ops, segments=None, norm=None, step_size=None, grid_constructor=None,
                  interp="linear", perturb=False, sync_every=None, **unused):
         warn_unused(type(self), unused)
@@ -56,12 +61,14 @@ class FixedGridRKSolver:
         self._linear = [c for row in linear_dense(b) for c in row]
         self._hermite = hermite_dense_flat(b)
         self.n_steps = 0
+        self.final_dt = None
 
     def _grid(self, t):
         grid = self.grid_constructor(self.func, self.y0, t)
         if not isinstance(grid, torch.Tensor) or grid.dim() != 1 or len(grid) < 1:
             raise ValueError("grid_constructor must return a 1-D tensor of times")
-        grid = grid.detach().tolist()
+        self.grid_tensor = grid.detach()  # the callbacks' times, as torchdiffeq's
+        grid = self.grid_tensor.tolist()
         if grid[0] != t[0].item() or grid[-1] != t[-1].item():
             raise ValueError("grid_constructor must return a grid that starts at t[0] and ends at t[-1], got [%r, ..., %r]" % (grid[0], grid[-1]))
         if any(not b > a for a, b in zip(grid[:-1], grid[1:])):
@@ -75,7 +82,11 @@ class FixedGridRKSolver:
         y = self.y0
         chunks = [y.unsqueeze(0)]
         j = 1
-        for t0, t1 in zip(grid[:-1], grid[1:]):
+        callback = self.func.callbacks.get("callback_step") is not None
+        for i, (t0, t1) in enumerate(zip(grid[:-1], grid[1:])):
+            if callback:
+                g0, g1 = self.grid_tensor[i], self.grid_tensor[i + 1]
+                self.func.callback("callback_step", g0, y, g1 - g0, None)
             if recorder is not None:
                 recorder.step((t0, t1), y, None)
             k, y1 = self._advance(t0, t1, y)
@@ -87,6 +98,8 @@ class FixedGridRKSolver:
                 if recorder is not None:
                     recorder.outputs(t[first_out:j])
             y = y1
+        if len(grid) > 1:
+            self.final_dt = grid[-1] - grid[-2]
         solution = torch.cat(chunks)
         self._check_finite(solution, t, grid)
         return solution
@@ -148,4 +161,5 @@ class FixedGridRKSolver:
         return pieces
 
     def stats(self):
-        return {"nfe": self.func.nfe, "n_steps": self.n_steps, "n_accepted": self.n_steps, "n_rejected": 0}
+        return {"nfe": self.func.nfe, "n_steps": self.n_steps, "n_accepted": self.n_steps, "n_rejected": 0,
+                "final_dt": self.final_dt}
