@@ -344,7 +344,7 @@ def main(argv):
     if args.epochs < 1 or args.batch_size < 1 or args.passes < 1 or args.layer_depth < 1:
         parser.error("--epochs, --batch-size, --passes and --layer-depth must be positive")
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
-        parser.error("--threads must be between 1 and %d" % MAX_THREADS)
+        parser.error("--threads must be positive and at most %d" % MAX_THREADS)
     if args.dim < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--dim and --limit must be positive")
     finite = {"--lr": args.lr, "--lr-diffusion": args.lr_diffusion}

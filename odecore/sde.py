@@ -184,6 +184,15 @@ class _SDE:
         self._check_g(g)
         return {"diagonal": y.shape, "scalar": (y.shape[0], 1)}.get(self.noise_type, (y.shape[0], g.shape[-1]))
 
+    def check_increment(self, y, g, dw, name="bm(t0, t1)"):
+        """The Brownian motion's increment has the shape the noise type needs."""
+        if not isinstance(dw, torch.Tensor):
+            raise TypeError("%s must return a torch.Tensor, got %s" % (name, type(dw).__name__))
+        expected = tuple(self.brownian_size(y, g))
+        if tuple(dw.shape) != expected:
+            raise ValueError("%s returned shape %s, expected %s for %s noise (bm's size)"
+                             % (name, tuple(dw.shape), expected, self.noise_type))
+
     def elementwise(self, g, dw):
         """g and dW as tensors of the state's shape for the fused update (diagonal, scalar),
         or (g dW, ones) for matrix noise."""
@@ -241,6 +250,8 @@ def _next_step_size(error, step_size, prev_ratio, safety=0.9, facmin=0.2, facmax
     on the error ratio safety / error, exponents 1/4.5 and 0.13 after an accepted step,
     1/1.5 and 0 after a rejected one; the factor is clamped to [facmin, facmax], and to
     [1, facmax] after an accepted step. Returns (new step size, ratio for the next call)."""
+    if math.isinf(error):  # the limit of the formula below (ratio 0): a rejected step, shrunk by facmin
+        return step_size * facmin, prev_ratio
     if error > 1:
         pfactor, ifactor = 0.0, 1 / 1.5
     else:
@@ -347,7 +358,7 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
                              "BrownianInterval(..., levy_area_approximation='space-time'); bm has "
                              "levy_area_approximation=%r" % (levy,))
     correction_ito = 1.0 if s.sde_type == "ito" else 0.0
-    checked = [bm is None]
+    checked = [bm is None, bm is None]  # (f and g, the Brownian increments) checked once
 
     def step(t0, t1, y):
         h = t1 - t0
@@ -360,11 +371,18 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
             if not checked[0]:
                 s.check(y, f, g)
                 checked[0] = True
+            if not checked[1]:
+                s.check_increment(y, g, dw)
+                checked[1] = True
             g_e, dw_e = s.elementwise(g, dw)
             gdg = s.gdg(tt, y) if method == "milstein" and s.noise_type == "diagonal" else None
             return ops.sde_step(y, f, g_e, dw_e, gdg, h, correction_ito * h)
         if method == "heun":
             f0, g0 = s.f(tt, y), s.g(tt, y)
+            if not checked[1]:
+                s.check(y, f0, g0)
+                s.check_increment(y, g0, dw)
+                checked[1] = True
             g0_e, dw_e = s.elementwise(g0, dw)
             y_pred = ops.sde_step(y, f0, g0_e, dw_e, None, h, 0.0)
             t1t = tensor_time(t1)
@@ -373,6 +391,10 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
             return ops.sde_step(y, 0.5 * (f0 + f1), 0.5 * (g0_e + g1_e), dw_e, None, h, 0.0)
         # midpoint
         f0, g0 = s.f(tt, y), s.g(tt, y)
+        if not checked[1]:
+            s.check(y, f0, g0)
+            s.check_increment(y, g0, dw)
+            checked[1] = True
         g0_e, dw_e = s.elementwise(g0, dw)
         y_mid = y + 0.5 * (f0 * h + g0_e * dw_e)
         tm = tensor_time(t0 + 0.5 * h)
@@ -386,6 +408,12 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
         h = t1 - t0
         rh = 1.0 / h
         I, I0 = bm(t0, t1, return_U=True)
+        if not checked[1]:
+            g0 = s.g(tensor_time(t0), y)
+            s.check(y, s.f(tensor_time(t0), y), g0)
+            s.check_increment(y, g0, I, "bm(t0, t1, return_U=True)[0]")
+            s.check_increment(y, g0, I0, "bm(t0, t1, return_U=True)[1]")
+            checked[1] = True
         if s.noise_type == "additive":
             # SRA1: g is evaluated at y0 (additive noise does not depend on the state)
             F, G = [], {}

@@ -306,6 +306,12 @@ def main_train(argv):
     if args.epochs < 1 or args.batch_size < 1 or not 0 < args.tol < math.inf or not 0 < args.lr < math.inf:
         parser.error("--epochs, --batch-size, --tol and --lr must be positive (and finite)")
     check_common_arguments(parser, args)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        parser.error("--device must be cpu or cuda[:N], got %r" % args.device)
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        parser.error("--device %s is not available here (cpu%s)" % (args.device, ", cuda" if torch.cuda.is_available() else ""))
     if args.out is None:
         args.out = os.path.join("runs", args.model)
     try:

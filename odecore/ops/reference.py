@@ -201,11 +201,23 @@ def _control_one(s, r, tl, c, params, stage_dtype):
     return ok, stage
 
 
+def _ieee_div(a, b):
+    """a / b with the kernels' IEEE semantics (inf or NaN, not ZeroDivisionError, for b = 0)."""
+    if b != 0 or a != a:
+        return a / b if b != 0 else a
+    return math.nan if a == 0 else math.copysign(math.inf, a) * math.copysign(1.0, b)
+
+
+def _time_rows(times):
+    """Output times (T,) or (B, T) as a list of rows (T may be 0)."""
+    return [times.tolist()] if times.dim() == 1 else times.tolist()
+
+
 def rk_control(state, accept, stage_t, dt, ratio, times, c, params):
     """The host loop's step control on the state tensor (in place), per sample; see rk_math.h."""
     rows = state.reshape(-1, state.shape[-1]).tolist()
     ratios = ratio.reshape(-1).tolist()
-    time_rows = times.reshape(-1, times.shape[-1]).tolist()
+    time_rows = _time_rows(times)
     stage_rows = stage_t.reshape(len(rows), -1)
     oks, dts = [], []
     for b, s in enumerate(rows):
@@ -222,7 +234,7 @@ def rk_control(state, accept, stage_t, dt, ratio, times, c, params):
 def rk_initial_dt(h0, d1, d2, order, round_f32):
     out = []
     for h, a, b in zip(h0.tolist(), d1.tolist(), d2.tolist()):
-        h1 = max(1e-6, h * 1e-3) if a <= 1e-15 and b <= 1e-15 else (0.01 / max(a, b)) ** (1.0 / order)
+        h1 = max(1e-6, h * 1e-3) if a <= 1e-15 and b <= 1e-15 else _ieee_div(0.01, max(a, b)) ** (1.0 / order)
         out.append(_round_time(min(100 * h, h1), round_f32))
     return torch.tensor(out, dtype=torch.float64, device=h0.device).reshape(h0.shape)
 
@@ -231,14 +243,14 @@ def rk_dense_into(out, times, state, y0, y1, k, poly):
     """Writes the output rows the last accepted step of each sample covers (in place)."""
     rows = state.reshape(-1, state.shape[-1]).tolist()
     samples = len(rows)
-    time_rows = times.reshape(-1, times.shape[-1]).tolist()
+    time_rows = _time_rows(times)
     per = y0.numel() // samples
-    flat_out = out.view(out.shape[0], -1)
+    flat_out = out.view(out.shape[0], y0.numel())
     y0f, y1f, kf = y0.reshape(-1), y1.reshape(-1), [kj.reshape(-1) for kj in k]
     for b, s in enumerate(rows):
         first, last = int(s[_FIRST_OUT]), int(s[_NEXT_OUT])
         t0, span, dt = s[_OUT_T0], s[_OUT_T1] - s[_OUT_T0], s[_OUT_DT]
         part = slice(b * per, (b + 1) * per)
         for row in range(first, last):
-            x = (time_rows[b if len(time_rows) > 1 else 0][row] - t0) / span
+            x = _ieee_div(time_rows[b if len(time_rows) > 1 else 0][row] - t0, span)
             flat_out[row, part] = y1f[part] if x == 1.0 else rk_interp(y0f[part], [kj[part] for kj in kf], poly, dt, [x])[0]

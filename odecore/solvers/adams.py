@@ -78,6 +78,12 @@ BASHFORTH = [None] + [tuple(float(v) for v in _adams_coefficients(k, 0)) for k i
 MOULTON = [None] + [tuple(float(v) for v in _adams_coefficients(k, 1)) for k in range(1, MAX_ORDER + 1)]
 
 
+def _is_whole(value):
+    """An int, or a float holding one (not a bool, NaN, inf, None or a string)."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+            and int(value) == value)
+
+
 class AdamsBashforthMoulton(FixedGridIncrementSolver):
     """``implicit_adams`` (and ``fixed_adams``): Adams-Bashforth predictor, Adams-Moulton
     corrector by functional iteration; options ``max_order`` (12), ``max_iters`` (4) and
@@ -88,17 +94,17 @@ class AdamsBashforthMoulton(FixedGridIncrementSolver):
     def __init__(self, func, y0, rtol=None, atol=None, *, implicit=True, max_iters=MAX_ITERS, max_order=MAX_ORDER,
                  **kwargs):
         super().__init__(func, y0, rtol, atol, **kwargs)
-        if int(max_order) != max_order or max_order > MAX_ORDER or max_order < 1:
+        if not _is_whole(max_order) or max_order > MAX_ORDER or max_order < 1:
             raise ValueError("max_order must be an integer between 1 and {}, got {!r}".format(MAX_ORDER, max_order))
         if max_order < MIN_ORDER:
             warnings.warn("max_order is below {}, so the solver reduces to `rk4`.".format(MIN_ORDER))
-        if implicit and (int(max_iters) != max_iters or max_iters < 1):
+        if implicit and (not _is_whole(max_iters) or max_iters < 1):
             raise ValueError("max_iters must be a positive integer, got {!r}".format(max_iters))
         # torchdiffeq's defaults when the class is built directly
         self.rtol = self._tolerance(rtol, 1e-3, y0)
         self.atol = self._tolerance(atol, 1e-4, y0)
         self.implicit = bool(implicit)
-        self.max_iters = int(max_iters)
+        self.max_iters = int(max_iters) if implicit else max_iters  # explicit_adams ignores it
         self.max_order = int(max_order)
         # torchdiffeq's deque of max_order - 1 derivatives (max_order = 1 keeps f0, for rk4)
         self._history = collections.deque(maxlen=max(self.max_order - 1, 1))

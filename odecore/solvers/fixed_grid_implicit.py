@@ -117,7 +117,8 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
 
     def __init__(self, func, y0, rtol=None, atol=None, *, max_iters=MAX_ITERS, **kwargs):
         super().__init__(func, y0, rtol, atol, **kwargs)
-        if isinstance(max_iters, bool) or int(max_iters) != max_iters or max_iters < 1:
+        if (isinstance(max_iters, bool) or not isinstance(max_iters, (int, float)) or not math.isfinite(max_iters)
+                or int(max_iters) != max_iters or max_iters < 1):
             raise ValueError("max_iters must be a positive integer, got {!r}".format(max_iters))
         self.max_iters = int(max_iters)
         n = y0.numel()
@@ -132,7 +133,10 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
         self._c = [tab.c[i] for i in tab.implicit]
         self._c_tensor = torch.tensor(self._c, dtype=dtype, device=device).unsqueeze(1)
         self._d = torch.tensor(tab.d, dtype=dtype, device=device).unsqueeze(1)
-        self._eye = torch.eye(len(tab.implicit) * n, dtype=dtype, device=device)
+        # torch.linalg has no half-precision LU: the Newton matrix of a float16 / bfloat16
+        # state is factorised in float32
+        self._lin_dtype = torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+        self._eye = torch.eye(len(tab.implicit) * n, dtype=self._lin_dtype, device=device)
         self._floor = 16 * torch.finfo(dtype).eps
         self.n_jacobians = 0
         self.n_newton_iters = 0
@@ -156,6 +160,8 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
 
     def _autograd_jacobian(self, f, x, t0, perturb):
         n = x.numel()
+        if n == 0:  # an empty state
+            return f.new_zeros(0, 0)
         if not f.requires_grad:
             return self._fd_jacobian(f, x, t0, perturb)
         basis = torch.eye(n, dtype=f.dtype, device=f.device).reshape(n, *f.shape)
@@ -203,7 +209,8 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
         f0, jac = self._f0_and_jacobian(t0, y, Perturb.NEXT if self.perturb else Perturb.NONE)
         f0_flat = f0.reshape(-1)
         m = len(self._c)
-        lu, pivots = torch.linalg.lu_factor(self._eye - dt * torch.kron(self._a, jac))
+        lin = self._lin_dtype
+        lu, pivots = torch.linalg.lu_factor(self._eye - dt * torch.kron(self._a, jac).to(lin))
         base = dt * self._a_explicit * f0_flat if tab.explicit_first else None
         times = self._times(t0, t1)
         z = (dt * self._c_tensor) * f0_flat.detach()  # the stages on the tangent line
@@ -215,7 +222,7 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
             g = z - dt * (self._a @ fz)
             if base is not None:
                 g = g - base
-            dz = torch.linalg.lu_solve(lu, pivots, g.reshape(-1, 1)).view(m, -1)
+            dz = torch.linalg.lu_solve(lu, pivots, g.reshape(-1, 1).to(lin)).to(g.dtype).view(m, -1)
             z = z - dz
             ratio = self._update_ratio(dz, flat, z)
             if not math.isfinite(ratio):
@@ -234,6 +241,8 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
         return f0, dy.view(shape)
 
     def _update_ratio(self, dz, y, z):
+        if dz.numel() == 0:  # an empty state: nothing to solve
+            return 0.0
         with torch.no_grad():
             yz = (y + z).abs()
             scale = self.atol + self.rtol * torch.maximum(y.abs(), yz) + self._floor * (y.abs() + z.abs())

@@ -65,6 +65,11 @@ def integrate_per_sample(solver, times, sync_every=None):
     sign = func.time_sign
     k_sync = DEFAULT_SYNC_EVERY if not sync_every else sync_every
     f = func.call_device_time((sign * t_first).to(dtype), y)
+    if torch.is_grad_enabled() and f.requires_grad:
+        # the loop runs without autograd: the solution would silently carry no gradient for
+        # func's parameters (a loss through it would miss their ODE term)
+        raise ValueError("options['batch_dim'] gives no gradients through odeint, but func's output requires grad "
+                         "(its parameters?): use odeint_adjoint for gradients, or solve under torch.no_grad()")
     evals = 1
     rtol, atol = solver.rtol, solver.atol
     segments = [n]
