@@ -4,6 +4,7 @@
 // with ATen ops so that fake-tensor tracing (torch.compile, opcheck) sees it.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -202,6 +203,13 @@ TORCH_LIBRARY_IMPL(odecore, Autograd, m) {
   m.impl("rk_finish", &rk_finish_autograd);
   m.impl("rk_error_ratio", &rk_error_ratio_autograd);
   m.impl("rk_interp", &rk_interp_autograd);
+  // The device loop's ops run only where nothing records gradients: differentiating
+  // through them raises "derivative for odecore::<op> is not implemented" instead of
+  // silently giving no gradient.
+  m.impl("rk_stage_dt", torch::autograd::autogradNotImplementedFallback());
+  m.impl("rk_finish_dt", torch::autograd::autogradNotImplementedFallback());
+  m.impl("rk_error_ratio_dt", torch::autograd::autogradNotImplementedFallback());
+  m.impl("rk_initial_dt", torch::autograd::autogradNotImplementedFallback());
 }
 
 }  // namespace odecore

@@ -47,7 +47,12 @@ void check_tolerance(const char* op, const char* name, const at::Tensor& tol, co
 void check_segments(const char* op, at::IntArrayRef segments, int64_t numel) {
   int64_t total = 0;
   for (const int64_t len : segments) {
+    // each length is bounded first, so the total cannot overflow
+    TORCH_CHECK_VALUE(len > -numel - 1 && len <= numel, op, ": a segment length of ", len,
+                      " (negative: left out of the norm) does not fit in y0's ", numel, " elements");
     total += len < 0 ? -len : len;
+    TORCH_CHECK_VALUE(total <= numel, op, ": the segment lengths (negative: left out of the norm) add up to more than y0's ",
+                      numel, " elements");
   }
   TORCH_CHECK_VALUE(total == numel, op, ": the segment lengths (negative: left out of the norm) add up to ",
                     total, " but y0 has ", numel, " elements");

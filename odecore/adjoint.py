@@ -57,6 +57,9 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
     else:
         adjoint_options = dict(adjoint_options)
     params = tuple(find_parameters(func)) if adjoint_params is None else tuple(adjoint_params)
+    for i, q in enumerate(params):
+        if not isinstance(q, torch.Tensor):
+            raise TypeError("adjoint_params[%d] must be a torch.Tensor, got %s" % (i, type(q).__name__))
     n_given = len(params)
     params = tuple(p for p in params if p.requires_grad)
     if len(params) != n_given and callable(adjoint_options.get("norm")):

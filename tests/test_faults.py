@@ -92,9 +92,6 @@ def test_nan_after_a_while_names_t_and_dt(loop, direction):
 
 
 @needs_fused
-@pytest.mark.xfail(reason="solvers/adaptive.py reports t in the solver's (negated) time for a decreasing t: the "
-                          "host loop's and device loop's errors (non-finite, underflow, max_num_steps), also in "
-                          "odeint_adjoint's backward solves; should be time_sign * t", strict=False)
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_known_reverse_time_error_reports_solver_time(loop):
     func = Counting(lambda t, y: -y if float(t) > -0.5 else y * math.nan)

@@ -10,7 +10,7 @@ silent NaN.
 Reproducible: ``derandomize=True`` and no example database, so CI runs the same examples
 every time. ``EXAMPLES`` holds each test's example count (RELIABILITY.md quotes it).
 Inputs that hit a known, reported bug in a file this suite does not own are left out of
-the strategies and pinned by the ``test_known_*`` tests at the end (xfail until fixed).
+the strategies and pinned by the ``test_known_*`` regression tests at the end (all fixed).
 """
 import math
 import subprocess
@@ -249,6 +249,7 @@ def test_fuzz_odeint(method, y_dtype, shape, mem, fault, rtol, atol, tuple_state
     if mem in ("expanded", "zero_stride"):
         y0 = layout(torch.ones(shape, dtype=y_dtype), mem)
     names = {"rtol": ["rtol"], "atol": ["atol"], "method": ["method"], "options": ["options"]}.get(fault, [])
+    names = list(names) + ["rtol and atol are both zero"]  # adaptive methods refuse a zero tolerance
     if fault == "y0_dtype":
         y0, names = y0.real.to(data.draw(st.sampled_from([torch.int32, torch.int64, torch.bool]), label="int dtype")), ["y0"]
     elif fault in ("y0_nan", "y0_inf"):
@@ -1233,7 +1234,7 @@ def test_reliability_md_quotes_the_example_counts():
 
 # --------------------------------------------------------------------------------------- #
 # Known bugs found by this suite in files other engineers own (see RELIABILITY.md). Each
-# is left out of the strategies above and pinned here; xfail until fixed.
+# is left out of the strategies above and pinned here (regression tests; all fixed).
 # --------------------------------------------------------------------------------------- #
 def run_isolated(code):
     """Runs `code` in a fresh interpreter (a crash must not take pytest down)."""
@@ -1241,8 +1242,6 @@ def run_isolated(code):
 
 
 @needs_fused
-@pytest.mark.xfail(reason="csrc/ops.cpp check_segments: |segment| sums overflow int64 and pass the check; the kernel "
-                          "then writes far out of bounds (segfault)", strict=False)
 def test_known_segments_overflow_is_refused():
     result = run_isolated("""
         import torch, odecore
@@ -1259,8 +1258,6 @@ def test_known_segments_overflow_is_refused():
 
 
 @needs_fused
-@pytest.mark.xfail(reason="csrc rk_control (control_decide): state[NextOut] is used as an index into times without a "
-                          "range check; a negative or huge value reads out of bounds (segfault)", strict=False)
 def test_known_rk_control_checks_state_rows():
     result = run_isolated("""
         import torch, odecore
@@ -1282,8 +1279,6 @@ def test_known_rk_control_checks_state_rows():
     assert result.returncode == 0 and "refused" in result.stdout, (result.returncode, result.stderr[-500:])
 
 
-@pytest.mark.xfail(reason="solvers/adaptive.py _initial_step_fused: d2 / h0 with h0 = 0 when |f(t0, y0)| / tol is inf "
-                          "(ZeroDivisionError instead of a RuntimeError naming t and dt)", strict=False)
 @pytest.mark.parametrize("value,atol", [(math.inf, 1e-9), (1e306, 1e-9), ("nan_second", 1e300)])
 def test_known_func_inf_at_t0_zero_division(value, atol):
     """(the third case: d1 underflows to 0 with atol = 1e300 and f(t0 + h0) is NaN, so
@@ -1301,24 +1296,18 @@ def test_known_func_inf_at_t0_zero_division(value, atol):
         odecore.odeint(func, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), atol=atol)
 
 
-@pytest.mark.xfail(reason="solvers/adaptive.py: NaN from func at t0 (or rtol = atol = 0 where y0 = 0) makes the initial "
-                          "step NaN, clamped to 0, and is reported as 'step size underflow ... stiff'", strict=False)
 def test_known_nan_at_t0_reported_as_non_finite():
     y0 = torch.ones(3, dtype=torch.float64)
     with pytest.raises(RuntimeError, match="non-finite"):
         odecore.odeint(lambda t, y: y * math.nan, y0, torch.tensor([0.0, 1.0], dtype=torch.float64))
 
 
-@pytest.mark.xfail(reason="api.py/_tolerance accepts rtol = atol = 0 (and atol = 1e-300); the solve then fails with "
-                          "'step size underflow at t=0, dt=0', a message that does not name the tolerances", strict=False)
 def test_known_zero_tolerances_named():
     y0 = torch.zeros(3, dtype=torch.float64)
     with pytest.raises(ValueError, match="atol"):
         odecore.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=0.0, atol=0.0)
 
 
-@pytest.mark.xfail(reason="solvers/adaptive.py: int(max_num_steps) for NaN/inf raises ValueError/OverflowError "
-                          "without naming the option", strict=False)
 @pytest.mark.parametrize("value", [math.nan, math.inf, None, "x"])
 def test_known_max_num_steps_not_finite(value):
     y0 = torch.ones(3, dtype=torch.float64)
@@ -1326,8 +1315,6 @@ def test_known_max_num_steps_not_finite(value):
         odecore.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), options={"max_num_steps": value})
 
 
-@pytest.mark.xfail(reason="solvers/fixed_grid.py: a non-callable grid_constructor or a non-number step_size fails with "
-                          "Python's own message ('int' object is not callable, float() argument ...)", strict=False)
 @pytest.mark.parametrize("option", [{"grid_constructor": 5}, {"step_size": [0.5]}, {"step_size": "x"}])
 def test_known_fixed_grid_option_types(option):
     y0 = torch.ones(3, dtype=torch.float64)
@@ -1336,9 +1323,6 @@ def test_known_fixed_grid_option_types(option):
 
 
 @needs_fused
-@pytest.mark.xfail(reason="csrc/autograd.cpp registers no Autograd kernel for rk_stage_dt, rk_finish_dt, "
-                          "rk_error_ratio_dt: backward through them silently gives no gradient (torch only warns)",
-                   strict=False)
 def test_known_dt_ops_not_differentiable():
     y0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
     k = [torch.ones(3, dtype=torch.float64)]
@@ -1353,9 +1337,6 @@ def test_known_dt_ops_not_differentiable():
     assert y0.grad is not None and torch.equal(y0.grad, torch.ones(3, dtype=torch.float64))
 
 
-@pytest.mark.xfail(reason="solvers/adaptive.py: float(option) for first_step, min_step, max_step, safety, ifactor, "
-                          "dfactor fails with Python's message (could not convert string to float / float() argument "
-                          "must be ...), not naming the option", strict=False)
 @pytest.mark.parametrize("key", ADAPTIVE_FLOAT_OPTIONS + ("step_t", "jump_t"))
 def test_known_adaptive_option_types(key):
     y0 = torch.ones(3, dtype=torch.float64)
@@ -1363,17 +1344,12 @@ def test_known_adaptive_option_types(key):
         odecore.odeint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), options={key: "x"})
 
 
-@pytest.mark.xfail(reason="odecore/adjoint.py: adjoint_params holding a non-tensor fails with AttributeError "
-                          "('int' object has no attribute 'requires_grad')", strict=False)
 def test_known_adjoint_params_not_tensors():
     y0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
     with pytest.raises(TypeError, match="adjoint_params"):
         odecore.odeint_adjoint(lambda t, y: -y, y0, torch.tensor([0.0, 1.0], dtype=torch.float64), adjoint_params=[1])
 
 
-@pytest.mark.xfail(reason="solvers/fixed_grid.py grid_from_step_size: a tiny step_size allocates a grid of ~1/step_size "
-                          "points ('invalid size, possible overflow?'), a huge/inf one or a span below step_size * 1e-16 "
-                          "gives a one-point grid blamed on grid_constructor", strict=False)
 @pytest.mark.parametrize("step_size,t0,t1,dtype", [(1e-300, 0.0, 1.0, torch.float64), (math.inf, 0.0, 1.0, torch.float64),
                                                   (0.5, 0.0, 1e-17, torch.float64), (0.25, 1e3, 1e3 + 0.5, torch.float16)])
 def test_known_step_size_extremes(step_size, t0, t1, dtype):

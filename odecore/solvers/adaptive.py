@@ -51,6 +51,19 @@ def rms_segments(x, segments):
     return max(torch.stack([chunk.pow(2).mean() for chunk in chunks]).sqrt().tolist())
 
 
+def _number(name, value, positive=False, minimum=None, finite=True):
+    """options[name] as a float, checked; the error names the option."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
+            isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()):
+        raise TypeError("options[%r] must be a real number, got %r" % (name, value))
+    value = float(value)
+    if value != value or (finite and math.isinf(value)) or (positive and not value > 0) or (
+            minimum is not None and not value >= minimum):
+        raise ValueError("options[%r] must be a %s number, got %r"
+                         % (name, "positive" if positive else "non-negative" if minimum == 0.0 else "finite", value))
+    return value
+
+
 class AdaptiveRKSolver:
     """Base of the embedded RK methods; a subclass sets `tableau` and `order`."""
 
@@ -67,13 +80,26 @@ class AdaptiveRKSolver:
         self.segments = segments
         self.norm = norm
         self.rtol, self.atol = rtol, atol
-        self.first_step = None if first_step is None else float(first_step)
-        self.min_step, self.max_step = float(min_step), float(max_step)
-        self.safety, self.ifactor, self.dfactor = float(safety), float(ifactor), float(dfactor)
+        if y0.numel() and not bool((rtol > 0).any()) and not bool((atol > 0).any()):
+            raise ValueError("rtol and atol are both zero: the error tolerance atol + rtol * |y| vanishes where y does; "
+                             "give atol > 0 (or rtol > 0 for a state that never crosses zero)")
+        self.first_step = None if first_step is None else _number("first_step", first_step, positive=True)
+        self.min_step = _number("min_step", min_step, minimum=0.0)
+        self.max_step = _number("max_step", max_step, positive=True, finite=False)
+        self.safety = _number("safety", safety, positive=True)
+        self.ifactor = _number("ifactor", ifactor, positive=True)
+        self.dfactor = _number("dfactor", dfactor, positive=True)
+        if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, (int, float)) or not (
+                max_num_steps == max_num_steps and 1 <= max_num_steps < math.inf):
+            raise ValueError("options['max_num_steps'] must be a positive integer, got %r" % (max_num_steps,))
         self.max_num_steps = int(max_num_steps)
+        if norm is not None and not callable(norm):
+            raise TypeError("options['norm'] must be callable, got %s" % type(norm).__name__)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+            raise TypeError("options['dtype'] must be a real floating point torch.dtype, got %r" % (dtype,))
         self.time_dtype = torch.promote_types(dtype, y0.dtype)
-        self.step_t = self._sorted_times(step_t)
-        self.jump_t = self._sorted_times(jump_t)
+        self.step_t = self._sorted_times("step_t", step_t)
+        self.jump_t = self._sorted_times("jump_t", jump_t)
         if set(self.step_t) & set(self.jump_t):
             raise ValueError("`step_t` and `jump_t` must not have any repeated elements between them.")
         if sync_every is not None and (isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 0):
@@ -87,10 +113,16 @@ class AdaptiveRKSolver:
         self._stage_plan = [(idx, coeffs, tab.c[i]) for i, (idx, coeffs) in enumerate(tab.stage_terms) if i > 0]
 
     @staticmethod
-    def _sorted_times(times):
+    def _sorted_times(name, times):
         if times is None:
             return []
-        return sorted(torch.as_tensor(times).detach().reshape(-1).to(torch.float64).tolist())
+        try:
+            values = torch.as_tensor(times).detach().reshape(-1).to(torch.float64).tolist()
+        except (TypeError, ValueError, RuntimeError):
+            raise TypeError("options[%r] must be a 1-D tensor or sequence of times, got %r" % (name, times)) from None
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("options[%r] contains NaN or inf" % name)
+        return sorted(values)
 
     def _round(self, value):
         """Time-like values carry the precision of `dtype` (float64 unless asked otherwise)."""
@@ -135,14 +167,27 @@ class AdaptiveRKSolver:
         with torch.no_grad():
             d0 = ops.rk_error_ratio(y0, y0, [y0], [1.0], 1.0, rtol, atol, segments).item()
             d1 = ops.rk_error_ratio(y0, y0, [f0], [1.0], 1.0, rtol, atol, segments).item()
+            self._check_initial(d0, d1, t0, 0.0)
             h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
+            if not h0 > 0.0:
+                self._underflow(t0, h0)
             f1 = self.func(t0 + h0, ops.rk_stage(y0, [f0], [1.0], h0))
             d2 = ops.rk_error_ratio(y0, y0, [f1, f0], [1.0, -1.0], 1.0, rtol, atol, segments).item() / h0
+            self._check_initial(d2, d2, t0 + h0, h0)
             if d1 <= 1e-15 and d2 <= 1e-15:
                 h1 = max(1e-6, h0 * 1e-3)
             else:
                 h1 = (0.01 / max(d1, d2)) ** (1.0 / self.order)
         return self._round(min(100 * h0, h1))
+
+    def _check_initial(self, a, b, t, dt):
+        """The initial step's norms: NaN or inf there is a non-finite solution or func."""
+        if not (math.isfinite(a) and math.isfinite(b)):
+            check_finite_ratio(math.nan, self.func.time_sign * t, dt)
+
+    def _underflow(self, t, dt):
+        raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
+                           "its solution may blow up here)" % (self.func.time_sign * t, dt))
 
     # -- the loop ---------------------------------------------------------------------
     def integrate(self, t, recorder=None):
@@ -169,7 +214,8 @@ class AdaptiveRKSolver:
         while j < len(t):
             if t[j] > self.t:
                 if steps_here >= self.max_num_steps:
-                    raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r" % (self.max_num_steps, self.t, self.dt))
+                    raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r"
+                                       % (self.max_num_steps, self.func.time_sign * self.t, self.dt))
                 self._step()
                 steps_here += 1
                 continue
@@ -271,11 +317,11 @@ class AdaptiveRKSolver:
     def _device_error(self, status, s):
         t, dt = s[ERR_T], s[ERR_DT]
         if status == NON_FINITE:
-            check_finite_ratio(math.nan, t, dt)
+            check_finite_ratio(math.nan, self.func.time_sign * t, dt)
         if status == UNDERFLOW:
-            raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
-                               "its solution may blow up here)" % (t, dt))
-        raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r" % (self.max_num_steps, t, dt))
+            self._underflow(t, dt)
+        raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r"
+                           % (self.max_num_steps, self.func.time_sign * t, dt))
 
     # -- the host loop -------------------------------------------------------------------
     def _step(self):
@@ -284,8 +330,7 @@ class AdaptiveRKSolver:
         if callbacks:
             self.func.callback("callback_step", t0, y0, dt, self.time_dtype)
         if not t0 + dt > t0:
-            raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
-                               "its solution may blow up here)" % (t0, dt))
+            self._underflow(t0, dt)
         t1 = self._round(t0 + dt)
         on_step_t = on_jump_t = False
         if self.step_t:
@@ -302,7 +347,7 @@ class AdaptiveRKSolver:
 
         k, y1, ratio = self._attempt(t0, y0, f0, dt, t1)
         self.host_reads += 1
-        check_finite_ratio(ratio, t0, dt)
+        check_finite_ratio(ratio, self.func.time_sign * t0, dt)
 
         accept = ratio <= 1.0
         if dt > self.max_step:
@@ -310,7 +355,7 @@ class AdaptiveRKSolver:
         if dt <= self.min_step:
             accept = True
         if accept and math.isinf(ratio):
-            check_finite_ratio(math.nan, t0, dt)
+            check_finite_ratio(math.nan, self.func.time_sign * t0, dt)
         self.n_steps += 1
         if accept:
             self.n_accepted += 1

@@ -5,6 +5,8 @@ Semantics follow torchdiffeq 0.2.5: the grid is `t` itself, or built from `step_
 grid points are interpolated linearly or by a cubic Hermite polynomial; `perturb=True`
 evaluates the first stage just after t0 and stages at the end of a step just before t1.
 """
+import math
+
 import torch
 
 from .base import Perturb, warn_unused
@@ -13,12 +15,23 @@ from .tableau import hermite_dense_flat, linear_dense
 INTERPOLATIONS = ("linear", "cubic")
 
 
+# Most grid points a step_size may ask for (a bound on memory and time, not on accuracy).
+MAX_GRID_POINTS = 10 ** 8
+
+
 def grid_from_step_size(step_size):
     def grid_constructor(func, y0, t):
         start, end = t[0], t[-1]
-        niters = torch.ceil((end - start) / step_size + 1).item()
+        niters = torch.ceil((end - start) / step_size + 1).item()  # as torchdiffeq, in t's dtype
+        if not niters <= MAX_GRID_POINTS:
+            raise ValueError("step_size=%r asks for %s grid points over [%r, %r] (at most %d)"
+                             % (step_size, niters, start.item(), end.item(), MAX_GRID_POINTS))
+        niters = max(niters, 2.0)  # a span below the step's resolution: one step
         grid = torch.arange(0, niters, dtype=t.dtype, device=t.device) * step_size + start
         grid[-1] = t[-1]
+        if len(grid) > 1 and not bool((grid[1:] > grid[:-1]).all()):
+            raise ValueError("step_size=%r is below the resolution of t's dtype %s near t=%r: the grid repeats times"
+                             % (step_size, t.dtype, start.item()))
         return grid
 
     return grid_constructor
@@ -42,8 +55,14 @@ class FixedGridRKSolver:
             raise ValueError("step_size and grid_constructor are mutually exclusive arguments.")
         if interp not in INTERPOLATIONS:
             raise ValueError("interp must be one of %s, got %r" % (", ".join(map(repr, INTERPOLATIONS)), interp))
-        if step_size is not None and not float(step_size) > 0:
-            raise ValueError("step_size must be positive, got %r" % (step_size,))
+        if step_size is not None:
+            if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) and not (
+                    isinstance(step_size, torch.Tensor) and step_size.numel() == 1 and not step_size.is_complex()):
+                raise TypeError("options['step_size'] must be a real number, got %r" % (step_size,))
+            if not (float(step_size) > 0 and math.isfinite(float(step_size))):
+                raise ValueError("step_size must be positive and finite, got %r" % (step_size,))
+        if grid_constructor is not None and not callable(grid_constructor):
+            raise TypeError("options['grid_constructor'] must be callable, got %s" % type(grid_constructor).__name__)
         # sync_every (the adaptive device loop's K) needs nothing here: a fixed grid reads no
         # value back per step
         self.func = func

@@ -382,6 +382,15 @@ template <typename time_t>
 ODECORE_HD void control_update(double* state, bool* accept, time_t* stage_t, double* dt_out, double ratio,
                                const double* times, int64_t n_times, const double* c, int n_c,
                                const ControlParams& p) {
+  // a state whose output index is not an index of `times` (a corrupted or foreign state)
+  // stops the solve instead of reading out of bounds
+  const double next_out = state[kNextOut];
+  if (state[kStatus] == kRunning && !(next_out >= 0.0 && next_out <= static_cast<double>(n_times))) {
+    state[kStatus] = kNonFinite;
+    state[kErrT] = state[kT];
+    state[kErrDt] = state[kDt];
+    state[kNextOut] = static_cast<double>(n_times);
+  }
   if (p.prepare_only) {
     *accept = false;
     state[kFirstOut] = state[kNextOut];
