@@ -255,12 +255,13 @@ class AdaptiveRKSolver:
         dev = y.device
         t0, dt = self.t, self.dt
         nodes = [c for _, _, c in self._stage_plan]
-        state = torch.zeros(NUM_SLOTS, dtype=torch.float64)
+        # made on the device with fills (a blocking host-to-device copy would synchronise)
+        state = torch.zeros(NUM_SLOTS, dtype=torch.float64, device=dev)
         state[T], state[DT], state[NEXT_OUT], state[FIRST_OUT] = t0, dt, 1, 1
-        state = state.to(dev)
         stage_t = torch.empty(len(nodes), dtype=y.dtype, device=dev)
         dt_t = torch.empty(1, dtype=torch.float64, device=dev)
-        times = torch.tensor(t, dtype=torch.float64, device=dev)
+        times = torch.tensor(t, dtype=torch.float64)
+        times = times.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else times
         out = y.new_empty((len(t), *y.shape))
         out[0] = y
         accept = torch.zeros((), dtype=torch.bool, device=dev)
