@@ -54,16 +54,21 @@ def fit(name, x, y, num_classes, args):
     if name == "sdenet":
         diffusion = torch.optim.Adam(model.diffusion.parameters(), lr=args.lr_diffusion)
         schedules.append(torch.optim.lr_scheduler.CosineAnnealingLR(diffusion, T_max=args.epochs))
+    return train_epochs(model, task, diffusion, schedules, x, y, nn.functional.cross_entropy, args)
+
+
+def train_epochs(model, task, diffusion, schedules, x, y, loss_fn, args):
+    """args.epochs of shuffled mini-batches: SDE-Net's alternating step when there is a
+    diffusion optimiser, else the task loss alone; the schedules step once per epoch."""
+    from .nn import sdenet_train_step
+
     generator = torch.Generator().manual_seed(args.seed)
-    loss_fn = nn.functional.cross_entropy
     for epoch in range(args.epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), args.batch_size):
             idx = order[start:start + args.batch_size]
             xb, yb = x[idx], y[idx]
             if diffusion is not None:
-                from .nn import sdenet_train_step
-
                 sdenet_train_step(model, task, diffusion, xb, yb, loss_fn)
             else:
                 task.zero_grad()
@@ -145,7 +150,7 @@ def fit_regression(name, x, y, args):
     """SDE-Net trained as in the paper (task loss, then the diffusion net's in/out BCE each
     batch), or the baseline: the same network with ``sigma_max = 0`` (no diffusion, a
     residual MLP with mean and variance heads) trained on the task loss alone."""
-    from .nn import SDENetRegression, sdenet_train_step
+    from .nn import SDENetRegression
 
     torch.manual_seed(args.seed)
     model = SDENetRegression(x.shape[1], hidden=args.dim, layer_depth=args.layer_depth,
@@ -157,21 +162,7 @@ def fit_regression(name, x, y, args):
         diffusion = torch.optim.Adam(model.diffusion_net.parameters(), lr=args.lr_diffusion,
                                      weight_decay=args.weight_decay)
         schedules.append(torch.optim.lr_scheduler.CosineAnnealingLR(diffusion, T_max=args.epochs))
-    generator = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), args.batch_size):
-            idx = order[start:start + args.batch_size]
-            xb, yb = x[idx], y[idx]
-            if diffusion is not None:
-                sdenet_train_step(model, task, diffusion, xb, yb, regression_loss)
-            else:
-                task.zero_grad()
-                regression_loss(model(xb), yb).backward()
-                task.step()
-        for schedule in schedules:
-            schedule.step()
-    return model
+    return train_epochs(model, task, diffusion, schedules, x, y, regression_loss, args)
 
 
 def predict_regression(model, x, passes):

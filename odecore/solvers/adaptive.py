@@ -64,6 +64,15 @@ def _number(name, value, positive=False, minimum=None, finite=True):
     return value
 
 
+class _DeviceControl:
+    """The device loops' control tensors: the state (one row per solve), the output times,
+    the accept flags, this step's stage times and dt, and rk_control's nodes and params."""
+
+    def __init__(self, state, times, nodes, params, accept, stage_t, dt):
+        self.state, self.times, self.nodes, self.params = state, times, nodes, params
+        self.accept, self.stage_t, self.dt = accept, stage_t, dt
+
+
 class AdaptiveRKSolver:
     """Base of the embedded RK methods; a subclass sets `tableau` and `order`."""
 
@@ -250,53 +259,24 @@ class AdaptiveRKSolver:
 
     def _integrate_device(self, t, sync_every):
         """The device loop over the increasing float times `t` (len(t) > 1)."""
-        ops, func, tab = self.ops, self.func, self.tableau
         y, f = self.y0, self.f
         dev = y.device
         t0, dt = self.t, self.dt
-        nodes = [c for _, _, c in self._stage_plan]
         # made on the device with fills (a blocking host-to-device copy would synchronise)
         state = torch.zeros(NUM_SLOTS, dtype=torch.float64, device=dev)
         state[T], state[DT], state[NEXT_OUT], state[FIRST_OUT] = t0, dt, 1, 1
-        stage_t = torch.empty(len(nodes), dtype=y.dtype, device=dev)
-        dt_t = torch.empty(1, dtype=torch.float64, device=dev)
         times = torch.tensor(t, dtype=torch.float64)
         times = times.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else times
+        control = self._device_control(state, times, ())
         out = y.new_empty((len(t), *y.shape))
         out[0] = y
-        accept = torch.zeros((), dtype=torch.bool, device=dev)
-        params = [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
-                  float(self.max_num_steps), func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0]
-        # the first attempt (or the error that stops it), set up where the state lives
-        ops.rk_control(state, accept, stage_t, dt_t, dt_t, times, nodes, params + [1.0])
-        params.append(0.0)
-        plan = [([j for j in idx], coeffs) for idx, coeffs, _ in self._stage_plan]
-        rtol, atol, segments = self.rtol, self.atol, self.segments
-        poly = tab.dense_flat
-        if tab.fsal:
-            e_idx, e = tab.e_terms
         self.loop = "device"
         batch, shortened = sync_every, False
         while True:
             for _ in range(batch):
-                k = [f]
-                yi = y
-                # func gets views of this step's own time tensor: rk_control writes the next
-                # step's times into a fresh one, so a time func keeps never changes
-                stage_views = stage_t.unbind(0)
-                stage_t = torch.empty_like(stage_t)
-                for (idx, coeffs), ti in zip(plan, stage_views):
-                    yi = ops.rk_stage_dt(y, [k[j] for j in idx], coeffs, dt_t)
-                    k.append(func.call_device_time(ti, yi))
-                if tab.fsal:
-                    y1 = yi
-                    ratio = ops.rk_error_ratio_dt(y, yi, [k[j] for j in e_idx], e, dt_t, rtol, atol, segments)
-                else:
-                    y1, ratio = ops.rk_finish_dt(y, k, tab.b, tab.e, dt_t, rtol, atol, segments)
-                ops.rk_control(state, accept, stage_t, dt_t, ratio, times, nodes, params)
-                ops.rk_dense_into(out, times, state, y, y1, k, poly)
-                y = torch.where(accept, y1, y)
-                f = torch.where(accept, k[-1], f)
+                y1, k = self._device_attempt(y, f, control, out)
+                y = torch.where(control.accept, y1, y)
+                f = torch.where(control.accept, k[-1], f)
             s = state.tolist()
             self.host_reads += 1
             self.t, self.dt = s[T], s[DT]
@@ -314,6 +294,45 @@ class AdaptiveRKSolver:
                 batch = sync_every
         self.y, self.f = y, f
         return out
+
+    def _device_control(self, state, times, batch_shape):
+        """The device loops' control tensors for `state` (one row per solve), with the first
+        attempt (or the error that stops it) set up where the state lives."""
+        dev = state.device
+        nodes = [c for _, _, c in self._stage_plan]
+        params = [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
+                  float(self.max_num_steps), self.func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0]
+        control = _DeviceControl(state, times, nodes, params + [0.0],
+                                 accept=torch.zeros(batch_shape, dtype=torch.bool, device=dev),
+                                 stage_t=torch.empty(*batch_shape, len(nodes), dtype=self.y0.dtype, device=dev),
+                                 dt=torch.empty(batch_shape or (1,), dtype=torch.float64, device=dev))
+        self.ops.rk_control(state, control.accept, control.stage_t, control.dt, control.dt, times, nodes, params + [1.0])
+        return control
+
+    def _device_attempt(self, y, f, control, out):
+        """One attempt of the device loops from (y, f = func(t, y)): the stages at dt
+        `control.dt`, the error ratio, rk_control (deciding it and setting up the next one)
+        and the output rows it covers. Returns (y1, k); the caller keeps y1 where accepted.
+
+        func gets views of this step's own time tensor: rk_control writes the next step's
+        times into a fresh one, so a time func keeps never changes."""
+        ops, tab, func, c = self.ops, self.tableau, self.func, control
+        stage_times = c.stage_t.t().contiguous().unbind(0) if c.stage_t.dim() > 1 else c.stage_t.unbind(0)
+        c.stage_t = torch.empty_like(c.stage_t)
+        k = [f]
+        yi = y
+        for (idx, coeffs, _), ti in zip(self._stage_plan, stage_times):
+            yi = ops.rk_stage_dt(y, [k[j] for j in idx], coeffs, c.dt)
+            k.append(func.call_device_time(ti, yi))
+        if tab.fsal:
+            e_idx, e = tab.e_terms
+            y1 = yi
+            ratio = ops.rk_error_ratio_dt(y, yi, [k[j] for j in e_idx], e, c.dt, self.rtol, self.atol, self.segments)
+        else:
+            y1, ratio = ops.rk_finish_dt(y, k, tab.b, tab.e, c.dt, self.rtol, self.atol, self.segments)
+        ops.rk_control(c.state, c.accept, c.stage_t, c.dt, ratio, c.times, c.nodes, c.params)
+        ops.rk_dense_into(out, c.times, c.state, y, y1, k, tab.dense_flat)
+        return y1, k
 
     def _device_error(self, status, s):
         t, dt = s[ERR_T], s[ERR_DT]

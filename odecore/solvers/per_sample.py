@@ -53,8 +53,8 @@ class SampleFailure(RuntimeError):
 def integrate_per_sample(solver, times, sync_every=None):
     """Runs `solver` (an AdaptiveRKSolver built on the flat (B * per,) state with a func that
     takes one time per sample) over `times`: float64 (T,) or (B, T) on the state's device,
-    increasing in the solver's time. Returns (out (T, B * per), state (B, NUM_SLOTS), nfe per sample)."""
-    ops, func, tab = solver.ops, solver.func, solver.tableau
+    increasing in the solver's time. Returns (out (T, B * per), state (B, NUM_SLOTS))."""
+    ops, func = solver.ops, solver.func
     y = solver.y0
     dev, dtype = y.device, y.dtype
     samples = solver.samples
@@ -86,48 +86,24 @@ def integrate_per_sample(solver, times, sync_every=None):
             dt0 = ops.rk_initial_dt(h0, d1, d2, float(solver.order), round_f32)
         else:
             dt0 = torch.full((samples,), solver.first_step, dtype=torch.float64, device=dev)
-    nodes = [c for _, _, c in solver._stage_plan]
     state = torch.zeros(samples, NUM_SLOTS, dtype=torch.float64, device=dev)
     state[:, T] = t_first
     state[:, DT] = dt0
     state[:, NEXT_OUT] = 1.0
     state[:, FIRST_OUT] = 1.0
-    stage_t = torch.empty(samples, len(nodes), dtype=dtype, device=dev)
-    dt_t = torch.empty(samples, dtype=torch.float64, device=dev)
-    accept = torch.zeros(samples, dtype=torch.bool, device=dev)
-    params = [float(solver.order), solver.safety, solver.ifactor, solver.dfactor, solver.min_step, solver.max_step,
-              float(solver.max_num_steps), sign, 1.0 if solver.time_dtype == torch.float32 else 0.0]
-    ops.rk_control(state, accept, stage_t, dt_t, dt_t, times, nodes, params + [1.0])
-    params.append(0.0)
+    control = solver._device_control(state, times, (samples,))
     out = y.new_empty((times.shape[-1], n))
     out[0] = y
-    plan = [([j for j in idx], coeffs) for idx, coeffs, _ in solver._stage_plan]
-    poly = tab.dense_flat
-    if tab.fsal:
-        e_idx, e = tab.e_terms
     host_reads = 0
     batch, shortened = k_sync, False
     with torch.no_grad():
         while True:
             for _ in range(batch):
-                k = [f]
-                yi = y
-                stage_rows = stage_t.t().contiguous().unbind(0)  # this step's times, one (B,) row per stage
-                stage_t = torch.empty_like(stage_t)
-                for (idx, coeffs), ti in zip(plan, stage_rows):
-                    yi = ops.rk_stage_dt(y, [k[j] for j in idx], coeffs, dt_t)
-                    k.append(func.call_device_time(ti, yi))
-                if tab.fsal:
-                    y1 = yi
-                    ratio = ops.rk_error_ratio_dt(y, yi, [k[j] for j in e_idx], e, dt_t, rtol, atol, segments)
-                else:
-                    y1, ratio = ops.rk_finish_dt(y, k, tab.b, tab.e, dt_t, rtol, atol, segments)
-                ops.rk_control(state, accept, stage_t, dt_t, ratio, times, nodes, params)
-                ops.rk_dense_into(out, times, state, y, y1, k, poly)
-                keep = accept.view(samples, 1)
+                y1, k = solver._device_attempt(y, f, control, out)
+                keep = control.accept.view(samples, 1)
                 y = torch.where(keep, y1.view(samples, per), y.view(samples, per)).view(n)
                 f = torch.where(keep, k[-1].view(samples, per), f.view(samples, per)).view(n)
-                evals += len(plan)
+                evals += len(solver._stage_plan)
             running = state[:, STATUS] == RUNNING
             left = torch.where(running, (t_last - state[:, T]) / state[:, DT], torch.zeros_like(state[:, T]))
             n_running, most_left = torch.stack([running.sum().to(torch.float64), left.max()]).tolist()
