@@ -58,6 +58,12 @@ void check_segments(const char* op, at::IntArrayRef segments, int64_t numel) {
                     total, " but y0 has ", numel, " elements");
 }
 
+void check_per_sample_segments(const char* op, at::IntArrayRef segments, int64_t numel) {
+  TORCH_CHECK_VALUE(segments.size() == 1 && segments[0] == numel, op,
+                    ": with one dt per sample the error norm is per sample; segments must be [", numel,
+                    "] (the whole state), got ", segments);
+}
+
 int64_t check_dense_poly(const char* op, at::TensorList k, at::ArrayRef<double> poly) {
   if (k.empty()) {
     TORCH_CHECK_VALUE(poly.empty(), op, ": poly must be empty when k is empty, got ", poly.size(),

@@ -230,15 +230,14 @@ at::Tensor rk_stage_dt_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<
   return p.y1;
 }
 
-// Checks of the per-sample norm: one segment per sample, the whole state.
-void check_per_sample_segments(const char* op, at::IntArrayRef segments, const at::Tensor& y0) {
-  TORCH_CHECK_VALUE(segments.size() == 1 && segments[0] == y0.numel(), op,
-                    ": with one dt per sample the error norm is per sample; segments must be [", y0.numel(),
-                    "] (the whole state), got ", segments);
-}
-
-at::Tensor ratios_tensor(const at::Tensor& y0, int64_t samples) {
-  return at::empty({samples}, y0.options().dtype(at::kDouble));
+// Per-sample error ratios (B,) of p, prepared with unscaled coefficients (dt = 1).
+at::Tensor per_sample_ratios_cpu(const char* op, const Prepared& p, const at::Tensor& dt, int64_t samples) {
+  check_per_sample_segments(op, p.segments, p.y0.numel());
+  at::Tensor ratios = at::empty({samples}, p.y0.options().dtype(at::kDouble));
+  ODECORE_DISPATCH(p.y0.scalar_type(), "rk_per_sample_ratios_cpu", [&] {
+    finish_per_sample_cpu<scalar_t>(p, dt.const_data_ptr<double>(), samples, ratios.mutable_data_ptr<double>());
+  });
+  return ratios;
 }
 
 std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
@@ -249,12 +248,7 @@ std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cpu(const at::Tensor& y0, at::Te
     return rk_finish_cpu(y0, k, b, e, host_dt(dt), rtol, atol, segments);
   }
   const Prepared p = prepare_finish(y0, k, b, e, 1.0, rtol, atol, segments);
-  check_per_sample_segments("rk_finish_dt", segments, y0);
-  at::Tensor ratios = ratios_tensor(y0, samples);
-  ODECORE_DISPATCH(y0.scalar_type(), "rk_finish_dt_cpu", [&] {
-    finish_per_sample_cpu<scalar_t>(p, dt.const_data_ptr<double>(), samples, ratios.mutable_data_ptr<double>());
-  });
-  return {p.y1, ratios};
+  return {p.y1, per_sample_ratios_cpu("rk_finish_dt", p, dt, samples)};
 }
 
 at::Tensor rk_error_ratio_dt_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> e,
@@ -264,13 +258,8 @@ at::Tensor rk_error_ratio_dt_cpu(const at::Tensor& y0, const at::Tensor& y1, at:
   if (samples == 1) {
     return rk_error_ratio_cpu(y0, y1, k, e, host_dt(dt), rtol, atol, segments);
   }
-  const Prepared p = prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments);
-  check_per_sample_segments("rk_error_ratio_dt", segments, y0);
-  at::Tensor ratios = ratios_tensor(y0, samples);
-  ODECORE_DISPATCH(y0.scalar_type(), "rk_error_ratio_dt_cpu", [&] {
-    finish_per_sample_cpu<scalar_t>(p, dt.const_data_ptr<double>(), samples, ratios.mutable_data_ptr<double>());
-  });
-  return ratios;
+  return per_sample_ratios_cpu("rk_error_ratio_dt", prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments), dt,
+                               samples);
 }
 
 void rk_control_cpu(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t, const at::Tensor& dt,

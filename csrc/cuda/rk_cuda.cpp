@@ -152,9 +152,7 @@ at::Tensor rk_stage_dt_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef
 
 // Per-sample error ratios (B,) of a prepared with unscaled coefficients.
 at::Tensor error_per_sample_cuda(const Prepared& p, const at::Tensor& dt, int64_t samples, const char* op) {
-  TORCH_CHECK_VALUE(p.segments.size() == 1 && p.segments[0] == p.y0.numel(), op,
-                    ": with one dt per sample the error norm is per sample; segments must be [", p.y0.numel(),
-                    "] (the whole state)");
+  check_per_sample_segments(op, p.segments, p.y0.numel());
   cuda::NormParams norm{};
   norm.rtol = p.rtol.const_data_ptr<double>();
   norm.atol = p.atol.const_data_ptr<double>();

@@ -60,6 +60,24 @@ __device__ double block_sum(double v) {
   return total;
 }
 
+// This thread's sum of squared scaled errors over elements start, start + stride, ... < end,
+// writing y1 there first when write_y1 (weights already in shared memory).
+template <typename scalar_t>
+__device__ double error_sum(scalar_t* y1, bool write_y1, const CombineParams<scalar_t, double>& sol,
+                            const acc_t<scalar_t>* sol_w, const CombineParams<scalar_t, double>& err,
+                            const double* err_w, const NormParams& norm, int64_t start, int64_t end, int64_t stride) {
+  double sum = 0.0;
+  for (int64_t i = start; i < end; i += stride) {
+    if (write_y1) {
+      y1[i] = combine_with(sol, sol_w, i);
+    }
+    const double e = weighted_sum(err.k, err_w, err.m, i);
+    sum += scaled_error_sq(e, static_cast<double>(sol.y0[i]), static_cast<double>(y1[i]),
+                           norm.rtol[i * norm.rtol_stride], norm.atol[i * norm.atol_stride]);
+  }
+  return sum;
+}
+
 // Pass 1: y1 (optionally) and one partial sum of squared scaled errors per block.
 template <typename scalar_t>
 __global__ void error_partial_kernel(scalar_t* y1, bool write_y1, CombineParams<scalar_t, double> sol,
@@ -70,18 +88,10 @@ __global__ void error_partial_kernel(scalar_t* y1, bool write_y1, CombineParams<
   load_weights(sol_w, sol, dt);
   load_weights(err_w, err, dt);
   const int64_t begin = norm.segment_offset[segment];
-  const int64_t end = begin + norm.segment_len[segment];
-  const int64_t stride = static_cast<int64_t>(blockDim.x) * gridDim.x;
-  double sum = 0.0;
-  for (int64_t i = begin + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < end; i += stride) {
-    if (write_y1) {
-      y1[i] = combine_with(sol, sol_w, i);
-    }
-    const double e = weighted_sum(err.k, err_w, err.m, i);
-    sum += scaled_error_sq(e, static_cast<double>(sol.y0[i]), static_cast<double>(y1[i]),
-                           norm.rtol[i * norm.rtol_stride], norm.atol[i * norm.atol_stride]);
-  }
-  const double total = block_sum(sum);
+  const double total = block_sum(error_sum(y1, write_y1, sol, sol_w, err, err_w, norm,
+                                           begin + blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x,
+                                           begin + norm.segment_len[segment],
+                                           static_cast<int64_t>(blockDim.x) * gridDim.x));
   if (threadIdx.x == 0) {
     partials[norm.block_offset[segment] + blockIdx.x] = total;
   }
@@ -149,16 +159,8 @@ __global__ void error_per_sample_kernel(scalar_t* y1, bool write_y1, CombinePara
   const int64_t b = blockIdx.x;
   load_weights(sol_w, sol, dts + b);
   load_weights(err_w, err, dts + b);
-  double sum = 0.0;
-  for (int64_t i = b * per + threadIdx.x; i < (b + 1) * per; i += blockDim.x) {
-    if (write_y1) {
-      y1[i] = combine_with(sol, sol_w, i);
-    }
-    const double e = weighted_sum(err.k, err_w, err.m, i);
-    sum += scaled_error_sq(e, static_cast<double>(sol.y0[i]), static_cast<double>(y1[i]),
-                           norm.rtol[i * norm.rtol_stride], norm.atol[i * norm.atol_stride]);
-  }
-  const double total = block_sum(sum);
+  const double total = block_sum(error_sum(y1, write_y1, sol, sol_w, err, err_w, norm, b * per + threadIdx.x,
+                                           (b + 1) * per, static_cast<int64_t>(blockDim.x)));
   if (threadIdx.x == 0) {
     ratios[b] = rms_of_sum(total, per);
   }

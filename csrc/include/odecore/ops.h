@@ -18,6 +18,8 @@ void check_terms(const char* op, const at::Tensor& y0, at::TensorList k, size_t 
 void check_same_as_y0(const char* op, const char* name, const at::Tensor& t, const at::Tensor& y0);
 void check_tolerance(const char* op, const char* name, const at::Tensor& tol, const at::Tensor& y0);
 void check_segments(const char* op, at::IntArrayRef segments, int64_t numel);
+// With one dt per sample the norm is per sample: segments must be the whole state.
+void check_per_sample_segments(const char* op, at::IntArrayRef segments, int64_t numel);
 int64_t check_dense_poly(const char* op, at::TensorList k, at::ArrayRef<double> poly);
 
 // dt * coeffs[j], the weights of one linear combination of stages.
