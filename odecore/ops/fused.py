@@ -17,6 +17,8 @@ rk_finish_dt = _C.rk_finish_dt
 rk_error_ratio_dt = _C.rk_error_ratio_dt
 rk_control = _C.rk_control
 rk_dense_into = _C.rk_dense_into
+# AdaptiveRKSolver's host loop in C++ (csrc/loop.cpp); not an op: it calls the ops above
+host_loop = _C.host_loop
 
 
 def _check_terms(op, y0, k, n_coeffs):

@@ -10,7 +10,11 @@ each stage is one `rk_stage`, the solution and its error ratio one `rk_finish` (
 Two loops run this arithmetic:
 
 * the host loop (`_step`): time lives on the host as Python floats; one host read per step
-  (the error ratio) decides acceptance. Every feature runs here.
+  (the error ratio) decides acceptance. Every feature runs here. With the fused backend its
+  common case (no user norm, step_t/jump_t, callbacks or checkpoint recording) runs as the
+  compiled host loop (`odecore._C.host_loop`, csrc/loop.cpp): the same loop, operation for
+  operation and bitwise, in C++, so that a step costs no Python beyond the user's func.
+  `COMPILED_LOOP = False` here turns it off (the tests compare the two).
 * the device loop (`_integrate_device`, option ``sync_every=K``): t, dt, the accept/reject
   decision, the step counters and the status live in a small float64 tensor on the state's
   device, updated by the fused `rk_control` op; the stages take dt as a device tensor
@@ -31,6 +35,11 @@ from .base import Perturb, check_finite_ratio, warn_unused
 
 _KNOWN = {"first_step", "step_t", "jump_t", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "dtype", "norm",
           "sync_every"}
+
+# Whether the host loop's common case runs in C++ (odecore._C.host_loop) where the ops have it.
+COMPILED_LOOP = True
+# Status codes of odecore._C.host_loop (csrc/loop.cpp, LoopStatus).
+_LOOP_DONE, _LOOP_NON_FINITE, _LOOP_UNDERFLOW, _LOOP_MAX_STEPS = range(4)
 
 # Default K of the device loop on CUDA: one host read per 16 steps.
 DEFAULT_SYNC_EVERY = 16
@@ -218,6 +227,8 @@ class AdaptiveRKSolver:
         sync_every = self._device_sync_every(recorder)
         if sync_every and len(t) > 1:
             return self._integrate_device(t, sync_every)
+        if len(t) > 1 and self._compiled_loop_ok(recorder):
+            return self._integrate_compiled(t)
         chunks = [y0.unsqueeze(0)]
         j, steps_here = 1, 0
         while j < len(t):
@@ -236,6 +247,45 @@ class AdaptiveRKSolver:
                 recorder.outputs(t[first:j])
             steps_here = 0
         return torch.cat(chunks)
+
+    # -- the compiled host loop ----------------------------------------------------------
+    def _compiled_loop_ok(self, recorder):
+        """Whether `_integrate_compiled` can run this solve: the fused ops have it and the
+        solve needs nothing that only the Python loop does."""
+        cls = type(self)
+        return (
+            COMPILED_LOOP and hasattr(self.ops, "host_loop") and recorder is None and self.norm is None
+            and not self.step_t and not self.jump_t and not self.func.callbacks
+            and self.y0.dtype in (torch.float32, torch.float64) and self.time_dtype in (torch.float32, torch.float64)
+            and all(getattr(cls, name) is getattr(AdaptiveRKSolver, name)
+                    for name in ("_step", "_attempt", "_accept", "_dense_output", "_step_factor", "_round"))
+            and not torch.compiler.is_compiling()
+        )
+
+    def _integrate_compiled(self, t):
+        """The host loop over the increasing float times `t` (len(t) > 1) in one call of
+        odecore._C.host_loop; sets the solver's state as the Python loop leaves it."""
+        tab, func = self.tableau, self.func
+        plan = self._stage_plan
+        e_idx, e = tab.e_terms if tab.fsal else (list(range(len(tab.e))), tab.e)
+        params = [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
+                  float(self.max_num_steps), func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0]
+        out, status, self.t, self.dt, self.y, self.f, self.n_steps, self.n_accepted, reads, err_t, err_dt, last = \
+            self.ops.host_loop(func, self.y, self.f, t, self.t, self.dt, [list(idx) for idx, _, _ in plan],
+                               [list(a) for _, a, _ in plan], [c for _, _, c in plan], tab.fsal, list(e_idx), list(e),
+                               list(tab.b), list(tab.dense_flat), self.rtol, self.atol, list(self.segments), params,
+                               func.negate)
+        self.host_reads += reads
+        if last is not None:
+            self.last_step = last[:2] + (list(last[2]), last[3])
+        if status == _LOOP_NON_FINITE:
+            check_finite_ratio(math.nan, func.time_sign * err_t, err_dt)
+        if status == _LOOP_UNDERFLOW:
+            self._underflow(err_t, err_dt)
+        if status == _LOOP_MAX_STEPS:
+            raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r"
+                               % (self.max_num_steps, func.time_sign * err_t, err_dt))
+        return out
 
     # -- the device loop -----------------------------------------------------------------
     def _device_sync_every(self, recorder):

@@ -1,0 +1,263 @@
+// The compiled host loop: AdaptiveRKSolver's host loop (odecore/solvers/adaptive.py,
+// `integrate` with `_step`, `_attempt`, `_accept` and `_dense_output`) written once more in
+// C++, so that a step costs no Python beyond the user's func.
+//
+// Operation for operation it is the Python loop: the same fused ops through the same
+// dispatcher (so autograd records the same graph and dispatch modes see the same ops), the
+// same float64 time arithmetic, rounding and step-size factor, the same 0-d time tensors
+// handed to func, one host read per step (the error ratio). Its results are bitwise the
+// Python loop's (tests/test_compiled_loop.py). It covers the common case only; the solver
+// falls back to the Python loop for a user norm, step_t/jump_t, callbacks, checkpoint
+// recording and solver classes that override a step method.
+//
+// Errors the Python loop raises itself (non-finite values, step-size underflow,
+// max_num_steps) are returned as a status with t and dt, and the solver raises the Python
+// loop's own messages. An exception from func propagates unchanged.
+#include <ATen/EmptyTensor.h>
+#include <ATen/ops/cat.h>
+#include <ATen/ops/neg.h>
+#include <ATen/ops/scalar_tensor.h>
+#include <torch/csrc/autograd/python_variable.h>
+#include <torch/csrc/utils/pybind.h>
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "odecore/direct.h"
+
+namespace py = pybind11;
+
+namespace odecore {
+namespace {
+
+// Status codes returned to Python (odecore/solvers/adaptive.py, _integrate_compiled).
+enum LoopStatus : int64_t { kDone = 0, kNonFinite = 1, kUnderflow = 2, kMaxSteps = 3 };
+
+// Parameters of the step control, in the order Python passes them.
+enum Param { kOrder, kSafety, kIfactor, kDfactor, kMinStep, kMaxStep, kMaxNumSteps, kTimeSign, kRoundF32, kNumParams };
+
+std::string shape_str(at::IntArrayRef sizes) {
+  std::string s = "(";
+  for (size_t i = 0; i < sizes.size(); ++i) {
+    s += std::to_string(sizes[i]);
+    if (sizes.size() == 1 || i + 1 < sizes.size()) s += ", ";
+  }
+  if (sizes.size() == 1) s.pop_back();
+  return s + ")";
+}
+
+// func(t, y) as RHS.call_device_time calls it: count, check, negate when reversed.
+struct Func {
+  py::handle func;
+  at::IntArrayRef shape;
+  at::ScalarType dtype;
+  at::Device device;
+  py::handle y_dtype;  // torch.dtype of the state, for messages
+  bool negate;
+  int64_t nfe = 0;
+
+  at::Tensor operator()(const at::Tensor& t, const at::Tensor& y) {
+    py::object out = func(t, y);
+    ++nfe;
+    PyObject* obj = out.ptr();
+    if (!THPVariable_Check(obj)) {
+      throw py::type_error(std::string("func must return a torch.Tensor, got ") + Py_TYPE(obj)->tp_name);
+    }
+    at::Tensor r = THPVariable_Unpack(obj);
+    if (r.sizes() != shape) {
+      throw py::value_error("func returned a tensor of shape " + shape_str(r.sizes()) + ", but the state y0 has shape " +
+                            shape_str(shape));
+    }
+    if (r.scalar_type() != dtype) {
+      throw py::type_error("func returned dtype " + py::str(out.attr("dtype")).cast<std::string>() +
+                           ", but the state y0 has dtype " + py::str(y_dtype).cast<std::string>());
+    }
+    if (r.device() != device) {
+      throw py::value_error("func returned a tensor on " + r.device().str() + ", but the state y0 is on " + device.str());
+    }
+    return negate ? at::neg(r) : r;
+  }
+};
+
+double step_factor(double ratio, const std::vector<double>& p) {
+  if (ratio == 0.0) return p[kIfactor];
+  const double dfactor = ratio >= 1.0 ? p[kDfactor] : 1.0;
+  return std::min(p[kIfactor], std::max(p[kSafety] / std::pow(ratio, 1.0 / p[kOrder]), dfactor));
+}
+
+py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vector<double>& times, double t, double dt,
+                    const std::vector<std::vector<int64_t>>& stage_idx, const std::vector<std::vector<double>>& stage_a,
+                    const std::vector<double>& c, bool fsal, const std::vector<int64_t>& e_idx,
+                    const std::vector<double>& e, const std::vector<double>& b, const std::vector<double>& dense_flat,
+                    const at::Tensor& rtol, const at::Tensor& atol, const std::vector<int64_t>& segments,
+                    const std::vector<double>& p, bool negate) {
+  TORCH_CHECK_VALUE(p.size() == kNumParams, "host_loop: expected ", static_cast<int>(kNumParams), " parameters, got ",
+                    p.size());
+  TORCH_CHECK_VALUE(stage_idx.size() == stage_a.size() && stage_a.size() == c.size(),
+                    "host_loop: stage_idx, stage_a and c must have one entry per stage");
+  TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
+                    "host_loop: the state must be float32 or float64, got ", y.scalar_type());
+  const size_t n_stages = c.size();
+  for (size_t s = 0; s < n_stages; ++s) {
+    for (int64_t j : stage_idx[s]) {
+      TORCH_CHECK_VALUE(j >= 0 && static_cast<size_t>(j) <= s, "host_loop: stage ", s + 1, " uses k[", j, "]");
+    }
+  }
+  for (int64_t j : e_idx) {
+    TORCH_CHECK_VALUE(j >= 0 && static_cast<size_t>(j) <= n_stages, "host_loop: e_idx holds ", j);
+  }
+  const bool f32 = y.scalar_type() == at::kFloat;
+  const bool round_f32 = p[kRoundF32] != 0.0;
+  const double sign = p[kTimeSign];
+  const double min_step = p[kMinStep], max_step = p[kMaxStep];
+  const double max_num_steps = p[kMaxNumSteps];
+  auto round_t = [round_f32](double v) { return round_f32 ? static_cast<double>(static_cast<float>(v)) : v; };
+  const auto time_options = y.options().requires_grad(false);
+  const bool on_cpu = y.device().is_cpu();
+
+  const at::Tensor y_start = y;
+  py::object user_func = rhs.attr("func"), y_dtype = rhs.attr("dtype");
+  Func func{user_func, y_start.sizes(), y.scalar_type(), y.device(), y_dtype, negate};
+
+  std::vector<at::Tensor> chunks{y.unsqueeze(0)};
+  // the last accepted step: (t0, y0, k, dt), for dense output and for the solver's state
+  bool has_last = false;
+  double last_t0 = 0.0, last_dt = 0.0;
+  at::Tensor last_y0;
+  std::vector<at::Tensor> last_k;
+
+  int64_t n_steps = 0, n_accepted = 0, host_reads = 0, status = kDone;
+  double err_t = 0.0, err_dt = 0.0;
+  std::vector<double> stage_t(n_stages), pending;
+  std::vector<at::Tensor> k, terms, t_tensors;
+  k.reserve(n_stages + 1);
+  terms.reserve(n_stages + 1);
+
+  try {
+    size_t j = 1;
+    double steps_here = 0;
+    while (j < times.size()) {
+      if (times[j] > t) {
+        if (steps_here >= max_num_steps) {
+          status = kMaxSteps, err_t = t, err_dt = dt;
+          break;
+        }
+        // -- one step (AdaptiveRKSolver._step) --
+        const double t0 = t;
+        if (!(t0 + dt > t0)) {
+          status = kUnderflow, err_t = t0, err_dt = dt;
+          break;
+        }
+        const double t1 = round_t(t0 + dt);
+        // the stages at the end run just before it (Perturb.PREV), in y's dtype
+        const double t_end = f32 ? static_cast<double>(std::nextafter(static_cast<float>(t1), -INFINITY))
+                                 : std::nextafter(t1, -INFINITY);
+        for (size_t s = 0; s < n_stages; ++s) stage_t[s] = c[s] == 1.0 ? t_end : t0 + c[s] * dt;
+        t_tensors.clear();
+        for (size_t s = 0; s < n_stages; ++s) {
+          if (on_cpu) {  // made directly, without dispatching an op (as from_numpy in RHS.time_tensors)
+            at::Tensor ts = at::detail::empty_cpu({}, y.scalar_type(), std::nullopt, std::nullopt, std::nullopt, std::nullopt);
+            if (f32) {
+              *ts.data_ptr<float>() = static_cast<float>(sign * stage_t[s]);
+            } else {
+              *ts.data_ptr<double>() = sign * stage_t[s];
+            }
+            t_tensors.push_back(std::move(ts));
+          } else {  // one fill each: a host-to-device copy could wait for the stream
+            t_tensors.push_back(at::scalar_tensor(sign * stage_t[s], time_options));
+          }
+        }
+        // -- the attempt (AdaptiveRKSolver._attempt) --
+        k.clear();
+        k.push_back(f);
+        at::Tensor yi = y;
+        for (size_t s = 0; s < n_stages; ++s) {
+          terms.clear();
+          for (int64_t idx : stage_idx[s]) terms.push_back(k[idx]);
+          yi = direct::rk_stage(y, terms, stage_a[s], dt);
+          k.push_back(func(t_tensors[s], yi));
+        }
+        at::Tensor y1;
+        double ratio;
+        if (fsal) {
+          terms.clear();
+          for (int64_t idx : e_idx) terms.push_back(k[idx]);
+          ratio = direct::rk_error_ratio(y, yi, terms, e, dt, rtol, atol, segments).item<double>();
+          y1 = yi;
+        } else {
+          auto finished = direct::rk_finish(y, k, b, e, dt, rtol, atol, segments);
+          y1 = std::get<0>(finished);
+          ratio = std::get<1>(finished).item<double>();
+        }
+        ++host_reads;
+        if (std::isnan(ratio)) {
+          status = kNonFinite, err_t = t0, err_dt = dt;
+          break;
+        }
+        bool accept = ratio <= 1.0;
+        if (dt > max_step) accept = false;
+        if (dt <= min_step) accept = true;
+        if (accept && std::isinf(ratio)) {
+          status = kNonFinite, err_t = t0, err_dt = dt;
+          break;
+        }
+        ++n_steps;
+        if (accept) {  // AdaptiveRKSolver._accept
+          ++n_accepted;
+          has_last = true;
+          last_t0 = t0, last_y0 = y, last_k = k, last_dt = dt;
+          t = t1, y = y1, f = k.back();
+        }
+        dt = round_t(std::min(std::max(dt * step_factor(ratio, p), min_step), max_step));
+        steps_here += 1;
+        continue;
+      }
+      // -- output times inside the last accepted step (AdaptiveRKSolver._dense_output) --
+      const size_t first = j;
+      while (j < times.size() && times[j] <= t) ++j;
+      TORCH_CHECK(has_last, "host_loop: output time ", times[first], " precedes every step");
+      const double span = t - last_t0;
+      pending.clear();
+      auto flush = [&]() {
+        if (!pending.empty()) {
+          chunks.push_back(direct::rk_interp(last_y0, last_k, dense_flat, last_dt, pending));
+          pending.clear();
+        }
+      };
+      for (size_t i = first; i < j; ++i) {
+        const double x = (times[i] - last_t0) / span;
+        if (x == 1.0) {
+          flush();
+          chunks.push_back(y.unsqueeze(0));
+        } else {
+          pending.push_back(x);
+        }
+      }
+      flush();
+      steps_here = 0;
+    }
+  } catch (...) {
+    rhs.attr("nfe") = rhs.attr("nfe").cast<int64_t>() + func.nfe;
+    throw;
+  }
+  rhs.attr("nfe") = rhs.attr("nfe").cast<int64_t>() + func.nfe;
+  py::object out = status == kDone ? py::cast(at::cat(chunks)) : py::none();
+  py::object last = py::none();
+  if (has_last) last = py::make_tuple(last_t0, last_y0, py::cast(last_k), last_dt);
+  return py::make_tuple(out, status, t, dt, y, f, n_steps, n_accepted, host_reads, err_t, err_dt, last);
+}
+
+}  // namespace
+
+void register_host_loop(py::module& m) {
+  m.def("host_loop", &host_loop,
+        "AdaptiveRKSolver's host loop in C++: returns (solution or None, status, t, dt, y, f, n_steps, n_accepted, "
+        "host_reads, err_t, err_dt, last_step or None)");
+}
+
+}  // namespace odecore

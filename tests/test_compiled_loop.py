@@ -1,0 +1,248 @@
+"""The compiled host loop (odecore._C.host_loop, csrc/loop.cpp): the Python host loop's
+results, bitwise, with the same statistics, errors and gradients; and the cases it leaves
+to the Python loop."""
+import math
+
+import pytest
+import torch
+
+import odecore
+from odecore.solvers import adaptive as adaptive_mod
+from odecore.solvers.adaptive import AdaptiveRKSolver
+
+from .testing import require_fused
+
+ADAPTIVE = sorted(name for name, cls in odecore.SOLVERS.items() if issubclass(cls, AdaptiveRKSolver))
+
+
+@pytest.fixture(autouse=True)
+def _needs_fused():
+    require_fused()
+
+
+@pytest.fixture
+def loop_calls(monkeypatch):
+    """Counts the calls of the compiled loop."""
+    from odecore.ops import fused
+
+    calls = []
+    inner = fused.host_loop
+
+    def counting(*args):
+        calls.append(1)
+        return inner(*args)
+
+    monkeypatch.setattr(fused, "host_loop", counting)
+    return calls
+
+
+def vdp(t, y):
+    return torch.stack([y[..., 1], 2.0 * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
+
+def forced(t, y):
+    return torch.stack([y[..., 1], -y[..., 0]], -1) + 0.3 * torch.sin(3 * t)
+
+
+def run(compiled, fn, *args, **kwargs):
+    saved = adaptive_mod.COMPILED_LOOP
+    adaptive_mod.COMPILED_LOOP = compiled
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        adaptive_mod.COMPILED_LOOP = saved
+
+
+def solve(func, y0, t, method="dopri5", rtol=1e-5, atol=1e-6, **options):
+    return odecore.odeint(func, y0, t, method=method, rtol=rtol, atol=atol, options=dict(options, return_stats=True))
+
+
+def assert_same(a, b):
+    (ya, sa), (yb, sb) = a, b
+    ya, yb = (ya, yb) if isinstance(ya, tuple) else ((ya,), (yb,))
+    for u, v in zip(ya, yb):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        assert torch.equal(u, v), (u - v).abs().max()
+    for key in ("nfe", "n_steps", "n_accepted", "n_rejected", "final_dt", "host_reads", "loop"):
+        assert sa[key] == sb[key], (key, sa[key], sb[key])
+
+
+@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_compiled_loop_equals_python_loop(method, dtype, reverse, loop_calls):
+    torch.manual_seed(0)
+    y0 = torch.randn(16, 2, dtype=dtype)
+    t = torch.linspace(0, 3, 9, dtype=dtype)
+    func = vdp
+    if reverse:
+        t, func = t.flip(0), forced
+    python = run(False, solve, func, y0, t, method)
+    assert not loop_calls
+    compiled = run(True, solve, func, y0, t, method)
+    assert loop_calls == [1]
+    assert python[1]["n_rejected"] > 0 or method in ("dopri8",)  # the rejection path runs too
+    assert_same(python, compiled)
+
+
+@pytest.mark.parametrize("options", [
+    {"max_step": 0.05}, {"min_step": 0.2}, {"first_step": 1e-3}, {"dtype": torch.float32},
+    {"safety": 0.7, "ifactor": 3.0, "dfactor": 0.5}, {"max_step": 0.3, "min_step": 0.1},
+], ids=["max_step", "min_step", "first_step", "float32_time", "factors", "min_max"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_compiled_loop_options(options, dtype, loop_calls):
+    y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]], dtype=dtype)
+    t = torch.linspace(0, 4, 6, dtype=dtype)
+    assert_same(run(False, solve, vdp, y0, t, **options), run(True, solve, vdp, y0, t, **options))
+    assert loop_calls == [1]
+
+
+def test_compiled_loop_outputs_at_step_ends_and_inside():
+    # many output times (several per step, some exactly at a step's end: t = 0 ... 1 with a
+    # max_step that divides it) and a non-contiguous, tuple state
+    def func(t, y):
+        a, b = y
+        return -b, a * torch.cos(t)
+
+    y0 = (torch.randn(5, 3, dtype=torch.float64).t(), torch.randn(3, 5, dtype=torch.float64))
+    t = torch.linspace(0, 1, 41, dtype=torch.float64)
+    python = run(False, solve, func, y0, t, max_step=0.125)
+    compiled = run(True, solve, func, y0, t, max_step=0.125)
+    assert_same(python, compiled)
+
+
+def test_compiled_loop_gradients_equal():
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(3, 3).double()
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+
+    def grads(compiled):
+        p0 = y0.clone().requires_grad_()
+        ys, st = run(compiled, solve, lambda t, y: torch.tanh(lin(y)), p0, torch.linspace(0, 2, 7, dtype=torch.float64))
+        gs = torch.autograd.grad(ys.pow(2).sum(), [p0, *lin.parameters()])
+        return ys, st, gs
+
+    (ya, sa, ga), (yb, sb, gb) = grads(False), grads(True)
+    assert_same((ya, sa), (yb, sb))
+    for u, v in zip(ga, gb):
+        assert torch.equal(u, v)
+
+
+def test_compiled_loop_adjoint_equal():
+    torch.manual_seed(2)
+    func = torch.nn.Sequential(torch.nn.Linear(2, 8), torch.nn.Tanh(), torch.nn.Linear(8, 2)).double()
+    wrapped = lambda_module(func)
+    y0 = torch.randn(3, 2, dtype=torch.float64)
+    t = torch.linspace(0, 1, 5, dtype=torch.float64)
+
+    def grads(compiled):
+        p0 = y0.clone().requires_grad_()
+        ys = run(compiled, odecore.odeint_adjoint, wrapped, p0, t, rtol=1e-6, atol=1e-8)
+        return (ys, *torch.autograd.grad(ys.sum(), [p0, *func.parameters()]))
+
+    for u, v in zip(grads(False), grads(True)):
+        assert torch.equal(u, v)
+
+
+def lambda_module(net):
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    return F()
+
+
+def errors(compiled, *args, **kwargs):
+    with pytest.raises(Exception) as info:
+        run(compiled, solve, *args, **kwargs)
+    return type(info.value), str(info.value)
+
+
+def test_compiled_loop_errors_match():
+    y0 = torch.ones(2, dtype=torch.float64)
+    t = torch.tensor([0.0, 10.0], dtype=torch.float64)
+    # max_num_steps, with t and dt
+    a = errors(False, vdp, y0, t, max_num_steps=3)
+    assert a == errors(True, vdp, y0, t, max_num_steps=3) and "max_num_steps exceeded" in a[1]
+
+    # NaN after a while
+    def nan_later(t, y):
+        return torch.where(t > 0.5, torch.full_like(y, math.nan), -y)
+
+    a = errors(False, nan_later, y0, t)
+    assert a == errors(True, nan_later, y0, t) and "non-finite" in a[1] and "t=" in a[1]
+
+    # blow-up: step-size underflow (or non-finite), reversed time
+    def blowup(t, y):
+        return y ** 2
+
+    tb = torch.tensor([0.0, -2.0], dtype=torch.float64)
+    a = errors(False, blowup, -y0, tb)
+    assert a == errors(True, blowup, -y0, tb) and ("underflow" in a[1] or "non-finite" in a[1])
+
+
+@pytest.mark.parametrize("bad", ["shape", "dtype", "type"])
+def test_compiled_loop_checks_every_output(bad):
+    calls = []
+
+    def func(t, y):
+        calls.append(1)
+        if len(calls) < 4:
+            return -y
+        return {"shape": lambda: -y[:1], "dtype": lambda: (-y).float(), "type": lambda: 1.0}[bad]()
+
+    y0 = torch.ones(3, dtype=torch.float64)
+    with pytest.raises((TypeError, ValueError), match="func returned|func must return"):
+        run(True, solve, func, y0, torch.tensor([0.0, 1.0], dtype=torch.float64))
+
+
+def test_compiled_loop_func_exception_propagates_and_counts():
+    class Boom(Exception):
+        pass
+
+    calls = []
+
+    def func(t, y):
+        calls.append(1)
+        if len(calls) == 9:
+            raise Boom("from func")
+        return -y
+
+    from odecore.solvers.base import RHS
+
+    seen = []
+    orig = RHS.__init__
+
+    def init(self, *args, **kwargs):
+        orig(self, *args, **kwargs)
+        seen.append(self)
+
+    RHS.__init__ = init
+    try:
+        with pytest.raises(Boom, match="from func"):
+            run(True, solve, func, torch.ones(2, dtype=torch.float64), torch.tensor([0.0, 5.0], dtype=torch.float64))
+    finally:
+        RHS.__init__ = orig
+    assert seen[-1].nfe == 8  # the calls that returned
+
+
+def test_compiled_loop_not_used_for_python_only_features(loop_calls):
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    solve(vdp, y0, t, norm=lambda x: x.abs().max())
+    solve(vdp, y0, t, step_t=[0.3])
+    solve(vdp, y0, t, jump_t=[0.3])
+    solve(vdp, y0, t, backend="reference")
+    assert not loop_calls
+    solve(vdp, y0, t)
+    assert loop_calls == [1]
+
+
+def test_compiled_loop_reports_host_reads_per_step():
+    y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
+    _, st = solve(vdp, y0, torch.linspace(0, 5, 11, dtype=torch.float64))
+    assert st["host_reads"] == st["n_steps"] and st["loop"] == "host"
