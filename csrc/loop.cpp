@@ -17,6 +17,9 @@
 #include <ATen/ops/cat.h>
 #include <ATen/ops/neg.h>
 #include <ATen/ops/scalar_tensor.h>
+#include <ATen/core/grad_mode.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/autograd/autograd.h>
 #include <torch/csrc/autograd/python_variable.h>
 #include <torch/csrc/utils/pybind.h>
 #include <pybind11/stl.h>
@@ -51,9 +54,71 @@ std::string shape_str(at::IntArrayRef sizes) {
   return s + ")";
 }
 
+// odeint_adjoint's augmented dynamics (odecore/adjoint.py, _AugmentedDynamics) in C++: for
+// the flat state z = [a_t, y, a, a_theta] returns [a.df/dt, -f, a.df/dy, a.df/dtheta] (the
+// derivative in the backward solve's reversed time) with one evaluation of func and one
+// vector-Jacobian product through the autograd engine, the same ops as the Python version
+// in the same order, so the results are bitwise equal. The Python class checks func's first
+// output and makes the zero pieces, then hands its evaluations to this one.
+class AdjointDynamics {
+ public:
+  AdjointDynamics(py::object func, std::vector<at::Tensor> params, std::vector<int64_t> shape, int64_t n,
+                  std::vector<at::Tensor> zeros)
+      : func_(std::move(func)), params_(std::move(params)), shape_(std::move(shape)), n_(n), zeros_(std::move(zeros)) {
+    TORCH_CHECK_VALUE(zeros_.size() == params_.size() + 2, "AdjointDynamics: expected ", params_.size() + 2,
+                      " zero pieces (t, y and one per parameter), got ", zeros_.size());
+  }
+
+  at::Tensor operator()(const at::Tensor& t, const at::Tensor& z) const {
+    TORCH_CHECK_VALUE(z.dim() == 1 && z.size(0) >= 1 + 2 * n_, "AdjointDynamics: z must be the flat augmented state");
+    const at::Tensor a = z.slice(0, 1 + n_, 1 + 2 * n_).view(shape_);
+    at::Tensor f;
+    torch::autograd::variable_list grads;
+    {
+      at::AutoGradMode enable_grad(true);
+      const at::Tensor y = z.slice(0, 1, 1 + n_).view(shape_).detach().requires_grad_(true);
+      const at::Tensor tg = t.detach().requires_grad_(true);
+      py::object out = func_(tg, y);
+      PyObject* obj = out.ptr();
+      if (!THPVariable_Check(obj)) {
+        throw py::value_error(std::string("odeint_adjoint: func returned ") + Py_TYPE(obj)->tp_name +
+                              " during the backward pass, expected a tensor");
+      }
+      f = THPVariable_Unpack(obj);
+      TORCH_CHECK_VALUE(f.sizes() == at::IntArrayRef(shape_) && f.scalar_type() == z.scalar_type(),
+                        "odeint_adjoint: func returned a tensor of shape ", f.sizes(), " and dtype ", f.scalar_type(),
+                        " during the backward pass, expected shape ", at::IntArrayRef(shape_), " and dtype ",
+                        z.scalar_type());
+      if (f.requires_grad()) {
+        torch::autograd::variable_list inputs{tg, y};
+        inputs.insert(inputs.end(), params_.begin(), params_.end());
+        py::gil_scoped_release no_gil;  // as torch.autograd.grad: backward nodes may run elsewhere
+        grads = torch::autograd::grad({f}, inputs, {a}, /*retain_graph=*/false, /*create_graph=*/false,
+                                      /*allow_unused=*/true);
+      }
+    }
+    std::vector<at::Tensor> pieces;
+    pieces.reserve(zeros_.size() + 1);
+    for (size_t i = 0; i < zeros_.size(); ++i) {
+      if (i == 1) pieces.push_back(f.detach().reshape(-1).neg());
+      const bool has = i < grads.size() && grads[i].defined();
+      pieces.push_back(has ? grads[i].reshape(-1) : zeros_[i]);
+    }
+    return at::cat(pieces);
+  }
+
+ private:
+  py::object func_;
+  std::vector<at::Tensor> params_;
+  std::vector<int64_t> shape_;
+  int64_t n_;
+  std::vector<at::Tensor> zeros_;
+};
+
 // func(t, y) as RHS.call_device_time calls it: count, check, negate when reversed.
 struct Func {
   py::handle func;
+  const AdjointDynamics* native;  // func's C++ evaluation, when it has one (called without Python)
   at::IntArrayRef shape;
   at::ScalarType dtype;
   at::Device device;
@@ -62,6 +127,11 @@ struct Func {
   int64_t nfe = 0;
 
   at::Tensor operator()(const at::Tensor& t, const at::Tensor& y) {
+    if (native != nullptr) {
+      at::Tensor r = (*native)(t, y);
+      ++nfe;
+      return negate ? at::neg(r) : r;
+    }
     py::object out = func(t, y);
     ++nfe;
     PyObject* obj = out.ptr();
@@ -122,7 +192,10 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
 
   const at::Tensor y_start = y;
   py::object user_func = rhs.attr("func"), y_dtype = rhs.attr("dtype");
-  Func func{user_func, y_start.sizes(), y.scalar_type(), y.device(), y_dtype, negate};
+  const AdjointDynamics* native = nullptr;
+  py::object native_obj = py::getattr(user_func, "_odecore_native", py::none());
+  if (py::isinstance<AdjointDynamics>(native_obj)) native = native_obj.cast<const AdjointDynamics*>();
+  Func func{user_func, native, y_start.sizes(), y.scalar_type(), y.device(), y_dtype, negate};
 
   std::vector<at::Tensor> chunks{y.unsqueeze(0)};
   // the last accepted step: (t0, y0, k, dt), for dense output and for the solver's state
@@ -255,6 +328,11 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
 }  // namespace
 
 void register_host_loop(py::module& m) {
+  py::class_<AdjointDynamics>(m, "AdjointDynamics",
+                              "odeint_adjoint's augmented dynamics in C++ (see odecore/adjoint.py)")
+      .def(py::init<py::object, std::vector<at::Tensor>, std::vector<int64_t>, int64_t, std::vector<at::Tensor>>(),
+           py::arg("func"), py::arg("params"), py::arg("shape"), py::arg("n"), py::arg("zeros"))
+      .def("__call__", &AdjointDynamics::operator(), py::arg("t"), py::arg("z"));
   m.def("host_loop", &host_loop,
         "AdaptiveRKSolver's host loop in C++: returns (solution or None, status, t, dt, y, f, n_steps, n_accepted, "
         "host_reads, err_t, err_dt, last_step or None)");

@@ -17,7 +17,12 @@ import torch
 from torch import nn
 
 from .api import _prepare, _solve, _tolerance, _warn_unsupported_callbacks, wrap_callbacks
+from .ops import get_ops
 from .solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
+
+# Whether the augmented dynamics evaluate in C++ (odecore._C.AdjointDynamics) with the fused
+# backend; the tests compare it with the Python evaluation.
+NATIVE_DYNAMICS = True
 
 
 def find_parameters(module):
@@ -201,6 +206,9 @@ class _AugmentedDynamics:
         self.shape = shape
         self._zeros = None
         self._checked = False
+        # the C++ evaluation (odecore._C.AdjointDynamics), made after the first call's checks
+        # with the fused backend; the compiled host loop calls it without Python
+        self._odecore_native = None
         # func's callback_*_adjoint become this system's callbacks (as torchdiffeq), given the
         # augmented state as the tuple (a_t, y, a, *a_theta)
         for name, adjoint_name in zip(CALLBACK_NAMES, ADJOINT_CALLBACK_NAMES):
@@ -215,6 +223,9 @@ class _AugmentedDynamics:
                 *(x.view_as(q) for x, q in zip(adj_params, self.back.params)))
 
     def __call__(self, t, z):
+        native = self._odecore_native
+        if native is not None:
+            return native(t, z)
         back, n, shape = self.back, self.back.n, self.shape
         y = z[1:1 + n].view(shape)
         a = z[1 + n:1 + 2 * n].view(shape)
@@ -240,6 +251,11 @@ class _AugmentedDynamics:
                             % (z.dtype, sorted({str(q.dtype) for q in self.back.params})))
         self._zeros = [z.new_zeros(size) for size in [1, self.back.n] + self.back.param_sizes]
         self._checked = True
+        if NATIVE_DYNAMICS and self.back.backend != "reference":
+            native = getattr(get_ops(self.back.backend, z.device), "AdjointDynamics", None)
+            if native is not None:
+                self._odecore_native = native(self.func, list(self.back.params), list(self.shape), self.back.n,
+                                              self._zeros)
 
 
 class _AdjointSolve(torch.autograd.Function):

@@ -246,3 +246,143 @@ def test_compiled_loop_reports_host_reads_per_step():
     y0 = torch.tensor([1.0, 0.5], dtype=torch.float64)
     _, st = solve(vdp, y0, torch.linspace(0, 5, 11, dtype=torch.float64))
     assert st["host_reads"] == st["n_steps"] and st["loop"] == "host"
+
+
+# -- odeint_adjoint's augmented dynamics in C++ (odecore._C.AdjointDynamics) ---------------
+
+class _MLP(torch.nn.Module):
+    def __init__(self, dim=3, hidden=8, time=False):
+        super().__init__()
+        self.l1, self.l2 = torch.nn.Linear(dim, hidden), torch.nn.Linear(hidden, dim)
+        self.unused = torch.nn.Parameter(torch.ones(2))
+        self.time = time
+
+    def forward(self, t, y):
+        h = torch.tanh(self.l1(y))
+        return self.l2(h * (1 + t) if self.time else h)
+
+
+def adjoint_grads(native, func, y0, t, compiled=True, **kwargs):
+    from odecore import adjoint as adjoint_mod
+
+    saved = adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.COMPILED_LOOP
+    adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.COMPILED_LOOP = native, compiled
+    try:
+        y0 = y0.clone().requires_grad_()
+        t = t.clone().requires_grad_()
+        ys = odecore.odeint_adjoint(func, y0, t, rtol=1e-6, atol=1e-8, **kwargs)
+        loss = ys.pow(2).sum() + ys[-1, 0].sum()
+        params = [q for q in func.parameters()]
+        return (ys, *torch.autograd.grad(loss, [y0, t, *params]))
+    finally:
+        adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.COMPILED_LOOP = saved
+
+
+@pytest.mark.parametrize("time", [False, True], ids=["autonomous", "time_dependent"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("compiled", [False, True], ids=["python_loop", "compiled_loop"])
+def test_native_adjoint_dynamics_equal_python(time, dtype, compiled):
+    torch.manual_seed(3)
+    func = _MLP(time=time).to(dtype)
+    y0 = torch.randn(5, 3, dtype=dtype)
+    t = torch.linspace(0, 1.5, 4, dtype=dtype)
+    python = adjoint_grads(False, func, y0, t, compiled)
+    native = adjoint_grads(True, func, y0, t, compiled)
+    for u, v in zip(python, native):
+        assert torch.equal(u, v), (u - v).abs().max()
+    unused = [name for name, _ in func.named_parameters()].index("unused")
+    assert torch.equal(native[3 + unused], torch.zeros(2, dtype=dtype))  # the unused parameter: zeros, not None
+
+
+def test_native_adjoint_dynamics_is_used(monkeypatch):
+    from odecore.ops import fused
+
+    made = []
+    inner = fused.AdjointDynamics
+
+    def making(*args):
+        made.append(1)
+        return inner(*args)
+
+    monkeypatch.setattr(fused, "AdjointDynamics", making)
+    adjoint_grads(True, _MLP().double(), torch.randn(2, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64))
+    assert len(made) == 1  # one per backward pass, made after the first evaluation's checks
+    made.clear()
+    adjoint_grads(True, _MLP().double(), torch.randn(2, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64),
+                  adjoint_options={"backend": "reference"})
+    assert not made  # the reference backend stays pure PyTorch
+
+
+def test_native_adjoint_dynamics_against_reference_backend():
+    torch.manual_seed(4)
+    func = _MLP(time=True).double()
+    y0 = torch.randn(4, 3, dtype=torch.float64)
+    t = torch.linspace(0, 2, 5, dtype=torch.float64)
+    fused_ = adjoint_grads(True, func, y0, t)
+    ref = adjoint_grads(True, func, y0, t, options={"backend": "reference"}, adjoint_options={"backend": "reference"})
+    for u, v in zip(fused_, ref):
+        assert torch.allclose(u, v, rtol=1e-9, atol=1e-12), (u - v).abs().max()
+
+
+def test_native_adjoint_dynamics_python_autograd_function_and_hooks():
+    # func uses a Python autograd.Function (its backward needs the GIL, which the C++
+    # dynamics release around the engine) and a parameter hook
+    class Cube(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return x ** 3
+
+        @staticmethod
+        def backward(ctx, g):
+            (x,) = ctx.saved_tensors
+            return 3 * x ** 2 * g
+
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64))
+            self.unused = torch.nn.Parameter(torch.zeros(1, dtype=torch.float64))
+
+        def forward(self, t, y):
+            return Cube.apply(y) @ self.w
+
+    seen = []
+    func = F()
+    func.w.register_hook(lambda g: seen.append(1))
+    y0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    python = adjoint_grads(False, func, y0, t)
+    n_python = len(seen)
+    native = adjoint_grads(True, func, y0, t)
+    assert len(seen) == 2 * n_python > 0  # the hook ran at every evaluation, both ways
+    for u, v in zip(python, native):
+        assert torch.equal(u, v)
+
+
+def test_native_adjoint_dynamics_errors():
+    calls = []
+
+    class Bad(torch.nn.Module):
+        def __init__(self, bad):
+            super().__init__()
+            self.lin = torch.nn.Linear(2, 2).double()
+            self.bad = bad
+
+        def forward(self, t, y):
+            calls.append(torch.is_grad_enabled())
+            if sum(calls) > 3:  # a few backward evaluations in: the C++ dynamics make this call
+                if self.bad == "raise":
+                    raise KeyError("from func in the backward pass")
+                return self.lin(y)[..., :1]
+            return self.lin(y)
+
+    y0 = torch.ones(3, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.linspace(0, 1, 3, dtype=torch.float64)
+    ys = odecore.odeint_adjoint(Bad("raise"), y0, t)
+    with pytest.raises(KeyError, match="from func in the backward pass"):
+        ys.sum().backward()
+    calls.clear()
+    ys = odecore.odeint_adjoint(Bad("shape"), y0, t)
+    with pytest.raises(ValueError, match="odeint_adjoint: func returned a tensor of shape"):
+        ys.sum().backward()

@@ -19,6 +19,8 @@ rk_control = _C.rk_control
 rk_dense_into = _C.rk_dense_into
 # AdaptiveRKSolver's host loop in C++ (csrc/loop.cpp); not an op: it calls the ops above
 host_loop = _C.host_loop
+# odeint_adjoint's augmented dynamics in C++ (csrc/loop.cpp; odecore/adjoint.py)
+AdjointDynamics = _C.AdjointDynamics
 
 
 def _check_terms(op, y0, k, n_coeffs):
