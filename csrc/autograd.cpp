@@ -2,18 +2,27 @@
 // gradient recording costs no Python. Every op is linear in y0 and the stages,
 // so each backward is a weighted copy of the incoming gradient; it is written
 // with ATen ops so that fake-tensor tracing (torch.compile, opcheck) sees it.
+//
+// The graph nodes are plain autograd Nodes holding their weights as members (as
+// PyTorch's generated *Backward nodes do), not torch::autograd::Function's, whose
+// context dictionary and bookkeeping cost more than the fused op itself on small states.
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/core/grad_mode.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
-#include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
+
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
 
 #include "odecore/ops.h"
 
 namespace odecore {
 namespace {
 
-using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
 
 const auto& stage_op() {
@@ -58,89 +67,75 @@ void append_combination_grads(variable_list& out, const at::Tensor& grad, const 
   }
 }
 
-class RkStage : public torch::autograd::Function<RkStage> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y0, at::TensorList k,
-                            at::ArrayRef<double> a, double dt) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->saved_data["w"] = scaled_weights(a, dt);
-    return stage_op().call(y0, k, a, dt);
-  }
+using torch::autograd::Node;
+// How the installed torch holds graph nodes: std::shared_ptr (older) or c10::intrusive_ptr.
+using NodePtr = decltype(torch::autograd::Edge::function);
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad) {
+template <typename T>
+NodePtr make_node() {
+  if constexpr (std::is_same_v<NodePtr, std::shared_ptr<Node>>) {
+    return std::make_shared<T>();
+  } else {
+    return c10::make_intrusive<T>();
+  }
+}
+
+// The node of y = y0 + sum_j w[j] * k[j] (rk_stage, and rk_finish's solution): next edges
+// y0, k[0], k[1], ...
+struct CombinationBackward : Node {
+  std::vector<double> w;
+  const char* op = "";
+
+  variable_list apply(variable_list&& grad) override {
     variable_list out;
-    append_combination_grads(out, grad[0], ctx->saved_data["w"].toDoubleVector());
-    out.emplace_back();  // a
-    out.emplace_back();  // dt
+    append_combination_grads(out, grad[0], w);
     return out;
   }
+  std::string name() const override { return op; }
 };
 
-class RkFinish : public torch::autograd::Function<RkFinish> {
- public:
-  static variable_list forward(AutogradContext* ctx, const at::Tensor& y0, at::TensorList k,
-                               at::ArrayRef<double> b, at::ArrayRef<double> e, double dt,
-                               const at::Tensor& rtol, const at::Tensor& atol,
-                               at::IntArrayRef segments) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->saved_data["w"] = scaled_weights(b, dt);
-    auto [y1, ratio] = finish_op().call(y0, k, b, e, dt, rtol, atol, segments);
-    ctx->mark_non_differentiable({ratio});
-    return {y1, ratio};
-  }
+// The node of rk_interp: next edges y0, k[0], k[1], ...
+struct InterpBackward : Node {
+  std::vector<double> poly, x;
+  double dt = 0.0;
+  int64_t m = 0;
 
-  static variable_list backward(AutogradContext* ctx, variable_list grad) {
-    variable_list out;
-    append_combination_grads(out, grad[0], ctx->saved_data["w"].toDoubleVector());
-    for (int i = 0; i < 6; ++i) {
-      out.emplace_back();  // b, e, dt, rtol, atol, segments
-    }
-    return out;
-  }
-};
-
-class RkInterp : public torch::autograd::Function<RkInterp> {
- public:
-  static at::Tensor forward(AutogradContext* ctx, const at::Tensor& y0, at::TensorList k,
-                            at::ArrayRef<double> poly, double dt, at::ArrayRef<double> x) {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->saved_data["poly"] = poly.vec();
-    ctx->saved_data["dt"] = dt;
-    ctx->saved_data["x"] = x.vec();
-    ctx->saved_data["m"] = static_cast<int64_t>(k.size());
-    return interp_op().call(y0, k, poly, dt, x);
-  }
-
-  static variable_list backward(AutogradContext* ctx, variable_list grad) {
-    const auto poly = ctx->saved_data["poly"].toDoubleVector();
-    const double dt = ctx->saved_data["dt"].toDouble();
-    const auto x = ctx->saved_data["x"].toDoubleVector();
-    const int64_t m = ctx->saved_data["m"].toInt();
+  variable_list apply(variable_list&& grad) override {
     const at::Tensor& g = grad[0];
     variable_list out;
     if (!g.defined() || x.empty()) {
       out.emplace_back(g.defined() ? g.sum(0) : at::Tensor());
-      for (int64_t j = 0; j < m; ++j) {
-        out.emplace_back();
-      }
-    } else {
-      out.push_back(g.sum(0));
-      std::vector<at::Tensor> gk(m);
-      for (size_t p = 0; p < x.size(); ++p) {
-        const auto w = dense_weights(poly, m, x[p], dt);
-        const auto gp = g.select(0, static_cast<int64_t>(p));
-        for (int64_t j = 0; j < m; ++j) {
-          gk[j] = gk[j].defined() ? gk[j].add(gp, w[j]) : gp.mul(w[j]);
-        }
-      }
-      out.insert(out.end(), gk.begin(), gk.end());
+      out.resize(1 + m);
+      return out;
     }
-    out.emplace_back();  // poly
-    out.emplace_back();  // dt
-    out.emplace_back();  // x
+    out.push_back(g.sum(0));
+    std::vector<at::Tensor> gk(m);
+    for (size_t p = 0; p < x.size(); ++p) {
+      const auto w = dense_weights(poly, m, x[p], dt);
+      const auto gp = g.select(0, static_cast<int64_t>(p));
+      for (int64_t j = 0; j < m; ++j) {
+        gk[j] = gk[j].defined() ? gk[j].add(gp, w[j]) : gp.mul(w[j]);
+      }
+    }
+    out.insert(out.end(), gk.begin(), gk.end());
     return out;
   }
+  std::string name() const override { return "odecore::rk_interp_backward"; }
 };
+
+// Records `out` as computed from y0 and k by `node`.
+void record(const at::Tensor& out, const NodePtr& node, const at::Tensor& y0, at::TensorList k) {
+  node->set_next_edges(torch::autograd::collect_next_edges(y0, k));
+  torch::autograd::set_history(out, node);
+}
+
+NodePtr combination_node(const char* op, at::ArrayRef<double> coeffs, double dt) {
+  NodePtr node = make_node<CombinationBackward>();
+  auto* n = static_cast<CombinationBackward*>(node.get());
+  n->w = scaled_weights(coeffs, dt);
+  n->op = op;
+  return node;
+}
 
 // Whether the call must be recorded; when not, the op goes straight to its kernel
 // without building a graph node (a third of the cost of a small op).
@@ -164,7 +159,13 @@ at::Tensor rk_stage_autograd(const at::Tensor& y0, at::TensorList k, at::ArrayRe
     at::AutoDispatchBelowADInplaceOrView guard;
     return stage_op().call(y0, k, a, dt);
   }
-  return RkStage::apply(y0, k, a, dt);
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = stage_op().call(y0, k, a, dt);
+  }
+  record(out, combination_node("odecore::rk_stage_backward", a, dt), y0, k);
+  return out;
 }
 
 std::tuple<at::Tensor, at::Tensor> rk_finish_autograd(const at::Tensor& y0, at::TensorList k,
@@ -175,8 +176,14 @@ std::tuple<at::Tensor, at::Tensor> rk_finish_autograd(const at::Tensor& y0, at::
     at::AutoDispatchBelowADInplaceOrView guard;
     return finish_op().call(y0, k, b, e, dt, rtol, atol, segments);
   }
-  auto out = RkFinish::apply(y0, k, b, e, dt, rtol, atol, segments);
-  return {out[0], out[1]};
+  std::tuple<at::Tensor, at::Tensor> out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = finish_op().call(y0, k, b, e, dt, rtol, atol, segments);
+  }
+  // the error ratio only steers the step size: no history, no gradient
+  record(std::get<0>(out), combination_node("odecore::rk_finish_backward", b, dt), y0, k);
+  return out;
 }
 
 // The error ratio only steers the step size: it has no gradient.
@@ -193,7 +200,19 @@ at::Tensor rk_interp_autograd(const at::Tensor& y0, at::TensorList k, at::ArrayR
     at::AutoDispatchBelowADInplaceOrView guard;
     return interp_op().call(y0, k, poly, dt, x);
   }
-  return RkInterp::apply(y0, k, poly, dt, x);
+  at::Tensor out;
+  {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    out = interp_op().call(y0, k, poly, dt, x);
+  }
+  NodePtr node = make_node<InterpBackward>();
+  auto* n = static_cast<InterpBackward*>(node.get());
+  n->poly = poly.vec();
+  n->x = x.vec();
+  n->dt = dt;
+  n->m = static_cast<int64_t>(k.size());
+  record(out, node, y0, k);
+  return out;
 }
 
 }  // namespace

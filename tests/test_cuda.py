@@ -274,3 +274,65 @@ def test_per_sample_cuda_sync_count():
     most = int(stats["n_steps"].max())
     assert most > 50
     assert syncs <= most / 16 + 20, (syncs, most)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
+def test_compiled_loop_cuda_equals_python_loop(method):
+    """The compiled host loop (with gradients, so the host loop runs on CUDA) against the
+    Python host loop on the GPU: same solution, gradient and statistics, bitwise."""
+    require_cuda()
+    from odecore.solvers import adaptive as adaptive_mod
+
+    lin = torch.nn.Linear(2, 2).double().cuda()
+    y0 = torch.randn(64, 2, dtype=torch.float64, device="cuda")
+    t = torch.linspace(0, 2, 7, dtype=torch.float64, device="cuda")
+
+    def run(compiled):
+        saved, adaptive_mod.COMPILED_LOOP = adaptive_mod.COMPILED_LOOP, compiled
+        try:
+            p0 = y0.clone().requires_grad_()
+            ys, stats = odecore.odeint(lambda tt, y: torch.tanh(lin(y)) * torch.cos(tt), p0, t, method=method,
+                                       rtol=1e-6, atol=1e-8, options={"return_stats": True})
+            return ys, torch.autograd.grad(ys.pow(2).sum(), [p0, *lin.parameters()]), stats
+        finally:
+            adaptive_mod.COMPILED_LOOP = saved
+
+    (ya, ga, sa), (yb, gb, sb) = run(False), run(True)
+    assert sa["loop"] == sb["loop"] == "host" and sa["n_steps"] == sb["n_steps"] and sa["nfe"] == sb["nfe"]
+    assert torch.equal(ya, yb)
+    for u, v in zip(ga, gb):
+        assert torch.equal(u, v)
+
+
+def test_native_adjoint_dynamics_cuda_equal_python():
+    """odeint_adjoint's C++ augmented dynamics on CUDA (the autograd engine runs its device
+    thread with the GIL released) against the Python dynamics."""
+    require_cuda()
+    from odecore import adjoint as adjoint_mod
+
+    torch.manual_seed(0)
+    func = torch.nn.Sequential(torch.nn.Linear(3, 16), torch.nn.Tanh(), torch.nn.Linear(16, 3)).double().cuda()
+
+    class F(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = func
+
+        def forward(self, t, y):
+            return self.net(y)
+
+    f = F()
+    y0 = torch.randn(8, 3, dtype=torch.float64, device="cuda")
+    t = torch.linspace(0, 1, 4, dtype=torch.float64, device="cuda")
+
+    def grads(native):
+        saved, adjoint_mod.NATIVE_DYNAMICS = adjoint_mod.NATIVE_DYNAMICS, native
+        try:
+            p0 = y0.clone().requires_grad_()
+            ys = odecore.odeint_adjoint(f, p0, t, rtol=1e-6, atol=1e-8)
+            return torch.autograd.grad(ys.pow(2).sum(), [p0, *f.parameters()])
+        finally:
+            adjoint_mod.NATIVE_DYNAMICS = saved
+
+    for u, v in zip(grads(False), grads(True)):
+        assert torch.equal(u, v)
