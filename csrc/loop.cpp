@@ -154,6 +154,15 @@ struct Func {
   }
 };
 
+// Runs f() without the GIL, as torch's Python bindings run every op: other Python threads
+// go on while a kernel (or, on CUDA, the error ratio's read) runs. Nothing in f touches
+// Python objects; a dispatch mode or Python kernel the op reaches takes the GIL itself.
+template <typename F>
+auto without_gil(F&& f) {
+  py::gil_scoped_release no_gil;
+  return f();
+}
+
 double step_factor(double ratio, const std::vector<double>& p) {
   if (ratio == 0.0) return p[kIfactor];
   const double dfactor = ratio >= 1.0 ? p[kDfactor] : 1.0;
@@ -252,7 +261,7 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
         for (size_t s = 0; s < n_stages; ++s) {
           terms.clear();
           for (int64_t idx : stage_idx[s]) terms.push_back(k[idx]);
-          yi = direct::rk_stage(y, terms, stage_a[s], dt);
+          yi = without_gil([&] { return direct::rk_stage(y, terms, stage_a[s], dt); });
           k.push_back(func(t_tensors[s], yi));
         }
         at::Tensor y1;
@@ -260,12 +269,14 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
         if (fsal) {
           terms.clear();
           for (int64_t idx : e_idx) terms.push_back(k[idx]);
-          ratio = direct::rk_error_ratio(y, yi, terms, e, dt, rtol, atol, segments).item<double>();
+          ratio = without_gil([&] { return direct::rk_error_ratio(y, yi, terms, e, dt, rtol, atol, segments).item<double>(); });
           y1 = yi;
         } else {
-          auto finished = direct::rk_finish(y, k, b, e, dt, rtol, atol, segments);
-          y1 = std::get<0>(finished);
-          ratio = std::get<1>(finished).item<double>();
+          ratio = without_gil([&] {
+            auto finished = direct::rk_finish(y, k, b, e, dt, rtol, atol, segments);
+            y1 = std::get<0>(finished);
+            return std::get<1>(finished).item<double>();
+          });
         }
         ++host_reads;
         if (std::isnan(ratio)) {
@@ -298,7 +309,7 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
       pending.clear();
       auto flush = [&]() {
         if (!pending.empty()) {
-          chunks.push_back(direct::rk_interp(last_y0, last_k, dense_flat, last_dt, pending));
+          chunks.push_back(without_gil([&] { return direct::rk_interp(last_y0, last_k, dense_flat, last_dt, pending); }));
           pending.clear();
         }
       };
@@ -319,7 +330,7 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
     throw;
   }
   rhs.attr("nfe") = rhs.attr("nfe").cast<int64_t>() + func.nfe;
-  py::object out = status == kDone ? py::cast(at::cat(chunks)) : py::none();
+  py::object out = status == kDone ? py::cast(without_gil([&] { return at::cat(chunks); })) : py::none();
   py::object last = py::none();
   if (has_last) last = py::make_tuple(last_t0, last_y0, py::cast(last_k), last_dt);
   return py::make_tuple(out, status, t, dt, y, f, n_steps, n_accepted, host_reads, err_t, err_dt, last);
