@@ -250,8 +250,8 @@ Prepared prepare_norm(const char* op, const at::Tensor& y0, at::TensorList k, at
 
 }  // namespace
 
-Prepared prepare_stage(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt) {
-  check_terms("rk_stage", y0, k, a.size(), "a");
+Prepared prepare_stage(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt, const char* op) {
+  check_terms(op, y0, k, a.size(), "a");
   Prepared p;
   p.y0 = y0.contiguous();
   p.k = contiguous_terms(k);
@@ -262,10 +262,9 @@ Prepared prepare_stage(const at::Tensor& y0, at::TensorList k, at::ArrayRef<doub
 
 Prepared prepare_finish(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
                         at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
-                        const at::Tensor& atol, at::IntArrayRef segments) {
-  TORCH_CHECK_VALUE(b.size() == e.size(), "rk_finish: b has ", b.size(), " coefficients but e has ",
-                    e.size());
-  Prepared p = prepare_norm("rk_finish", y0, k, e, dt, rtol, atol, segments);
+                        const at::Tensor& atol, at::IntArrayRef segments, const char* op) {
+  TORCH_CHECK_VALUE(b.size() == e.size(), op, ": b has ", b.size(), " coefficients but e has ", e.size());
+  Prepared p = prepare_norm(op, y0, k, e, dt, rtol, atol, segments);
   p.w = scaled_weights(b, dt);
   p.y1 = empty_like_contiguous(y0);
   return p;
@@ -273,9 +272,9 @@ Prepared prepare_finish(const at::Tensor& y0, at::TensorList k, at::ArrayRef<dou
 
 Prepared prepare_error_ratio(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k,
                              at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
-                             const at::Tensor& atol, at::IntArrayRef segments) {
-  check_same_as_y0("rk_error_ratio", "y1", y1, y0);
-  Prepared p = prepare_norm("rk_error_ratio", y0, k, e, dt, rtol, atol, segments);
+                             const at::Tensor& atol, at::IntArrayRef segments, const char* op) {
+  check_same_as_y0(op, "y1", y1, y0);
+  Prepared p = prepare_norm(op, y0, k, e, dt, rtol, atol, segments);
   p.y1 = y1.contiguous();
   p.write_y1 = false;
   return p;

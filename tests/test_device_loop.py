@@ -242,6 +242,25 @@ def test_dt_ops_reject_bad_dt():
         fused.rk_stage_dt(y0, k, [1.0] * 4, torch.ones(2, dtype=torch.float64))  # 2 does not divide 37
 
 
+@pytest.mark.parametrize("samples", [1, 37], ids=["one_dt", "per_sample"])
+def test_dt_ops_name_themselves_in_errors(samples):
+    """The _dt ops report errors under their own names, also with one dt (where they share
+    the scalar ops' kernels)."""
+    y0, k = _stages(torch.float64)
+    bad = k[:3] + [k[3][:-1]]  # one stage tensor of the wrong shape
+    dt = torch.full((samples,), 0.1, dtype=torch.float64)
+    rtol = atol = torch.tensor([1e-6], dtype=torch.float64)
+    a = [0.1, 0.2, 0.3, 0.4]
+    with pytest.raises(ValueError, match=r"^rk_stage_dt: k\[3\] has shape"):
+        fused.rk_stage_dt(y0, bad, a, dt)
+    with pytest.raises(ValueError, match=r"^rk_finish_dt: k\[3\] has shape"):
+        fused.rk_finish_dt(y0, bad, a, [0.1, -0.1, 0.0, 0.0], dt, rtol, atol, [37])
+    with pytest.raises(ValueError, match=r"^rk_finish_dt: b has 4 coefficients but e has 3"):
+        fused.rk_finish_dt(y0, k, a, [0.1, -0.1, 0.0], dt, rtol, atol, [37])
+    with pytest.raises(ValueError, match=r"^rk_error_ratio_dt: y1 has shape"):
+        fused.rk_error_ratio_dt(y0, y0[:-1], k, a, dt, rtol, atol, [37])
+
+
 def _control_args(dtype, n_times=6, ratio=0.5):
     state = torch.zeros(adaptive_mod.NUM_SLOTS, dtype=torch.float64)
     state[adaptive_mod.T], state[adaptive_mod.DT] = 0.0, 0.25

@@ -144,29 +144,47 @@ at::Tensor ratio_tensor(double ratio, const at::Tensor& y0) {
   return at::scalar_tensor(ratio, y0.options().dtype(at::kDouble));
 }
 
-at::Tensor rk_stage_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt) {
-  const Prepared p = prepare_stage(y0, k, a, dt);
+// The scalar-dt kernels, with the name of the op that called them for error messages.
+at::Tensor stage_named(const char* op, const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt) {
+  const Prepared p = prepare_stage(y0, k, a, dt, op);
   ODECORE_DISPATCH(y0.scalar_type(), "rk_stage_cpu", [&] {
     combine_cpu(p.y1.mutable_data_ptr<scalar_t>(), make_params<scalar_t>(&p.y0, p.k, p.w), y0.numel());
   });
   return p.y1;
 }
 
-std::tuple<at::Tensor, at::Tensor> rk_finish_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
-                                                 at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
-                                                 const at::Tensor& atol, at::IntArrayRef segments) {
-  const Prepared p = prepare_finish(y0, k, b, e, dt, rtol, atol, segments);
+std::tuple<at::Tensor, at::Tensor> finish_named(const char* op, const at::Tensor& y0, at::TensorList k,
+                                                at::ArrayRef<double> b, at::ArrayRef<double> e, double dt,
+                                                const at::Tensor& rtol, const at::Tensor& atol,
+                                                at::IntArrayRef segments) {
+  const Prepared p = prepare_finish(y0, k, b, e, dt, rtol, atol, segments, op);
   double ratio = 0.0;
   ODECORE_DISPATCH(y0.scalar_type(), "rk_finish_cpu", [&] { ratio = finish_cpu<scalar_t>(p); });
   return {p.y1, ratio_tensor(ratio, y0)};
 }
 
-at::Tensor rk_error_ratio_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> e,
-                              double dt, const at::Tensor& rtol, const at::Tensor& atol, at::IntArrayRef segments) {
-  const Prepared p = prepare_error_ratio(y0, y1, k, e, dt, rtol, atol, segments);
+at::Tensor error_ratio_named(const char* op, const at::Tensor& y0, const at::Tensor& y1, at::TensorList k,
+                             at::ArrayRef<double> e, double dt, const at::Tensor& rtol, const at::Tensor& atol,
+                             at::IntArrayRef segments) {
+  const Prepared p = prepare_error_ratio(y0, y1, k, e, dt, rtol, atol, segments, op);
   double ratio = 0.0;
   ODECORE_DISPATCH(y0.scalar_type(), "rk_error_ratio_cpu", [&] { ratio = finish_cpu<scalar_t>(p); });
   return ratio_tensor(ratio, y0);
+}
+
+at::Tensor rk_stage_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt) {
+  return stage_named("rk_stage", y0, k, a, dt);
+}
+
+std::tuple<at::Tensor, at::Tensor> rk_finish_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
+                                                 at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
+                                                 const at::Tensor& atol, at::IntArrayRef segments) {
+  return finish_named("rk_finish", y0, k, b, e, dt, rtol, atol, segments);
+}
+
+at::Tensor rk_error_ratio_cpu(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k, at::ArrayRef<double> e,
+                              double dt, const at::Tensor& rtol, const at::Tensor& atol, at::IntArrayRef segments) {
+  return error_ratio_named("rk_error_ratio", y0, y1, k, e, dt, rtol, atol, segments);
 }
 
 at::Tensor rk_interp_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> poly, double dt,
@@ -209,9 +227,9 @@ at::Tensor sde_step_cpu(const at::Tensor& y0, const at::Tensor& f, const at::Ten
 at::Tensor rk_stage_dt_cpu(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, const at::Tensor& dt) {
   const int64_t samples = check_dt_tensor("rk_stage_dt", dt, y0);
   if (samples == 1) {
-    return rk_stage_cpu(y0, k, a, host_dt(dt));
+    return stage_named("rk_stage_dt", y0, k, a, host_dt(dt));
   }
-  const Prepared p = prepare_stage(y0, k, a, 1.0);
+  const Prepared p = prepare_stage(y0, k, a, 1.0, "rk_stage_dt");
   const double* dts = dt.const_data_ptr<double>();
   const int64_t per = y0.numel() / samples;
   ODECORE_DISPATCH(y0.scalar_type(), "rk_stage_dt_cpu", [&] {
@@ -245,9 +263,9 @@ std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cpu(const at::Tensor& y0, at::Te
                                                     const at::Tensor& atol, at::IntArrayRef segments) {
   const int64_t samples = check_dt_tensor("rk_finish_dt", dt, y0);
   if (samples == 1) {
-    return rk_finish_cpu(y0, k, b, e, host_dt(dt), rtol, atol, segments);
+    return finish_named("rk_finish_dt", y0, k, b, e, host_dt(dt), rtol, atol, segments);
   }
-  const Prepared p = prepare_finish(y0, k, b, e, 1.0, rtol, atol, segments);
+  const Prepared p = prepare_finish(y0, k, b, e, 1.0, rtol, atol, segments, "rk_finish_dt");
   return {p.y1, per_sample_ratios_cpu("rk_finish_dt", p, dt, samples)};
 }
 
@@ -256,10 +274,11 @@ at::Tensor rk_error_ratio_dt_cpu(const at::Tensor& y0, const at::Tensor& y1, at:
                                  at::IntArrayRef segments) {
   const int64_t samples = check_dt_tensor("rk_error_ratio_dt", dt, y0);
   if (samples == 1) {
-    return rk_error_ratio_cpu(y0, y1, k, e, host_dt(dt), rtol, atol, segments);
+    return error_ratio_named("rk_error_ratio_dt", y0, y1, k, e, host_dt(dt), rtol, atol, segments);
   }
-  return per_sample_ratios_cpu("rk_error_ratio_dt", prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments), dt,
-                               samples);
+  return per_sample_ratios_cpu(
+      "rk_error_ratio_dt", prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments, "rk_error_ratio_dt"), dt,
+      samples);
 }
 
 void rk_control_cpu(const at::Tensor& state, const at::Tensor& accept, const at::Tensor& stage_t, const at::Tensor& dt,

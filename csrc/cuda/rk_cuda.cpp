@@ -135,7 +135,7 @@ at::Tensor sde_step_cuda(const at::Tensor& y0, const at::Tensor& f, const at::Te
 at::Tensor rk_stage_dt_cuda(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, const at::Tensor& dt) {
   const c10::cuda::CUDAGuard guard(y0.device());
   const int64_t samples = check_dt_tensor("rk_stage_dt", dt, y0);
-  const Prepared p = prepare_stage(y0, k, a, 1.0);
+  const Prepared p = prepare_stage(y0, k, a, 1.0, "rk_stage_dt");
   ODECORE_DISPATCH(y0.scalar_type(), "rk_stage_dt_cuda", [&] {
     const auto params = make_params<scalar_t, double>(&p.y0, p.k, p.w);
     if (samples == 1) {
@@ -176,7 +176,7 @@ std::tuple<at::Tensor, at::Tensor> rk_finish_dt_cuda(const at::Tensor& y0, at::T
                                                      at::IntArrayRef segments) {
   const c10::cuda::CUDAGuard guard(y0.device());
   const int64_t samples = check_dt_tensor("rk_finish_dt", dt, y0);
-  const Prepared p = prepare_finish(y0, k, b, e, 1.0, rtol, atol, segments);
+  const Prepared p = prepare_finish(y0, k, b, e, 1.0, rtol, atol, segments, "rk_finish_dt");
   if (samples > 1) {
     return {p.y1, error_per_sample_cuda(p, dt, samples, "rk_finish_dt")};
   }
@@ -188,7 +188,7 @@ at::Tensor rk_error_ratio_dt_cuda(const at::Tensor& y0, const at::Tensor& y1, at
                                   at::IntArrayRef segments) {
   const c10::cuda::CUDAGuard guard(y0.device());
   const int64_t samples = check_dt_tensor("rk_error_ratio_dt", dt, y0);
-  const Prepared p = prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments);
+  const Prepared p = prepare_error_ratio(y0, y1, k, e, 1.0, rtol, atol, segments, "rk_error_ratio_dt");
   if (samples > 1) {
     return error_per_sample_cuda(p, dt, samples, "rk_error_ratio_dt");
   }

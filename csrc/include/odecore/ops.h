@@ -40,13 +40,16 @@ struct Prepared {
   bool write_y1 = true;
 };
 
-Prepared prepare_stage(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt);
+// `op` names the op in error messages (the *_dt ops pass their own name).
+Prepared prepare_stage(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> a, double dt,
+                       const char* op = "rk_stage");
 Prepared prepare_finish(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> b,
                         at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
-                        const at::Tensor& atol, at::IntArrayRef segments);
+                        const at::Tensor& atol, at::IntArrayRef segments, const char* op = "rk_finish");
 Prepared prepare_error_ratio(const at::Tensor& y0, const at::Tensor& y1, at::TensorList k,
                              at::ArrayRef<double> e, double dt, const at::Tensor& rtol,
-                             const at::Tensor& atol, at::IntArrayRef segments);
+                             const at::Tensor& atol, at::IntArrayRef segments,
+                             const char* op = "rk_error_ratio");
 Prepared prepare_interp(const at::Tensor& y0, at::TensorList k, at::ArrayRef<double> poly,
                         double dt, at::ArrayRef<double> x);
 
