@@ -1342,9 +1342,10 @@ def run(problems: Optional[Sequence[Any]] = None, impls: Optional[Sequence[str]]
 # * forward nfe/steps and backward nfe/steps (backward nfe counted with a
 #   wrapper as the calls of ``func`` during ``.backward()``; backward steps from
 #   odecore's ``return_stats`` and from torchdiffeq's ``callback_*_adjoint`` hooks);
-# * ``vjp`` -- time of one VJP evaluation: ``func(t, y)`` under a graph and
-#   ``autograd.grad`` w.r.t. (y, *params) -- the user-function part of one
-#   backward evaluation, the same for every implementation;
+# * ``vjp`` -- time of one VJP evaluation: ``func(t, y)`` under a graph and the
+#   autograd engine run w.r.t. (y, *params) (``_engine_run_backward``, what
+#   ``autograd.grad`` calls) -- the user-function part of one backward evaluation,
+#   the same for every implementation;
 # * ``bwd loop per step = (bwd - bwd_nfe * vjp) / bwd_steps``.
 
 
@@ -1536,19 +1537,28 @@ def count_adjoint(impl: AdjointImplementation, inst: AdjointInstance) -> Dict[st
 
 def _vjp_samples(inst: AdjointInstance, *, min_calls: int, max_calls: int, budget_s: float,
                  warmup: int = 3) -> List[float]:
-    """Wall times of one VJP evaluation: func(t0, y) with a graph, then autograd.grad of it
-    w.r.t. (y, *params) -- what each backward evaluation spends in the user's function."""
+    """Wall times of one VJP evaluation: func(t0, y) with a graph, then the autograd engine
+    run w.r.t. (y, *params) as directly as Python can call it (the call under
+    torch.autograd.grad, without its argument checks) -- what each backward evaluation
+    spends in the user's function."""
     device = inst.y0.device
     t0 = inst.t[0]
     params = tuple(p for p in inst.func.parameters() if p.requires_grad)
     y_base = inst.y0.detach()
-    a = torch.ones_like(y_base)
+    neg_a = -torch.ones_like(y_base)
+    try:  # the engine call under torch.autograd.grad, without its argument normalisation
+        from torch.autograd.graph import _engine_run_backward
+    except ImportError:  # pragma: no cover - older or newer torch
+        _engine_run_backward = None
 
     def vjp():
         with torch.enable_grad():
             y = y_base.detach().requires_grad_(True)
             f = inst.func(t0, y)
-            torch.autograd.grad(f, (y,) + params, -a, allow_unused=True)
+            if _engine_run_backward is not None:
+                _engine_run_backward((f,), (neg_a,), False, False, (y,) + params, True, False)
+            else:
+                torch.autograd.grad(f, (y,) + params, neg_a, allow_unused=True)
 
     for _ in range(warmup):
         vjp()
