@@ -229,11 +229,11 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
         }
         // -- one step (AdaptiveRKSolver._step) --
         const double t0 = t;
-        if (!(t0 + dt > t0)) {
+        const double t1 = round_t(t0 + dt);
+        if (!(t1 > t0)) {  // in the time dtype (a float32 time may not move although t0 + dt > t0)
           status = kUnderflow, err_t = t0, err_dt = dt;
           break;
         }
-        const double t1 = round_t(t0 + dt);
         // the stages at the end run just before it (Perturb.PREV), in y's dtype
         const double t_end = f32 ? static_cast<double>(std::nextafter(static_cast<float>(t1), -INFINITY))
                                  : std::nextafter(t1, -INFINITY);

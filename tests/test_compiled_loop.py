@@ -386,3 +386,120 @@ def test_native_adjoint_dynamics_errors():
     ys = odecore.odeint_adjoint(Bad("shape"), y0, t)
     with pytest.raises(ValueError, match="odeint_adjoint: func returned a tensor of shape"):
         ys.sum().backward()
+
+
+LOOPS = [{"sync_every": 0, "compiled": False}, {}, {"sync_every": 4}, {"batch_dim": 0}]
+LOOP_IDS = ["python_loop", "compiled_loop", "device_loop", "per_sample"]
+
+
+def _loop_options(loop, monkeypatch):
+    loop = dict(loop)
+    if not loop.pop("compiled", True):
+        monkeypatch.setattr(adaptive_mod, "COMPILED_LOOP", False)
+    return loop
+
+
+@pytest.mark.parametrize("loop", LOOPS, ids=LOOP_IDS)
+def test_float32_step_bounds_are_rounded_like_torchdiffeq(loop, monkeypatch):
+    """min_step/max_step are times of the time dtype (torchdiffeq makes them tensors of it):
+    a float32 max_step of 0.05 is 0.0500000007, the dt clamped to it. Compared in float64
+    instead, every step after the clamp was rejected as dt > max_step, forever (found by the
+    differential fuzz test below, which hung)."""
+    y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]])
+    t = torch.linspace(0, 3, 4)
+    options = dict(_loop_options(loop, monkeypatch), max_step=0.05, dtype=torch.float32, max_num_steps=10000,
+                   return_stats=True)
+    ys, stats = odecore.odeint(vdp, y0, t, rtol=1e-5, atol=1e-6, options=options)
+    assert torch.isfinite(ys).all()
+    nfe = stats["nfe_per_sample"].max().item() if "batch_dim" in loop else stats["nfe"]
+    assert nfe == 368  # torchdiffeq 0.2.5: 368 (test_float32_step_bounds_match_torchdiffeq)
+
+
+def test_float32_step_bounds_match_torchdiffeq():
+    torchdiffeq = pytest.importorskip("torchdiffeq")
+    calls = []
+
+    def counted(t, y):
+        calls.append(1)
+        return vdp(t, y)
+
+    y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]])
+    torchdiffeq.odeint(counted, y0, torch.linspace(0, 3, 4), rtol=1e-5, atol=1e-6,
+                       options=dict(max_step=0.05, dtype=torch.float32))
+    assert len(calls) == 368
+
+
+@pytest.mark.parametrize("loop", LOOPS, ids=LOOP_IDS)
+def test_float32_time_that_stops_moving_is_an_underflow(loop, monkeypatch):
+    """With float32 times a step can round to t1 == t0 although t0 + dt > t0 in float64: that
+    is a step-size underflow (torchdiffeq checks t0 + dt <= t0 in the time dtype and stops at
+    dt = 5.5e-8 here). Checked in float64, time stood still while the state moved on, until dt
+    reached float64's underflow at 1e-16."""
+    options = dict(_loop_options(loop, monkeypatch), dtype=torch.float32, max_num_steps=100000)
+    error = RuntimeError
+    if "batch_dim" in loop:
+        from odecore.solvers.per_sample import SampleFailure as error
+    with pytest.raises(error, match="underflow") as info:
+        odecore.odeint(lambda t, y: y * y, torch.ones(2), torch.tensor([0.0, 2.0]), method="dopri5", rtol=1e-6,
+                       atol=1e-6, options=options)
+    dt = float(str(info.value).split("dt=")[1].split(";")[0].split(",")[0].split(")")[0].strip())
+    assert 1e-8 < dt < 1e-6, str(info.value)
+
+
+# -- differential fuzzing: compiled loop vs Python loop ------------------------------------
+
+from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+
+
+def _outcome(compiled, func, y0, t, method, rtol, atol, options):
+    """(solution, stats) or (exception type, message) of one solve."""
+    try:
+        return run(compiled, odecore.odeint, func, y0, t, rtol=rtol, atol=atol, method=method,
+                   options=dict(options, return_stats=True))
+    except (RuntimeError, ValueError, TypeError) as err:
+        return type(err), str(err)
+
+
+_FIELDS = {
+    "linear": lambda t, y: -0.7 * y + torch.sin(2.0 * t) * y.flip(-1),
+    "vdp": vdp,
+    "cubic": lambda t, y: -(y ** 3) + 0.1 * y.flip(-1),
+    "blowup": lambda t, y: y * y,
+}
+
+
+@settings(max_examples=150, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(ADAPTIVE),
+    field=st.sampled_from(sorted(_FIELDS)),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    n_times=st.integers(2, 9),
+    span=st.sampled_from([0.3, 1.0, 4.0, -1.0, -3.0]),
+    tol=st.sampled_from([(1e-3, 1e-4), (1e-6, 1e-8), (1e-9, 1e-10), (0.0, 1e-5), (1e-5, 0.0)]),
+    options=st.fixed_dictionaries({}, optional={
+        "max_step": st.sampled_from([0.05, 0.25, 1.0]),
+        "min_step": st.sampled_from([0.0, 0.01, 0.3]),
+        "first_step": st.sampled_from([1e-4, 0.1]),
+        "safety": st.sampled_from([0.5, 0.95]),
+        "ifactor": st.sampled_from([2.0, 10.0]),
+        "dfactor": st.sampled_from([0.1, 0.5]),
+        "max_num_steps": st.integers(1, 40),
+        "dtype": st.sampled_from([torch.float32, torch.float64]),
+    }),
+    seed=st.integers(0, 3),
+)
+def test_fuzz_compiled_loop_equals_python_loop(method, field, dtype, n_times, span, tol, options, seed):
+    g = torch.Generator().manual_seed(seed)
+    y0 = (torch.rand(3, 2, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    t = torch.linspace(0.0, span, n_times, dtype=dtype)
+    func = _FIELDS[field]
+    python = _outcome(False, func, y0, t, method, *tol, options)
+    compiled = _outcome(True, func, y0, t, method, *tol, options)
+    if isinstance(python[0], type):  # both raised the same error, word for word
+        event("error: " + python[1].split(" ")[0])
+        assert compiled == python
+    else:
+        event("solved")
+        assert not isinstance(compiled[0], type), compiled
+        assert_same(python, compiled)

@@ -188,7 +188,7 @@ def _control_one(s, r, tl, c, params, stage_dtype):
         t0, dt = s[_T], s[_DT]
         if s[_STEPS_HERE] >= max_num_steps:
             s[_STATUS] = 4
-        elif not t0 + dt > t0:
+        elif not _round_time(t0 + dt, round_f32) > t0:  # in the time dtype
             s[_STATUS] = 3
         if s[_STATUS] != 0:
             s[_ERR_T], s[_ERR_DT] = t0, dt

@@ -116,6 +116,9 @@ class AdaptiveRKSolver:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
             raise TypeError("options['dtype'] must be a real floating point torch.dtype, got %r" % (dtype,))
         self.time_dtype = torch.promote_types(dtype, y0.dtype)
+        # the step bounds are times too (torchdiffeq makes them tensors of the time dtype): a
+        # float32 max_step of 0.05 is 0.0500000007, and a dt rounded to it must not exceed it
+        self.min_step, self.max_step = self._round(self.min_step), self._round(self.max_step)
         self.step_t = self._sorted_times("step_t", step_t)
         self.jump_t = self._sorted_times("jump_t", jump_t)
         if set(self.step_t) & set(self.jump_t):
@@ -399,9 +402,9 @@ class AdaptiveRKSolver:
         callbacks = self.func.callbacks
         if callbacks:
             self.func.callback("callback_step", t0, y0, dt, self.time_dtype)
-        if not t0 + dt > t0:
-            self._underflow(t0, dt)
         t1 = self._round(t0 + dt)
+        if not t1 > t0:  # in the time dtype, as torchdiffeq's `t0 + dt <= t0` (float32 times stop here too)
+            self._underflow(t0, dt)
         on_step_t = on_jump_t = False
         if self.step_t:
             next_t = self.step_t[self.next_step_index]

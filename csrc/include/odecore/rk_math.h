@@ -283,7 +283,7 @@ ODECORE_HD bool prepare_attempt(double* state, time_t* stage_t, const double* c,
   const double dt = state[kDt];
   if (state[kStepsHere] >= p.max_num_steps) {
     state[kStatus] = kMaxSteps;
-  } else if (!(dadd(t0, dt) > t0)) {
+  } else if (!(round_time(dadd(t0, dt), p.round_f32) > t0)) {  // in the time dtype
     state[kStatus] = kUnderflow;
   }
   if (state[kStatus] != kRunning) {
