@@ -503,3 +503,43 @@ def test_fuzz_compiled_loop_equals_python_loop(method, field, dtype, n_times, sp
         event("solved")
         assert not isinstance(compiled[0], type), compiled
         assert_same(python, compiled)
+
+
+@settings(max_examples=100, deadline=None, derandomize=True, database=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(
+    method=st.sampled_from(ADAPTIVE),
+    field=st.sampled_from(sorted(_FIELDS)),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
+    n_times=st.integers(2, 7),
+    span=st.sampled_from([0.5, 2.0, -1.5]),
+    tol=st.sampled_from([(1e-3, 1e-4), (1e-6, 1e-8), (0.0, 1e-5)]),
+    options=st.fixed_dictionaries({}, optional={
+        "max_step": st.sampled_from([0.05, 0.3]),
+        "min_step": st.sampled_from([0.0, 0.02]),
+        "first_step": st.sampled_from([1e-4, 0.1]),
+        "max_num_steps": st.integers(1, 30),
+        "dtype": st.sampled_from([torch.float32, torch.float64]),
+    }),
+    sync_every=st.integers(1, 6),
+)
+def test_fuzz_device_loop_equals_host_loop(method, field, dtype, n_times, span, tol, options, sync_every):
+    """The device-resident loop (sync_every=K) against the host loop: the same solution,
+    steps and final dt, or the same error word for word."""
+    g = torch.Generator().manual_seed(0)
+    y0 = (torch.rand(4, 2, generator=g, dtype=torch.float64) * 2 - 1).to(dtype)
+    t = torch.linspace(0.0, span, n_times, dtype=dtype)
+    func = _FIELDS[field]
+    host = _outcome(True, func, y0, t, method, *tol, dict(options, sync_every=0))
+    device = _outcome(True, func, y0, t, method, *tol, dict(options, sync_every=sync_every))
+    if isinstance(host[0], type):
+        event("error: " + host[1].split(" ")[0])
+        assert device == host
+    else:
+        event("solved")
+        assert not isinstance(device[0], type), device
+        (ya, sa), (yb, sb) = host, device
+        assert torch.equal(ya, yb), (ya - yb).abs().max()
+        assert sb["loop"] == "device"
+        for key in ("n_steps", "n_accepted", "final_dt"):
+            assert sa[key] == sb[key], (key, sa[key], sb[key])
