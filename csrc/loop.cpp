@@ -10,9 +10,11 @@
 // falls back to the Python loop for a user norm, step_t/jump_t, callbacks, checkpoint
 // recording and solver classes that override a step method.
 //
-// Errors the Python loop raises itself (non-finite values, step-size underflow,
-// max_num_steps) are returned as a status with t and dt, and the solver raises the Python
-// loop's own messages. An exception from func propagates unchanged.
+// The step control is rk_control's (odecore/rk_math.h: the same parameters, accept rule,
+// step-size factor, step end and status codes). Errors the Python loop raises itself
+// (non-finite values, step-size underflow, max_num_steps) are returned as a status with t
+// and dt, and the solver raises the Python loop's own messages; a func output of the wrong
+// kind is reported by RHS._check. An exception from func propagates unchanged.
 #include <ATen/EmptyTensor.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/neg.h>
@@ -23,46 +25,37 @@
 #include <torch/csrc/utils/pybind.h>
 #include <pybind11/stl.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <string>
 #include <vector>
 
 #include "odecore/direct.h"
+#include "odecore/ops.h"
+#include "odecore/rk_math.h"
 
 namespace py = pybind11;
 
 namespace odecore {
 namespace {
 
-// Status codes returned to Python (odecore/solvers/adaptive.py, _integrate_compiled).
-enum LoopStatus : int64_t { kDone = 0, kNonFinite = 1, kUnderflow = 2, kMaxSteps = 3 };
-
-// Parameters of the step control, in the order Python passes them.
-enum Param { kOrder, kSafety, kIfactor, kDfactor, kMinStep, kMaxStep, kMaxNumSteps, kTimeSign, kRoundF32, kNumParams };
-
-std::string shape_str(at::IntArrayRef sizes) {
-  std::string s = "(";
-  for (size_t i = 0; i < sizes.size(); ++i) {
-    s += std::to_string(sizes[i]);
-    if (sizes.size() == 1 || i + 1 < sizes.size()) s += ", ";
-  }
-  if (sizes.size() == 1) s.pop_back();
-  return s + ")";
-}
-
 // odeint_adjoint's augmented dynamics (odecore/adjoint.py, _AugmentedDynamics) in C++: for
 // the flat state z = [a_t, y, a, a_theta] returns [a.df/dt, -f, a.df/dy, a.df/dtheta] (the
 // derivative in the backward solve's reversed time) with one evaluation of func and one
 // vector-Jacobian product through the autograd engine, the same ops as the Python version
 // in the same order, so the results are bitwise equal. The Python class checks func's first
-// output and makes the zero pieces, then hands its evaluations to this one.
+// output and makes the zero pieces, then hands its evaluations to this one; `check(f)`
+// raises its error for an output of the wrong kind.
 class AdjointDynamics {
  public:
   AdjointDynamics(py::object func, std::vector<at::Tensor> params, std::vector<int64_t> shape, int64_t n,
-                  std::vector<at::Tensor> zeros)
-      : func_(std::move(func)), params_(std::move(params)), shape_(std::move(shape)), n_(n), zeros_(std::move(zeros)) {
+                  std::vector<at::Tensor> zeros, py::object check)
+      : func_(std::move(func)),
+        params_(std::move(params)),
+        shape_(std::move(shape)),
+        n_(n),
+        zeros_(std::move(zeros)),
+        check_(std::move(check)) {
     TORCH_CHECK_VALUE(zeros_.size() == params_.size() + 2, "AdjointDynamics: expected ", params_.size() + 2,
                       " zero pieces (t, y and one per parameter), got ", zeros_.size());
   }
@@ -78,15 +71,12 @@ class AdjointDynamics {
       const at::Tensor tg = t.detach().requires_grad_(true);
       py::object out = func_(tg, y);
       PyObject* obj = out.ptr();
-      if (!THPVariable_Check(obj)) {
-        throw py::value_error(std::string("odeint_adjoint: func returned ") + Py_TYPE(obj)->tp_name +
-                              " during the backward pass, expected a tensor");
+      if (!THPVariable_Check(obj) || THPVariable_Unpack(obj).sizes() != at::IntArrayRef(shape_) ||
+          THPVariable_Unpack(obj).scalar_type() != z.scalar_type()) {
+        check_(out);  // raises the Python dynamics' error
+        throw py::value_error("odeint_adjoint: func returned an output of the wrong kind during the backward pass");
       }
       f = THPVariable_Unpack(obj);
-      TORCH_CHECK_VALUE(f.sizes() == at::IntArrayRef(shape_) && f.scalar_type() == z.scalar_type(),
-                        "odeint_adjoint: func returned a tensor of shape ", f.sizes(), " and dtype ", f.scalar_type(),
-                        " during the backward pass, expected shape ", at::IntArrayRef(shape_), " and dtype ",
-                        z.scalar_type());
       if (f.requires_grad()) {
         torch::autograd::variable_list inputs{tg, y};
         inputs.insert(inputs.end(), params_.begin(), params_.end());
@@ -111,16 +101,17 @@ class AdjointDynamics {
   std::vector<int64_t> shape_;
   int64_t n_;
   std::vector<at::Tensor> zeros_;
+  py::object check_;
 };
 
 // func(t, y) as RHS.call_device_time calls it: count, check, negate when reversed.
 struct Func {
+  py::handle rhs;   // the solver's RHS (its _check reports a wrong output)
   py::handle func;
   const AdjointDynamics* native;  // func's C++ evaluation, when it has one (called without Python)
   at::IntArrayRef shape;
   at::ScalarType dtype;
   at::Device device;
-  py::handle y_dtype;  // torch.dtype of the state, for messages
   bool negate;
   int64_t nfe = 0;
 
@@ -133,22 +124,16 @@ struct Func {
     py::object out = func(t, y);
     ++nfe;
     PyObject* obj = out.ptr();
-    if (!THPVariable_Check(obj)) {
-      throw py::type_error(std::string("func must return a torch.Tensor, got ") + Py_TYPE(obj)->tp_name);
+    if (!THPVariable_Check(obj) || !matches(THPVariable_Unpack(obj))) {
+      rhs.attr("_check")(out);  // raises the Python loop's error for this output
+      throw py::value_error("func returned an output of the wrong kind");
     }
-    at::Tensor r = THPVariable_Unpack(obj);
-    if (r.sizes() != shape) {
-      throw py::value_error("func returned a tensor of shape " + shape_str(r.sizes()) + ", but the state y0 has shape " +
-                            shape_str(shape));
-    }
-    if (r.scalar_type() != dtype) {
-      throw py::type_error("func returned dtype " + py::str(out.attr("dtype")).cast<std::string>() +
-                           ", but the state y0 has dtype " + py::str(y_dtype).cast<std::string>());
-    }
-    if (r.device() != device) {
-      throw py::value_error("func returned a tensor on " + r.device().str() + ", but the state y0 is on " + device.str());
-    }
+    const at::Tensor& r = THPVariable_Unpack(obj);
     return negate ? at::neg(r) : r;
+  }
+
+  bool matches(const at::Tensor& r) const {
+    return r.sizes() == shape && r.scalar_type() == dtype && r.device() == device;
   }
 };
 
@@ -161,20 +146,14 @@ auto without_gil(F&& f) {
   return f();
 }
 
-double step_factor(double ratio, const std::vector<double>& p) {
-  if (ratio == 0.0) return p[kIfactor];
-  const double dfactor = ratio >= 1.0 ? p[kDfactor] : 1.0;
-  return std::min(p[kIfactor], std::max(p[kSafety] / std::pow(ratio, 1.0 / p[kOrder]), dfactor));
-}
-
 py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vector<double>& times, double t, double dt,
                     const std::vector<std::vector<int64_t>>& stage_idx, const std::vector<std::vector<double>>& stage_a,
                     const std::vector<double>& c, bool fsal, const std::vector<int64_t>& e_idx,
                     const std::vector<double>& e, const std::vector<double>& b, const std::vector<double>& dense_flat,
                     const at::Tensor& rtol, const at::Tensor& atol, const std::vector<int64_t>& segments,
-                    const std::vector<double>& p, bool negate) {
-  TORCH_CHECK_VALUE(p.size() == kNumParams, "host_loop: expected ", static_cast<int>(kNumParams), " parameters, got ",
-                    p.size());
+                    const std::vector<double>& params, bool negate) {
+  TORCH_CHECK_VALUE(params.size() == static_cast<size_t>(kControlParams), "host_loop: expected rk_control's ", kControlParams,
+                    " parameters, got ", params.size());
   TORCH_CHECK_VALUE(stage_idx.size() == stage_a.size() && stage_a.size() == c.size(),
                     "host_loop: stage_idx, stage_a and c must have one entry per stage");
   TORCH_CHECK_VALUE(y.scalar_type() == at::kFloat || y.scalar_type() == at::kDouble,
@@ -188,21 +167,18 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
   for (int64_t j : e_idx) {
     TORCH_CHECK_VALUE(j >= 0 && static_cast<size_t>(j) <= n_stages, "host_loop: e_idx holds ", j);
   }
+  const ControlParams p = control_params(params);
   const bool f32 = y.scalar_type() == at::kFloat;
-  const bool round_f32 = p[kRoundF32] != 0.0;
-  const double sign = p[kTimeSign];
-  const double min_step = p[kMinStep], max_step = p[kMaxStep];
-  const double max_num_steps = p[kMaxNumSteps];
-  auto round_t = [round_f32](double v) { return round_f32 ? static_cast<double>(static_cast<float>(v)) : v; };
+  const double sign = p.time_sign;
   const auto time_options = y.options().requires_grad(false);
   const bool on_cpu = y.device().is_cpu();
 
   const at::Tensor y_start = y;
-  py::object user_func = rhs.attr("func"), y_dtype = rhs.attr("dtype");
+  py::object user_func = rhs.attr("func");
   const AdjointDynamics* native = nullptr;
   py::object native_obj = py::getattr(user_func, "_odecore_native", py::none());
   if (py::isinstance<AdjointDynamics>(native_obj)) native = native_obj.cast<const AdjointDynamics*>();
-  Func func{user_func, native, y_start.sizes(), y.scalar_type(), y.device(), y_dtype, negate};
+  Func func{rhs, user_func, native, y_start.sizes(), y.scalar_type(), y.device(), negate};
 
   std::vector<at::Tensor> chunks{y.unsqueeze(0)};
   // the last accepted step: (t0, y0, k, dt), for dense output and for the solver's state
@@ -211,7 +187,8 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
   at::Tensor last_y0;
   std::vector<at::Tensor> last_k;
 
-  int64_t n_steps = 0, n_accepted = 0, host_reads = 0, status = kDone;
+  int64_t n_steps = 0, n_accepted = 0, host_reads = 0;
+  double status = kRunning;
   double err_t = 0.0, err_dt = 0.0;
   std::vector<double> stage_t(n_stages), pending;
   std::vector<at::Tensor> k, terms, t_tensors;
@@ -223,20 +200,19 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
     double steps_here = 0;
     while (j < times.size()) {
       if (times[j] > t) {
-        if (steps_here >= max_num_steps) {
+        if (steps_here >= p.max_num_steps) {
           status = kMaxSteps, err_t = t, err_dt = dt;
           break;
         }
         // -- one step (AdaptiveRKSolver._step) --
         const double t0 = t;
-        const double t1 = round_t(t0 + dt);
-        if (!(t1 > t0)) {  // in the time dtype (a float32 time may not move although t0 + dt > t0)
+        const double t1 = step_end(t0, dt, p);
+        if (!(t1 > t0)) {
           status = kUnderflow, err_t = t0, err_dt = dt;
           break;
         }
         // the stages at the end run just before it (Perturb.PREV), in y's dtype
-        const double t_end = f32 ? static_cast<double>(std::nextafter(static_cast<float>(t1), -INFINITY))
-                                 : std::nextafter(t1, -INFINITY);
+        const double t_end = f32 ? time_before<float>(t1) : time_before<double>(t1);
         for (size_t s = 0; s < n_stages; ++s) stage_t[s] = c[s] == 1.0 ? t_end : t0 + c[s] * dt;
         t_tensors.clear();
         for (size_t s = 0; s < n_stages; ++s) {
@@ -281,9 +257,7 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
           status = kNonFinite, err_t = t0, err_dt = dt;
           break;
         }
-        bool accept = ratio <= 1.0;
-        if (dt > max_step) accept = false;
-        if (dt <= min_step) accept = true;
+        const bool accept = accepts(ratio, dt, p);
         if (accept && std::isinf(ratio)) {
           status = kNonFinite, err_t = t0, err_dt = dt;
           break;
@@ -295,7 +269,7 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
           last_t0 = t0, last_y0 = y, last_k = k, last_dt = dt;
           t = t1, y = y1, f = k.back();
         }
-        dt = round_t(std::min(std::max(dt * step_factor(ratio, p), min_step), max_step));
+        dt = next_dt(dt, ratio, p);
         steps_here += 1;
         continue;
       }
@@ -328,10 +302,11 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
     throw;
   }
   rhs.attr("nfe") = rhs.attr("nfe").cast<int64_t>() + func.nfe;
+  if (status == kRunning) status = kDone;
   py::object out = status == kDone ? py::cast(without_gil([&] { return at::cat(chunks); })) : py::none();
   py::object last = py::none();
   if (has_last) last = py::make_tuple(last_t0, last_y0, py::cast(last_k), last_dt);
-  return py::make_tuple(out, status, t, dt, y, f, n_steps, n_accepted, host_reads, err_t, err_dt, last);
+  return py::make_tuple(out, static_cast<int64_t>(status), t, dt, y, f, n_steps, n_accepted, host_reads, err_t, err_dt, last);
 }
 
 }  // namespace
@@ -339,8 +314,9 @@ py::tuple host_loop(py::object rhs, at::Tensor y, at::Tensor f, const std::vecto
 void register_host_loop(py::module& m) {
   py::class_<AdjointDynamics>(m, "AdjointDynamics",
                               "odeint_adjoint's augmented dynamics in C++ (see odecore/adjoint.py)")
-      .def(py::init<py::object, std::vector<at::Tensor>, std::vector<int64_t>, int64_t, std::vector<at::Tensor>>(),
-           py::arg("func"), py::arg("params"), py::arg("shape"), py::arg("n"), py::arg("zeros"))
+      .def(py::init<py::object, std::vector<at::Tensor>, std::vector<int64_t>, int64_t, std::vector<at::Tensor>,
+                    py::object>(),
+           py::arg("func"), py::arg("params"), py::arg("shape"), py::arg("n"), py::arg("zeros"), py::arg("check"))
       .def("__call__", &AdjointDynamics::operator(), py::arg("t"), py::arg("z"));
   m.def("host_loop", &host_loop,
         "AdaptiveRKSolver's host loop in C++: returns (solution or None, status, t, dt, y, f, n_steps, n_accepted, "

@@ -11,6 +11,7 @@ Semantics follow torchdiffeq 0.2.5's odeint_adjoint; the augmented state is one 
 tensor [a_t (1), y (N), a (N), a_theta (P)] that the same solver classes and fused ops
 integrate, with its error norm computed in the same kernel pass (one segment per part).
 """
+import functools
 import warnings
 
 import torch
@@ -184,6 +185,12 @@ def _vjp(f, inputs, v):
     return torch.autograd.grad(f, inputs, v, allow_unused=True)
 
 
+def _check_backward_output(f, shape, dtype):
+    if not isinstance(f, torch.Tensor) or f.shape != shape or f.dtype != dtype:
+        raise ValueError("odeint_adjoint: func returned %s during the backward pass, expected a tensor of shape %s "
+                         "and dtype %s" % (getattr(f, "shape", type(f).__name__), tuple(shape), dtype))
+
+
 class _AugmentedDynamics:
     """d/dt [a_t, y, a, a_theta] = [-a.df/dt, f, -a.df/dy, -a.df/dtheta]: one evaluation
     and one vector-Jacobian product of func. y and a are views of the flat state; the
@@ -243,9 +250,7 @@ class _AugmentedDynamics:
         return torch.cat(pieces)
 
     def _check(self, f, z):
-        if not isinstance(f, torch.Tensor) or f.shape != self.shape or f.dtype != z.dtype:
-            raise ValueError("odeint_adjoint: func returned %s during the backward pass, expected a tensor of shape %s "
-                             "and dtype %s" % (getattr(f, "shape", type(f).__name__), tuple(self.shape), z.dtype))
+        _check_backward_output(f, self.shape, z.dtype)
         if any(q.dtype != z.dtype for q in self.back.params):
             raise TypeError("odeint_adjoint: the parameters must have the state's dtype %s, got %s"
                             % (z.dtype, sorted({str(q.dtype) for q in self.back.params})))
@@ -254,8 +259,11 @@ class _AugmentedDynamics:
         if NATIVE_DYNAMICS and self.back.backend != "reference":
             native = getattr(get_ops(self.back.backend, z.device), "AdjointDynamics", None)
             if native is not None:
+                # the checker holds no reference to self (the C++ object's Python references are
+                # invisible to the garbage collector)
+                check = functools.partial(_check_backward_output, shape=self.shape, dtype=z.dtype)
                 self._odecore_native = native(self.func, list(self.back.params), list(self.shape), self.back.n,
-                                              self._zeros)
+                                              self._zeros, check)
 
 
 class _AdjointSolve(torch.autograd.Function):

@@ -1546,19 +1546,12 @@ def _vjp_samples(inst: AdjointInstance, *, min_calls: int, max_calls: int, budge
     params = tuple(p for p in inst.func.parameters() if p.requires_grad)
     y_base = inst.y0.detach()
     neg_a = -torch.ones_like(y_base)
-    try:  # the engine call under torch.autograd.grad, without its argument normalisation
-        from torch.autograd.graph import _engine_run_backward
-    except ImportError:  # pragma: no cover - older or newer torch
-        _engine_run_backward = None
+    from .adjoint import _vjp  # the engine call under torch.autograd.grad, without its argument checks
 
     def vjp():
         with torch.enable_grad():
             y = y_base.detach().requires_grad_(True)
-            f = inst.func(t0, y)
-            if _engine_run_backward is not None:
-                _engine_run_backward((f,), (neg_a,), False, False, (y,) + params, True, False)
-            else:
-                torch.autograd.grad(f, (y,) + params, neg_a, allow_unused=True)
+            _vjp(inst.func(t0, y), (y,) + params, neg_a)
 
     for _ in range(warmup):
         vjp()

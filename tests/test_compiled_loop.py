@@ -8,11 +8,8 @@ import torch
 
 import odecore
 from odecore.solvers import adaptive as adaptive_mod
-from odecore.solvers.adaptive import AdaptiveRKSolver
 
-from .testing import require_fused
-
-ADAPTIVE = sorted(name for name, cls in odecore.SOLVERS.items() if issubclass(cls, AdaptiveRKSolver))
+from .testing import ADAPTIVE_METHODS as ADAPTIVE, forced_rotation as forced, require_fused, van_der_pol_batched
 
 
 @pytest.fixture(autouse=True)
@@ -20,28 +17,28 @@ def _needs_fused():
     require_fused()
 
 
-@pytest.fixture
-def loop_calls(monkeypatch):
-    """Counts the calls of the compiled loop."""
+def count_calls(monkeypatch, name):
+    """The list that grows by one at every call of odecore.ops.fused.<name>."""
     from odecore.ops import fused
 
     calls = []
-    inner = fused.host_loop
+    inner = getattr(fused, name)
 
     def counting(*args):
         calls.append(1)
         return inner(*args)
 
-    monkeypatch.setattr(fused, "host_loop", counting)
+    monkeypatch.setattr(fused, name, counting)
     return calls
 
 
-def vdp(t, y):
-    return torch.stack([y[..., 1], 2.0 * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+@pytest.fixture
+def loop_calls(monkeypatch):
+    """Counts the calls of the compiled loop."""
+    return count_calls(monkeypatch, "host_loop")
 
 
-def forced(t, y):
-    return torch.stack([y[..., 1], -y[..., 0]], -1) + 0.3 * torch.sin(3 * t)
+vdp = van_der_pol_batched(2.0)
 
 
 def run(compiled, fn, *args, **kwargs):
@@ -295,16 +292,7 @@ def test_native_adjoint_dynamics_equal_python(time, dtype, compiled):
 
 
 def test_native_adjoint_dynamics_is_used(monkeypatch):
-    from odecore.ops import fused
-
-    made = []
-    inner = fused.AdjointDynamics
-
-    def making(*args):
-        made.append(1)
-        return inner(*args)
-
-    monkeypatch.setattr(fused, "AdjointDynamics", making)
+    made = count_calls(monkeypatch, "AdjointDynamics")
     adjoint_grads(True, _MLP().double(), torch.randn(2, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64))
     assert len(made) == 1  # one per backward pass, made after the first evaluation's checks
     made.clear()
@@ -384,7 +372,9 @@ def test_native_adjoint_dynamics_errors():
         ys.sum().backward()
     calls.clear()
     ys = odecore.odeint_adjoint(Bad("shape"), y0, t)
-    with pytest.raises(ValueError, match="odeint_adjoint: func returned a tensor of shape"):
+    # the Python dynamics' message, word for word (the C++ dynamics ask it for the error)
+    with pytest.raises(ValueError, match=r"^odeint_adjoint: func returned torch.Size\(\[3, 1\]\) during the backward "
+                                         r"pass, expected a tensor of shape \(3, 2\) and dtype torch.float64$"):
         ys.sum().backward()
 
 

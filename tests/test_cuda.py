@@ -7,7 +7,8 @@ from torch.library import opcheck
 import odecore
 from odecore.ops import get_ops
 
-from .testing import ADAPTIVE_METHODS, METHODS, dtypes, make_noncontiguous, product, require_cuda, van_der_pol
+from .testing import (ADAPTIVE_METHODS, METHODS, dtypes, make_noncontiguous, product, require_cuda, van_der_pol,
+                      van_der_pol_batched)
 
 pytestmark = pytest.mark.cuda
 
@@ -117,8 +118,7 @@ def _vdp_batch(n, dtype, device):
     return (torch.rand(n, 2, generator=g, dtype=torch.float64) * 4 - 2).to(device, dtype)
 
 
-def _vdp(t, y):
-    return torch.stack([y[..., 1], 2.0 * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+_vdp = van_der_pol_batched(2.0)
 
 
 @pytest.mark.parametrize("method,dtype", product(ADAPTIVE_METHODS, dtypes))
@@ -277,7 +277,7 @@ def test_per_sample_cuda_sync_count():
 
 
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
-def test_compiled_loop_cuda_equals_python_loop(method):
+def test_compiled_loop_cuda_equals_python_loop(method, monkeypatch):
     """The compiled host loop (with gradients, so the host loop runs on CUDA) against the
     Python host loop on the GPU: same solution, gradient and statistics, bitwise."""
     require_cuda()
@@ -288,14 +288,11 @@ def test_compiled_loop_cuda_equals_python_loop(method):
     t = torch.linspace(0, 2, 7, dtype=torch.float64, device="cuda")
 
     def run(compiled):
-        saved, adaptive_mod.COMPILED_LOOP = adaptive_mod.COMPILED_LOOP, compiled
-        try:
-            p0 = y0.clone().requires_grad_()
-            ys, stats = odecore.odeint(lambda tt, y: torch.tanh(lin(y)) * torch.cos(tt), p0, t, method=method,
-                                       rtol=1e-6, atol=1e-8, options={"return_stats": True})
-            return ys, torch.autograd.grad(ys.pow(2).sum(), [p0, *lin.parameters()]), stats
-        finally:
-            adaptive_mod.COMPILED_LOOP = saved
+        monkeypatch.setattr(adaptive_mod, "COMPILED_LOOP", compiled)
+        p0 = y0.clone().requires_grad_()
+        ys, stats = odecore.odeint(lambda tt, y: torch.tanh(lin(y)) * torch.cos(tt), p0, t, method=method,
+                                   rtol=1e-6, atol=1e-8, options={"return_stats": True})
+        return ys, torch.autograd.grad(ys.pow(2).sum(), [p0, *lin.parameters()]), stats
 
     (ya, ga, sa), (yb, gb, sb) = run(False), run(True)
     assert sa["loop"] == sb["loop"] == "host" and sa["n_steps"] == sb["n_steps"] and sa["nfe"] == sb["nfe"]
@@ -304,7 +301,7 @@ def test_compiled_loop_cuda_equals_python_loop(method):
         assert torch.equal(u, v)
 
 
-def test_native_adjoint_dynamics_cuda_equal_python():
+def test_native_adjoint_dynamics_cuda_equal_python(monkeypatch):
     """odeint_adjoint's C++ augmented dynamics on CUDA (the autograd engine runs its device
     thread with the GIL released) against the Python dynamics."""
     require_cuda()
@@ -326,13 +323,10 @@ def test_native_adjoint_dynamics_cuda_equal_python():
     t = torch.linspace(0, 1, 4, dtype=torch.float64, device="cuda")
 
     def grads(native):
-        saved, adjoint_mod.NATIVE_DYNAMICS = adjoint_mod.NATIVE_DYNAMICS, native
-        try:
-            p0 = y0.clone().requires_grad_()
-            ys = odecore.odeint_adjoint(f, p0, t, rtol=1e-6, atol=1e-8)
-            return torch.autograd.grad(ys.pow(2).sum(), [p0, *f.parameters()])
-        finally:
-            adjoint_mod.NATIVE_DYNAMICS = saved
+        monkeypatch.setattr(adjoint_mod, "NATIVE_DYNAMICS", native)
+        p0 = y0.clone().requires_grad_()
+        ys = odecore.odeint_adjoint(f, p0, t, rtol=1e-6, atol=1e-8)
+        return torch.autograd.grad(ys.pow(2).sum(), [p0, *f.parameters()])
 
     for u, v in zip(grads(False), grads(True)):
         assert torch.equal(u, v)

@@ -223,6 +223,18 @@ def van_der_pol(mu=1.0):
     return f
 
 
+def van_der_pol_batched(mu=1.0):
+    """Van der Pol on a batch of states (..., 2) (van_der_pol takes (2, ...): rows x, v)."""
+    def f(t, y):
+        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+    return f
+
+
+def forced_rotation(t, y):
+    """A rotation forced in time, on states (..., 2)."""
+    return torch.stack([y[..., 1], -y[..., 0]], -1) + 0.3 * torch.sin(3 * t)
+
+
 def lotka_volterra(a=1.5, b=1.0, c=3.0, d=1.0):
     def f(t, y):
         return torch.stack([a * y[0] - b * y[0] * y[1], -c * y[1] + d * y[0] * y[1]])

@@ -186,14 +186,14 @@ def _control_one(s, r, tl, c, params, stage_dtype):
     stage = None
     if prepare:
         t0, dt = s[_T], s[_DT]
+        t1 = _round_time(t0 + dt, round_f32)  # in the time dtype
         if s[_STEPS_HERE] >= max_num_steps:
             s[_STATUS] = 4
-        elif not _round_time(t0 + dt, round_f32) > t0:  # in the time dtype
+        elif not t1 > t0:
             s[_STATUS] = 3
         if s[_STATUS] != 0:
             s[_ERR_T], s[_ERR_DT] = t0, dt
         else:
-            t1 = _round_time(t0 + dt, round_f32)
             s[_T0], s[_T1], s[_DT_USED] = t0, t1, dt
             stage = [time_sign * (_time_before(t1, stage_dtype) if ci == 1.0 else t0 + ci * dt) for ci in c]
     if s[_STATUS] != 0:  # stopped: queued attempts evaluate func at the current time

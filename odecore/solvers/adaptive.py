@@ -38,8 +38,6 @@ _KNOWN = {"first_step", "step_t", "jump_t", "min_step", "max_step", "safety", "i
 
 # Whether the host loop's common case runs in C++ (odecore._C.host_loop) where the ops have it.
 COMPILED_LOOP = True
-# Status codes of odecore._C.host_loop (csrc/loop.cpp, LoopStatus).
-_LOOP_DONE, _LOOP_NON_FINITE, _LOOP_UNDERFLOW, _LOOP_MAX_STEPS = range(4)
 
 # Default K of the device loop on CUDA: one host read per 16 steps.
 DEFAULT_SYNC_EVERY = 16
@@ -237,8 +235,7 @@ class AdaptiveRKSolver:
         while j < len(t):
             if t[j] > self.t:
                 if steps_here >= self.max_num_steps:
-                    raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r"
-                                       % (self.max_num_steps, self.func.time_sign * self.t, self.dt))
+                    self._raise_status(MAX_STEPS, self.t, self.dt)
                 self._step()
                 steps_here += 1
                 continue
@@ -270,24 +267,17 @@ class AdaptiveRKSolver:
         odecore._C.host_loop; sets the solver's state as the Python loop leaves it."""
         tab, func = self.tableau, self.func
         plan = self._stage_plan
-        e_idx, e = tab.e_terms if tab.fsal else (list(range(len(tab.e))), tab.e)
-        params = [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
-                  float(self.max_num_steps), func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0]
+        e_idx, e = tab.e_terms if tab.fsal else ((), tab.e)  # rk_finish takes every stage
         out, status, self.t, self.dt, self.y, self.f, self.n_steps, self.n_accepted, reads, err_t, err_dt, last = \
             self.ops.host_loop(func, self.y, self.f, t, self.t, self.dt, [list(idx) for idx, _, _ in plan],
                                [list(a) for _, a, _ in plan], [c for _, _, c in plan], tab.fsal, list(e_idx), list(e),
-                               list(tab.b), list(tab.dense_flat), self.rtol, self.atol, list(self.segments), params,
-                               func.negate)
+                               list(tab.b), list(tab.dense_flat), self.rtol, self.atol, list(self.segments),
+                               self._control_params(), func.negate)
         self.host_reads += reads
         if last is not None:
             self.last_step = last[:2] + (list(last[2]), last[3])
-        if status == _LOOP_NON_FINITE:
-            check_finite_ratio(math.nan, func.time_sign * err_t, err_dt)
-        if status == _LOOP_UNDERFLOW:
-            self._underflow(err_t, err_dt)
-        if status == _LOOP_MAX_STEPS:
-            raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r"
-                               % (self.max_num_steps, func.time_sign * err_t, err_dt))
+        if status != DONE:
+            self._raise_status(status, err_t, err_dt)
         return out
 
     # -- the device loop -----------------------------------------------------------------
@@ -338,7 +328,7 @@ class AdaptiveRKSolver:
             if status == DONE:
                 break
             if status != RUNNING:
-                self._device_error(status, s)
+                self._raise_status(status, s[ERR_T], s[ERR_DT])
             # near the end, once, a shorter batch so that few attempts are wasted
             left = (t[-1] - s[T]) / s[DT] if s[DT] > 0 else math.inf
             if not shortened and left < sync_every:
@@ -353,13 +343,13 @@ class AdaptiveRKSolver:
         attempt (or the error that stops it) set up where the state lives."""
         dev = state.device
         nodes = [c for _, _, c in self._stage_plan]
-        params = [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
-                  float(self.max_num_steps), self.func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0]
-        control = _DeviceControl(state, times, nodes, params + [0.0],
+        params = self._control_params()
+        control = _DeviceControl(state, times, nodes, params,
                                  accept=torch.zeros(batch_shape, dtype=torch.bool, device=dev),
                                  stage_t=torch.empty(*batch_shape, len(nodes), dtype=self.y0.dtype, device=dev),
                                  dt=torch.empty(batch_shape or (1,), dtype=torch.float64, device=dev))
-        self.ops.rk_control(state, control.accept, control.stage_t, control.dt, control.dt, times, nodes, params + [1.0])
+        self.ops.rk_control(state, control.accept, control.stage_t, control.dt, control.dt, times, nodes,
+                            params[:-1] + [1.0])  # prepare_only
         return control
 
     def _device_attempt(self, y, f, control, out):
@@ -387,8 +377,15 @@ class AdaptiveRKSolver:
         ops.rk_dense_into(out, c.times, c.state, y, y1, k, tab.dense_flat)
         return y1, k
 
-    def _device_error(self, status, s):
-        t, dt = s[ERR_T], s[ERR_DT]
+    def _control_params(self):
+        """rk_control's parameters (csrc/include/odecore/rk_math.h, ControlParams) for this
+        solve: the compiled loop's step control too."""
+        return [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
+                float(self.max_num_steps), self.func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0, 0.0]
+
+    def _raise_status(self, status, t, dt):
+        """Raises the error of a loop that stopped with `status` (rk_control's codes) at
+        solver time t with step dt."""
         if status == NON_FINITE:
             check_finite_ratio(math.nan, self.func.time_sign * t, dt)
         if status == UNDERFLOW:

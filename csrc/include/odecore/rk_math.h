@@ -262,6 +262,33 @@ ODECORE_HD double step_factor(double ratio, const ControlParams& p) {
   return p.ifactor < f ? p.ifactor : f;  // min(ifactor, f)
 }
 
+// The end of a step of size dt from t0, in the time dtype (the step cannot be taken
+// unless it lies after t0: a step-size underflow).
+ODECORE_HD double step_end(double t0, double dt, const ControlParams& p) {
+  return round_time(dadd(t0, dt), p.round_f32);
+}
+
+// The host loop's accept rule: ratio <= 1, but never above max_step and always at min_step.
+ODECORE_HD bool accepts(double ratio, double dt, const ControlParams& p) {
+  bool ok = ratio <= 1.0;
+  if (dt > p.max_step) {
+    ok = false;
+  }
+  if (dt <= p.min_step) {
+    ok = true;
+  }
+  return ok;
+}
+
+// The step size after an attempt of size dt with error ratio `ratio`, clamped to
+// [min_step, max_step] and rounded to the time dtype.
+ODECORE_HD double next_dt(double dt, double ratio, const ControlParams& p) {
+  double next = dmul(dt, step_factor(ratio, p));
+  next = next < p.min_step ? p.min_step : next;
+  next = p.max_step < next ? p.max_step : next;
+  return round_time(next, p.round_f32);
+}
+
 // The time just before t in the state's dtype (Perturb.PREV of the host loop).
 template <typename time_t>
 ODECORE_HD double time_before(double t);
@@ -281,9 +308,10 @@ template <typename time_t>
 ODECORE_HD bool prepare_attempt(double* state, time_t* stage_t, const double* c, int n_c, const ControlParams& p) {
   const double t0 = state[kT];
   const double dt = state[kDt];
+  const double t1 = step_end(t0, dt, p);
   if (state[kStepsHere] >= p.max_num_steps) {
     state[kStatus] = kMaxSteps;
-  } else if (!(round_time(dadd(t0, dt), p.round_f32) > t0)) {  // in the time dtype
+  } else if (!(t1 > t0)) {
     state[kStatus] = kUnderflow;
   }
   if (state[kStatus] != kRunning) {
@@ -291,7 +319,6 @@ ODECORE_HD bool prepare_attempt(double* state, time_t* stage_t, const double* c,
     state[kErrDt] = dt;
     return false;
   }
-  const double t1 = round_time(dadd(t0, dt), p.round_f32);
   state[kT0] = t0;
   state[kT1] = t1;
   state[kDtUsed] = dt;
@@ -316,13 +343,7 @@ ODECORE_HD void control_decide(double* state, bool* accept, time_t* stage_t, dou
   }
   const double dt = state[kDtUsed];
   state[kRatio] = ratio;
-  bool ok = ratio <= 1.0;
-  if (dt > p.max_step) {
-    ok = false;
-  }
-  if (dt <= p.min_step) {
-    ok = true;
-  }
+  const bool ok = accepts(ratio, dt, p);
   if (ratio != ratio || (ok && is_inf(ratio))) {
     state[kStatus] = kNonFinite;
     state[kErrT] = state[kT0];
@@ -349,10 +370,7 @@ ODECORE_HD void control_decide(double* state, bool* accept, time_t* stage_t, dou
     state[kNextOut] = static_cast<double>(next);
     *accept = true;
   }
-  double dt_next = dmul(dt, step_factor(ratio, p));
-  dt_next = dt_next < p.min_step ? p.min_step : dt_next;
-  dt_next = p.max_step < dt_next ? p.max_step : dt_next;
-  state[kDt] = round_time(dt_next, p.round_f32);
+  state[kDt] = next_dt(dt, ratio, p);
   if (static_cast<int64_t>(state[kNextOut]) >= n_times) {
     state[kStatus] = kDone;
     return;
