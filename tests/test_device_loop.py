@@ -11,7 +11,7 @@ from odecore.ops import reference
 from odecore.solvers import adaptive as adaptive_mod
 from odecore.solvers.adaptive import AdaptiveRKSolver
 
-from .testing import require_fused
+from .testing import forced_rotation, require_fused
 
 try:
     from odecore.ops import fused
@@ -28,10 +28,6 @@ ADAPTIVE = sorted(name for name, cls in odecore.SOLVERS.items() if issubclass(cl
 
 def vdp(t, y):
     return torch.stack([y[..., 1], 2.0 * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1) + 0 * t
-
-
-def forced_rotation(t, y):
-    return torch.stack([y[..., 1], -y[..., 0]], -1) + 0.3 * torch.sin(3 * t)
 
 
 def solve(func, y0, t, sync_every, method="dopri5", backend=None, **options):
@@ -358,6 +354,12 @@ def test_new_ops_opcheck():
     torch.library.opcheck(torch.ops.odecore.rk_stage_dt.default, (y0, k, [0.1, 0.2, 0.3, 0.4], dt),
                           test_utils=("test_schema", "test_faketensor"))
     torch.library.opcheck(torch.ops.odecore.rk_finish_dt.default, (y0, k, [0.1] * 4, [0.01] * 4, dt, rtol, atol, [37]),
+                          test_utils=("test_schema", "test_faketensor"))
+    per_sample = torch.linspace(0.05, 0.1, 37, dtype=torch.float64)  # ratios of shape (37,)
+    torch.library.opcheck(torch.ops.odecore.rk_finish_dt.default, (y0, k, [0.1] * 4, [0.01] * 4, per_sample, rtol, atol, [37]),
+                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(torch.ops.odecore.rk_error_ratio_dt.default,
+                          (y0, y0 * 1.1, k, [0.01] * 4, per_sample, rtol, atol, [37]),
                           test_utils=("test_schema", "test_faketensor"))
     state, accept, stage_t, dt, ratio, times = _control_args(torch.float64)
     torch.library.opcheck(torch.ops.odecore.rk_control.default,

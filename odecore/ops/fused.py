@@ -30,50 +30,43 @@ def _check_terms(op, y0, k, n_coeffs):
         torch._check(kj.dtype == y0.dtype, lambda: "%s: k[%d] has dtype %s but y0 has %s" % (op, j, kj.dtype, y0.dtype))
 
 
-def _ratio_like(y0):
-    return y0.new_empty((), dtype=torch.float64)
+def _ratio_like(y0, dt):
+    """The error ratio: 0-d, or one per sample for a *_dt op given one dt per sample."""
+    per_sample = isinstance(dt, torch.Tensor) and dt.numel() > 1
+    return y0.new_empty((dt.numel(),) if per_sample else (), dtype=torch.float64)
 
 
-@torch.library.register_fake("odecore::rk_stage")
-def _(y0, k, a, dt):
-    _check_terms("rk_stage", y0, k, len(a))
-    return torch.empty_like(y0, memory_format=torch.contiguous_format)
+def _stage_fake(op):
+    def fake(y0, k, a, dt):
+        _check_terms(op, y0, k, len(a))
+        return torch.empty_like(y0, memory_format=torch.contiguous_format)
+    return fake
 
 
-@torch.library.register_fake("odecore::rk_finish")
-def _(y0, k, b, e, dt, rtol, atol, segments):
-    _check_terms("rk_finish", y0, k, len(e))
-    return torch.empty_like(y0, memory_format=torch.contiguous_format), _ratio_like(y0)
+def _finish_fake(op):
+    def fake(y0, k, b, e, dt, rtol, atol, segments):
+        _check_terms(op, y0, k, len(e))
+        return torch.empty_like(y0, memory_format=torch.contiguous_format), _ratio_like(y0, dt)
+    return fake
 
 
-@torch.library.register_fake("odecore::rk_error_ratio")
-def _(y0, y1, k, e, dt, rtol, atol, segments):
-    _check_terms("rk_error_ratio", y0, k, len(e))
-    return _ratio_like(y0)
+def _error_ratio_fake(op):
+    def fake(y0, y1, k, e, dt, rtol, atol, segments):
+        _check_terms(op, y0, k, len(e))
+        return _ratio_like(y0, dt)
+    return fake
+
+
+# each op and its *_dt twin (dt a float64 tensor of one element or one per sample)
+for _name, _make in (("rk_stage", _stage_fake), ("rk_finish", _finish_fake), ("rk_error_ratio", _error_ratio_fake)):
+    for _op in (_name, _name + "_dt"):
+        torch.library.register_fake("odecore::" + _op)(_make(_op))
 
 
 @torch.library.register_fake("odecore::rk_interp")
 def _(y0, k, poly, dt, x):
     _check_terms("rk_interp", y0, k, len(k))
     return y0.new_empty((len(x), *y0.shape))
-
-
-@torch.library.register_fake("odecore::rk_stage_dt")
-def _(y0, k, a, dt):
-    _check_terms("rk_stage_dt", y0, k, len(a))
-    return torch.empty_like(y0, memory_format=torch.contiguous_format)
-
-
-@torch.library.register_fake("odecore::rk_finish_dt")
-def _(y0, k, b, e, dt, rtol, atol, segments):
-    _check_terms("rk_finish_dt", y0, k, len(e))
-    return torch.empty_like(y0, memory_format=torch.contiguous_format), _ratio_like(y0)
-
-
-@torch.library.register_fake("odecore::rk_error_ratio_dt")
-def _(y0, y1, k, e, dt, rtol, atol, segments):
-    _check_terms("rk_error_ratio_dt", y0, k, len(e))
-    return _ratio_like(y0)
 
 
 @torch.library.register_fake("odecore::rk_control")
