@@ -7,6 +7,7 @@ Environment switches:
   TORCH_CUDA_ARCH_LIST   CUDA architectures (read by torch.utils.cpp_extension)
   MAX_JOBS               parallel compile jobs (read by torch.utils.cpp_extension)
 """
+
 import glob
 import os
 import sys
@@ -37,7 +38,9 @@ def _extensions():
 
     debug = _flag("DEBUG")
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cuda_sources = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp")))
+    cuda_sources = sorted(
+        glob.glob(os.path.join("csrc", "cuda", "*.cu")) + glob.glob(os.path.join("csrc", "cuda", "*.cpp"))
+    )
     want_cuda = _flag("FORCE_CUDA") or (
         torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and torch.cuda.is_available()
     )

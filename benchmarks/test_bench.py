@@ -78,10 +78,16 @@ def test_solve(benchmark, bench_rows, problem_name, impl_name):
     ft = statistics.median(func_times)
     assert out is not None
 
-    info = dict(problem=problem_name, impl=impl_name, method=inst.method,
-                device=str(DEVICE), dtype=str(DTYPE).replace("torch.", ""), grad=GRAD,
-                func_us=ft * 1e6,
-                max_abs_diff_vs_torchdiffeq=bench._max_abs_diff(solution, ref))
+    info = dict(
+        problem=problem_name,
+        impl=impl_name,
+        method=inst.method,
+        device=str(DEVICE),
+        dtype=str(DTYPE).replace("torch.", ""),
+        grad=GRAD,
+        func_us=ft * 1e6,
+        max_abs_diff_vs_torchdiffeq=bench._max_abs_diff(solution, ref),
+    )
     info.update({k: v for k, v in counts.items() if isinstance(v, (int, float, bool, type(None)))})
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
     if stats is not None:  # None under --benchmark-disable
@@ -171,9 +177,16 @@ def test_adjoint(benchmark, adjoint_rows, problem_name, impl_name):
     vjp = statistics.median(vjp_times)
     assert out is not None
 
-    info = dict(problem=problem_name, impl=impl_name, suite="adjoint", method=inst.method,
-                device=str(DEVICE), dtype=str(DTYPE).replace("torch.", ""), vjp_us=vjp * 1e6,
-                max_rel_grad_diff_vs_torchdiffeq=bench._max_rel_grad_diff(grads, ref and ref["grads"]))
+    info = dict(
+        problem=problem_name,
+        impl=impl_name,
+        suite="adjoint",
+        method=inst.method,
+        device=str(DEVICE),
+        dtype=str(DTYPE).replace("torch.", ""),
+        vjp_us=vjp * 1e6,
+        max_rel_grad_diff_vs_torchdiffeq=bench._max_rel_grad_diff(grads, ref and ref["grads"]),
+    )
     info.update({k: v for k, v in counts.items() if isinstance(v, (int, float, bool, type(None)))})
     if ref is not None and ref.get("bwd_nfe"):
         info["bwd_nfe_ratio_vs_torchdiffeq"] = counts["bwd_nfe"] / ref["bwd_nfe"]

@@ -3,13 +3,14 @@
 ``import odecore as torchdiffeq`` works: `odeint` takes torchdiffeq's arguments, options and
 method names and gives the same results.
 """
+
 from ._extension import backend_info
 from .adjoint import odeint_adjoint
 from .api import odeint
+from .brownian import BrownianInterval, BrownianPath, BrownianTree
 from .dense import DenseSolution, odeint_dense
 from .events import odeint_event
 from .ops import get_backend, set_backend
-from .brownian import BrownianInterval, BrownianPath, BrownianTree
 from .sde import sdeint
 from .sde_adjoint import sdeint_adjoint
 from .solvers import SOLVERS
@@ -17,4 +18,21 @@ from .solvers.base import Perturb
 
 __version__ = "0.1.0"
 
-__all__ = ["odeint", "odeint_adjoint", "odeint_event", "odeint_dense", "DenseSolution", "sdeint", "sdeint_adjoint", "BrownianInterval", "BrownianPath", "BrownianTree", "backend_info", "set_backend", "get_backend", "SOLVERS", "Perturb", "__version__"]
+__all__ = [
+    "odeint",
+    "odeint_adjoint",
+    "odeint_event",
+    "odeint_dense",
+    "DenseSolution",
+    "sdeint",
+    "sdeint_adjoint",
+    "BrownianInterval",
+    "BrownianPath",
+    "BrownianTree",
+    "backend_info",
+    "set_backend",
+    "get_backend",
+    "SOLVERS",
+    "Perturb",
+    "__version__",
+]

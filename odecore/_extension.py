@@ -1,4 +1,5 @@
 """Loads the compiled kernels (odecore._C) if they were built, and says which were."""
+
 import warnings
 
 import torch

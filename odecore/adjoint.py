@@ -11,6 +11,7 @@ Semantics follow torchdiffeq 0.2.5's odeint_adjoint; the augmented state is one 
 tensor [a_t (1), y (N), a (N), a_theta (P)] that the same solver classes and fused ops
 integrate, with its error norm computed in the same kernel pass (one segment per part).
 """
+
 import functools
 import warnings
 
@@ -31,9 +32,22 @@ def find_parameters(module):
     return [p for p in module.parameters() if p.requires_grad]
 
 
-def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, event_fn=None,
-                   adjoint_rtol=None, adjoint_atol=None, adjoint_method=None, adjoint_options=None,
-                   adjoint_params=None):
+def odeint_adjoint(
+    func,
+    y0,
+    t,
+    *,
+    rtol=1e-7,
+    atol=1e-9,
+    method=None,
+    options=None,
+    event_fn=None,
+    adjoint_rtol=None,
+    adjoint_atol=None,
+    adjoint_method=None,
+    adjoint_options=None,
+    adjoint_params=None,
+):
     """Like `odeint`, with gradients from the adjoint method (memory constant in the steps).
 
     ``func`` must be an ``nn.Module`` unless ``adjoint_params`` (possibly ``()``) lists the
@@ -46,9 +60,11 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
     running from the (fixed) event time; ``odeint_event`` adds the event time's gradient.
     """
     if adjoint_params is None and not isinstance(func, nn.Module):
-        raise ValueError("func must be an instance of nn.Module to specify the adjoint parameters; alternatively they "
-                         "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
-                         "then it is allowable to set `adjoint_params=()`.")
+        raise ValueError(
+            "func must be an instance of nn.Module to specify the adjoint parameters; alternatively they "
+            "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
+            "then it is allowable to set `adjoint_params=()`."
+        )
     if adjoint_rtol is None:
         adjoint_rtol = rtol
     if adjoint_atol is None:
@@ -56,8 +72,10 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
     if adjoint_method is None:
         adjoint_method = method
     if adjoint_method != method and options is not None and adjoint_options is None:
-        raise ValueError("If `adjoint_method != method` then we cannot infer `adjoint_options` from `options`. So as "
-                         "`options` has been passed then `adjoint_options` must be passed as well.")
+        raise ValueError(
+            "If `adjoint_method != method` then we cannot infer `adjoint_options` from `options`. So as "
+            "`options` has been passed then `adjoint_options` must be passed as well."
+        )
     if adjoint_options is None:
         adjoint_options = {k: v for k, v in options.items() if k != "norm"} if options is not None else {}
     else:
@@ -69,8 +87,10 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
     n_given = len(params)
     params = tuple(p for p in params if p.requires_grad)
     if len(params) != n_given and callable(adjoint_options.get("norm")):
-        warnings.warn("An adjoint parameter was passed without requiring gradient. For efficiency this will be "
-                      "excluded from the adjoint pass, and will not appear as a tensor in the adjoint norm.")
+        warnings.warn(
+            "An adjoint parameter was passed without requiring gradient. For efficiency this will be "
+            "excluded from the adjoint pass, and will not appear as a tensor in the adjoint norm."
+        )
 
     per_sample = None
     if isinstance(options, dict) and options.get("batch_dim") is not None:
@@ -90,7 +110,10 @@ def odeint_adjoint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=No
 
         return adjoint_event_solve(p, back, params, t, event_fn)
     if len(p.times) == 1:
-        solution, stats = p.y0.unsqueeze(0), {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0, "final_dt": None}
+        solution, stats = (
+            p.y0.unsqueeze(0),
+            {"nfe": 0, "n_steps": 0, "n_accepted": 0, "n_rejected": 0, "final_dt": None},
+        )
     else:
         # Solve in increasing time: a decreasing t is negated (a differentiable op, so t's
         # gradient gets the sign back) and func sees -t and returns -f, as in odeint.
@@ -144,12 +167,16 @@ class _Backward:
         """A float or one-element tensor, or (as torchdiffeq) one entry per augmented part."""
         if isinstance(tol, (tuple, list)):
             if len(tol) != len(self.parts):
-                raise ValueError("%s has %d entries, but the augmented state has %d parts (a_t, y, adj_y and one per "
-                                 "parameter)" % (name, len(tol), len(self.parts)))
+                raise ValueError(
+                    "%s has %d entries, but the augmented state has %d parts (a_t, y, adj_y and one per "
+                    "parameter)" % (name, len(tol), len(self.parts))
+                )
             return torch.cat([_tolerance(name, v, None, like[:1]).expand(size) for v, size in zip(tol, self.parts)])
         if isinstance(tol, torch.Tensor) and tol.numel() != 1:
-            raise ValueError("%s must be a float, a one-element tensor or one entry per augmented part; got a tensor of "
-                             "shape %s (pass adjoint_rtol/adjoint_atol explicitly)" % (name, tuple(tol.shape)))
+            raise ValueError(
+                "%s must be a float, a one-element tensor or one entry per augmented part; got a tensor of "
+                "shape %s (pass adjoint_rtol/adjoint_atol explicitly)" % (name, tuple(tol.shape))
+            )
         return _tolerance(name, tol, None, like)
 
     def _wrap_norm(self, norm, p):
@@ -175,7 +202,7 @@ except ImportError:  # pragma: no cover - older or newer torch
     _engine_run_backward = None
 
 
-def _vjp(f, inputs, v):
+def vector_jacobian_product(f, inputs, v):
     """v^T df/d(inputs) for each input (None where f does not depend on it); `v` has f's
     shape and dtype (checked by the caller), so torch.autograd.grad's checks are skipped."""
     if not f.requires_grad:
@@ -187,8 +214,10 @@ def _vjp(f, inputs, v):
 
 def _check_backward_output(f, shape, dtype):
     if not isinstance(f, torch.Tensor) or f.shape != shape or f.dtype != dtype:
-        raise ValueError("odeint_adjoint: func returned %s during the backward pass, expected a tensor of shape %s "
-                         "and dtype %s" % (getattr(f, "shape", type(f).__name__), tuple(shape), dtype))
+        raise ValueError(
+            "odeint_adjoint: func returned %s during the backward pass, expected a tensor of shape %s "
+            "and dtype %s" % (getattr(f, "shape", type(f).__name__), tuple(shape), dtype)
+        )
 
 
 class _AugmentedDynamics:
@@ -226,23 +255,27 @@ class _AugmentedDynamics:
     def split(self, z):
         """The flat augmented state as torchdiffeq's tuple (a_t, y, a, *a_theta)."""
         a_t, y, a, *adj_params = z.split(self.back.parts)
-        return (a_t.view(()), y.view(self.shape), a.view(self.shape),
-                *(x.view_as(q) for x, q in zip(adj_params, self.back.params)))
+        return (
+            a_t.view(()),
+            y.view(self.shape),
+            a.view(self.shape),
+            *(x.view_as(q) for x, q in zip(adj_params, self.back.params)),
+        )
 
     def __call__(self, t, z):
         native = self._odecore_native
         if native is not None:
             return native(t, z)
         back, n, shape = self.back, self.back.n, self.shape
-        y = z[1:1 + n].view(shape)
-        a = z[1 + n:1 + 2 * n].view(shape)
+        y = z[1 : 1 + n].view(shape)
+        a = z[1 + n : 1 + 2 * n].view(shape)
         with torch.enable_grad():
             y = y.detach().requires_grad_(True)
             t = t.detach().requires_grad_(True)
             f = self.func(t, y)
             if not self._checked:
                 self._check(f, z)
-            vjps = _vjp(f, (t, y) + back.params, a)
+            vjps = vector_jacobian_product(f, (t, y) + back.params, a)
         pieces = [f.detach().reshape(-1).neg()]
         for i, vjp in enumerate(vjps):
             pieces.append(self._zeros[i] if vjp is None else vjp.reshape(-1))
@@ -252,8 +285,10 @@ class _AugmentedDynamics:
     def _check(self, f, z):
         _check_backward_output(f, self.shape, z.dtype)
         if any(q.dtype != z.dtype for q in self.back.params):
-            raise TypeError("odeint_adjoint: the parameters must have the state's dtype %s, got %s"
-                            % (z.dtype, sorted({str(q.dtype) for q in self.back.params})))
+            raise TypeError(
+                "odeint_adjoint: the parameters must have the state's dtype %s, got %s"
+                % (z.dtype, sorted({str(q.dtype) for q in self.back.params}))
+            )
         self._zeros = [z.new_zeros(size) for size in [1, self.back.n] + self.back.param_sizes]
         self._checked = True
         if NATIVE_DYNAMICS and self.back.backend != "reference":
@@ -262,8 +297,9 @@ class _AugmentedDynamics:
                 # the checker holds no reference to self (the C++ object's Python references are
                 # invisible to the garbage collector)
                 check = functools.partial(_check_backward_output, shape=self.shape, dtype=z.dtype)
-                self._odecore_native = native(self.func, list(self.back.params), list(self.shape), self.back.n,
-                                              self._zeros, check)
+                self._odecore_native = native(
+                    self.func, list(self.back.params), list(self.shape), self.back.n, self._zeros, check
+                )
 
 
 class _AdjointSolve(torch.autograd.Function):
@@ -274,12 +310,14 @@ class _AdjointSolve(torch.autograd.Function):
                 from .solvers.per_sample import odeint_per_sample
 
                 user_func, user_y0, user_t, rtol, atol, method, options = p.per_sample
-                solution, forward_stats = odeint_per_sample(user_func, user_y0.detach(), user_t.detach(), rtol, atol, method,
-                                                            dict(options, return_stats=True))
+                solution, forward_stats = odeint_per_sample(
+                    user_func, user_y0.detach(), user_t.detach(), rtol, atol, method, dict(options, return_stats=True)
+                )
                 solution = solution.reshape(len(user_t), -1)
             else:
-                solution, forward_stats = _solve(func, y0, t.tolist(), t.detach(), False, p.rtol, p.atol, p.method,
-                                                 p.options, p.backend, p.segments)
+                solution, forward_stats = _solve(
+                    func, y0, t.tolist(), t.detach(), False, p.rtol, p.atol, p.method, p.options, p.backend, p.segments
+                )
         stats.update(forward_stats)
         ctx.p, ctx.back, ctx.func, ctx.stats = p, back, func, stats
         ctx.t_requires_grad = t.requires_grad
@@ -297,8 +335,8 @@ class _AdjointSolve(torch.autograd.Function):
             grad_solution = grad_solution.reshape(len(times), -1)
             flat_solution = solution.reshape(len(times), -1)
             aug = solution.new_zeros(sum(back.parts))
-            aug[1:1 + n] = flat_solution[-1]
-            aug[1 + n:1 + 2 * n] = grad_solution[-1]
+            aug[1 : 1 + n] = flat_solution[-1]
+            aug[1 + n : 1 + 2 * n] = grad_solution[-1]
             time_vjps = torch.zeros(len(times), dtype=t.dtype, device=t.device) if ctx.t_requires_grad else None
             totals = dict.fromkeys(("nfe", "n_steps", "n_accepted", "n_rejected"), 0)
             final_dt = None
@@ -310,16 +348,28 @@ class _AdjointSolve(torch.autograd.Function):
                     aug[0] -= dl_dt
                     time_vjps[i] = dl_dt
                 _warn_unsupported_callbacks(back.method, ctx.func, ADJOINT_CALLBACK_NAMES)  # per solve, as torchdiffeq
-                out, step_stats = _solve(dynamics, aug, [times[i], times[i - 1]], t[i - 1:i + 1].flip(0).detach(), True,
-                                         back.rtol, back.atol, back.method, dict(back.options), back.backend,
-                                         back.segments)
+                out, step_stats = _solve(
+                    dynamics,
+                    aug,
+                    [times[i], times[i - 1]],
+                    t[i - 1 : i + 1].flip(0).detach(),
+                    True,
+                    back.rtol,
+                    back.atol,
+                    back.method,
+                    dict(back.options),
+                    back.backend,
+                    back.segments,
+                )
                 for key in totals:
                     # None: not known for this solver (scipy_solver's implicit methods)
-                    totals[key] = None if totals[key] is None or step_stats[key] is None else totals[key] + step_stats[key]
+                    totals[key] = (
+                        None if totals[key] is None or step_stats[key] is None else totals[key] + step_stats[key]
+                    )
                 final_dt = step_stats.get("final_dt")
                 aug = out[1].clone()
-                aug[1:1 + n] = flat_solution[i - 1]  # the forward pass's state, not the re-integrated one
-                aug[1 + n:1 + 2 * n] += grad_solution[i - 1]
+                aug[1 : 1 + n] = flat_solution[i - 1]  # the forward pass's state, not the re-integrated one
+                aug[1 + n : 1 + 2 * n] += grad_solution[i - 1]
             if ctx.t_requires_grad:
                 time_vjps[0] = aug[0]
         totals["final_dt"] = final_dt  # of the last backward solve (the one ending at t[0])

@@ -3,6 +3,7 @@
 The call travels: validate -> tuple state to one flat tensor -> decreasing t to negated time
 -> pick the solver class -> solve with the backend's ops -> reshape back.
 """
+
 import math
 import warnings
 
@@ -34,7 +35,9 @@ def _check_y0(y0):
         if y.dtype != tensors[0].dtype:
             raise TypeError("all tensors in y0 must have the same dtype, got %s and %s" % (tensors[0].dtype, y.dtype))
         if y.device != tensors[0].device:
-            raise ValueError("all tensors in y0 must be on the same device, got %s and %s" % (tensors[0].device, y.device))
+            raise ValueError(
+                "all tensors in y0 must be on the same device, got %s and %s" % (tensors[0].device, y.device)
+            )
         if not bool(torch.isfinite(y).all()):
             raise ValueError("%s contains NaN or inf" % name)
     return tensors
@@ -68,7 +71,9 @@ def _tolerance(name, tol, shapes, y0):
         tol = tuple(tol)
         if len(tol) != len(shapes):
             raise ValueError("{} has {} entries but y0 is a tuple of {} tensors".format(name, len(tol), len(shapes)))
-        parts = [_tolerance(name, v, None, y0.new_empty(shape)).expand(math.prod(shape)) for v, shape in zip(tol, shapes)]
+        parts = [
+            _tolerance(name, v, None, y0.new_empty(shape)).expand(math.prod(shape)) for v, shape in zip(tol, shapes)
+        ]
         return torch.cat(parts)
     if isinstance(tol, torch.Tensor):
         if tol.requires_grad:
@@ -78,13 +83,18 @@ def _tolerance(name, tol, shapes, y0):
         raise TypeError("%s must be a float or a tensor, got %s" % (name, type(tol).__name__))
     tol = torch.as_tensor(tol, dtype=torch.float64, device=y0.device)
     if torch.isnan(tol).any() or (tol < 0).any():
-        raise ValueError("%s must be non-negative, got %s" % (name, tol.tolist() if tol.numel() < 8 else "a tensor with negative or NaN entries"))
+        raise ValueError(
+            "%s must be non-negative, got %s"
+            % (name, tol.tolist() if tol.numel() < 8 else "a tensor with negative or NaN entries")
+        )
     if tol.numel() == 1:
         return tol.reshape(1)
     try:
         return torch.broadcast_to(tol, y0.shape).reshape(-1).contiguous()
     except RuntimeError:
-        raise ValueError("%s of shape %s does not broadcast to y0's shape %s" % (name, tuple(tol.shape), tuple(y0.shape))) from None
+        raise ValueError(
+            "%s of shape %s does not broadcast to y0's shape %s" % (name, tuple(tol.shape), tuple(y0.shape))
+        ) from None
 
 
 def _valid_callbacks(method):
@@ -102,7 +112,7 @@ def _warn_unsupported_callbacks(method, func, names=CALLBACK_NAMES):
     callback_names = set()
     for name in names:
         if callable(getattr(func, name, None)):
-            callback_names.add(name[:-len("_adjoint")] if name.endswith("_adjoint") else name)
+            callback_names.add(name[: -len("_adjoint")] if name.endswith("_adjoint") else name)
     invalid_callbacks = callback_names - _valid_callbacks(method)
     if len(invalid_callbacks) > 0:
         warnings.warn("Solver '{}' does not support callbacks {}".format(method, invalid_callbacks))
@@ -115,6 +125,7 @@ def wrap_callbacks(wrapper, inner, to_inner=None, time_sign=1.0):
     for name in CALLBACK_NAMES:
         callback = getattr(inner, name, None)
         if callable(callback):
+
             def wrapped(t0, y0, dt, _callback=callback):
                 return _callback(-t0 if time_sign < 0 else t0, y0 if to_inner is None else to_inner(y0), dt)
 
@@ -142,14 +153,22 @@ class _TupleFunc:
         out = self.func(t, self.split(y))
         if not self._checked:
             if not isinstance(out, (tuple, list)) or len(out) != len(self.shapes):
-                raise TypeError("func must return a tuple of %d tensors for a tuple y0, got %s" % (len(self.shapes), type(out).__name__))
+                raise TypeError(
+                    "func must return a tuple of %d tensors for a tuple y0, got %s"
+                    % (len(self.shapes), type(out).__name__)
+                )
             for i, (o, shape) in enumerate(zip(out, self.shapes)):
                 if not isinstance(o, torch.Tensor):
                     raise TypeError("func returned %s at position %d, expected a torch.Tensor" % (type(o).__name__, i))
                 if o.shape != shape:
-                    raise ValueError("func returned shape %s at position %d, but y0[%d] has shape %s" % (tuple(o.shape), i, i, tuple(shape)))
+                    raise ValueError(
+                        "func returned shape %s at position %d, but y0[%d] has shape %s"
+                        % (tuple(o.shape), i, i, tuple(shape))
+                    )
                 if o.dtype != y.dtype:
-                    raise TypeError("func returned dtype %s at position %d, but y0[%d] has dtype %s" % (o.dtype, i, i, y.dtype))
+                    raise TypeError(
+                        "func returned dtype %s at position %d, but y0[%d] has dtype %s" % (o.dtype, i, i, y.dtype)
+                    )
             self._checked = True
         return torch.cat([o.reshape(-1) for o in out])
 
@@ -174,8 +193,10 @@ class _ComplexFunc:
             if out.dtype != self.dtype:
                 raise TypeError("func returned dtype %s, but the state y0 has dtype %s" % (out.dtype, self.dtype))
             if out.shape != y.shape[:-1]:
-                raise ValueError("func returned a tensor of shape %s, but the state y0 has shape %s"
-                                 % (tuple(out.shape), tuple(y.shape[:-1])))
+                raise ValueError(
+                    "func returned a tensor of shape %s, but the state y0 has shape %s"
+                    % (tuple(out.shape), tuple(y.shape[:-1]))
+                )
             self._checked = True
         if out.requires_grad and torch.is_grad_enabled():
             # the same values as view_as_real, with a backward that takes any gradient layout
@@ -245,8 +266,9 @@ def odeint(func, y0, t, *, rtol=1e-7, atol=1e-9, method=None, options=None, even
             # Gradients for t, exact for the solved trajectory: an output time t_j moves
             # the output along f(t_j, y_j), and the start time moves it by -(dy_j/dy0) f(t0, y0).
             start = p.y0 - _time_sensitivity(p.func, t[:1], p.y0.unsqueeze(0)).squeeze(0)
-        solution, stats = _solve(p.func, start, p.times, t.detach(), p.reverse, p.rtol, p.atol, p.method, p.options,
-                                 p.backend, p.segments)
+        solution, stats = _solve(
+            p.func, start, p.times, t.detach(), p.reverse, p.rtol, p.atol, p.method, p.options, p.backend, p.segments
+        )
         if t_grad:
             solution = solution + _time_sensitivity(p.func, t, solution)
     solution = p.unflatten(solution)
@@ -317,10 +339,19 @@ def _prepare(func, y0, t, rtol, atol, method, options):
             options["grid_constructor"] = lambda f, y, tt: -grid_constructor(f, y, -tt)
     width = 1 if complex_shape is None else 2  # segments count real elements
     return _Problem(
-        y0=y0_flat, func=flat_func, times=times, reverse=reverse, shapes=shapes, complex_shape=complex_shape,
+        y0=y0_flat,
+        func=flat_func,
+        times=times,
+        reverse=reverse,
+        shapes=shapes,
+        complex_shape=complex_shape,
         segments=[width * math.prod(s) for s in shapes] if is_tuple else [y0_flat.numel()],
-        rtol=tolerances[0], atol=tolerances[1],
-        method=method, options=options, backend=backend, return_stats=return_stats,
+        rtol=tolerances[0],
+        atol=tolerances[1],
+        method=method,
+        options=options,
+        backend=backend,
+        return_stats=return_stats,
     )
 
 

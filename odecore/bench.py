@@ -59,8 +59,9 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -116,13 +117,12 @@ class Instance:
     method: str
     rtol: float
     atol: float
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
     # options passed to odecore only (e.g. ``sync_every``), not to the peers
-    odecore_options: Dict[str, Any] = field(default_factory=dict)
+    odecore_options: dict[str, Any] = field(default_factory=dict)
 
-    def odeint_kwargs(self) -> Dict[str, Any]:
-        return dict(rtol=self.rtol, atol=self.atol, method=self.method,
-                    options=dict(self.options))
+    def odeint_kwargs(self) -> dict[str, Any]:
+        return dict(rtol=self.rtol, atol=self.atol, method=self.method, options=dict(self.options))
 
 
 @dataclass
@@ -134,21 +134,19 @@ class Problem:
     method: str
     rtol: float
     atol: float
-    options: Dict[str, Any]
+    options: dict[str, Any]
     _build: Callable[..., tuple]
     seed: int = 0
-    family: Optional[str] = None   # GPU suite: the family name (e.g. "lorenz_rk4"); else the problem name
-    size: Optional[int] = None     # GPU suite: batch / ensemble size the builder gets
+    family: str | None = None  # GPU suite: the family name (e.g. "lorenz_rk4"); else the problem name
+    size: int | None = None  # GPU suite: batch / ensemble size the builder gets
 
-    def make(self, device="cpu", dtype=torch.float64, seed: Optional[int] = None,
-             batch: Optional[int] = None) -> Instance:
+    def make(self, device="cpu", dtype=torch.float64, seed: int | None = None, batch: int | None = None) -> Instance:
         """``batch`` (default: the problem's own) is the leading dimension of y0."""
         device = torch.device(device)
         seed = self.seed if seed is None else seed
         batch = batch or self.size
         func, y0, t = self._build(device, dtype, seed, **({"batch": int(batch)} if batch else {}))
-        return Instance(self.name, func, y0, t, self.method, self.rtol, self.atol,
-                        dict(self.options))
+        return Instance(self.name, func, y0, t, self.method, self.rtol, self.atol, dict(self.options))
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -178,7 +176,7 @@ class CubicSpiral(nn.Module):
         self.register_buffer("A", A)
 
     def forward(self, t, y):
-        return (y ** 3) @ self.A
+        return (y**3) @ self.A
 
 
 class MLPField(nn.Module):
@@ -194,8 +192,8 @@ class MLPField(nn.Module):
 
 def _build_vdp(device, dtype, seed, batch=256):
     g = _generator(seed)
-    x0 = torch.rand(batch, generator=g, dtype=torch.float64) * 4.0 - 2.0   # x in [-2, 2]
-    v0 = torch.rand(batch, generator=g, dtype=torch.float64) * 4.0 - 2.0   # v in [-2, 2]
+    x0 = torch.rand(batch, generator=g, dtype=torch.float64) * 4.0 - 2.0  # x in [-2, 2]
+    v0 = torch.rand(batch, generator=g, dtype=torch.float64) * 4.0 - 2.0  # v in [-2, 2]
     y0 = torch.stack([x0, v0], dim=-1).to(device=device, dtype=dtype)
     t = torch.linspace(0.0, 8.2, 200, dtype=dtype, device=device)
     return VanDerPol(2.0).to(device), y0, t
@@ -205,7 +203,7 @@ def _build_spiral(device, dtype, seed, batch=1024):
     g = _generator(seed)
     A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=dtype, device=device)
     # Points on a ring around the ode_demo start point [2, 0].
-    r = 0.5 + 1.5 * torch.rand(batch, generator=g, dtype=torch.float64)   # radius in [0.5, 2]
+    r = 0.5 + 1.5 * torch.rand(batch, generator=g, dtype=torch.float64)  # radius in [0.5, 2]
     th = 2 * math.pi * torch.rand(batch, generator=g, dtype=torch.float64)
     y0 = torch.stack([r * torch.cos(th), r * torch.sin(th)], dim=-1).to(device=device, dtype=dtype)
     t = torch.linspace(0.0, 25.0, 100, dtype=dtype, device=device)
@@ -244,19 +242,32 @@ def _build_mlp(device, dtype, seed, batch=512):
     return f, y0, t
 
 
-PROBLEMS: Dict[str, Problem] = {
+PROBLEMS: dict[str, Problem] = {
     p.name: p
     for p in [
-        Problem("vdp", "Van der Pol mu=2, batch 256, t in [0, 8.2] (200 points)",
-                "dopri5", 1e-5, 1e-5, {}, _build_vdp),
-        Problem("spiral", "y' = (y**3) @ A, batch 1024, t in [0, 25] (100 points)",
-                "dopri5", 1e-7, 1e-9, {}, _build_spiral),
-        Problem("small_node", "MLP 4-32-4 tanh, batch 64, t in [0, 100] (101 points)",
-                "dopri5", 1e-6, 1e-6, {}, _build_small_node),
-        Problem("mlp", "MLP 64-256-64 tanh, batch 512, t in [0, 1] (11 points)",
-                "dopri5", 1e-5, 1e-5, {}, _build_mlp),
-        Problem("mlp_rk4", "MLP 64-256-64 tanh, batch 512, t in [0, 1] (11 points), rk4 h=0.01",
-                "rk4", 1e-5, 1e-5, {"step_size": 0.01}, _build_mlp),
+        Problem("vdp", "Van der Pol mu=2, batch 256, t in [0, 8.2] (200 points)", "dopri5", 1e-5, 1e-5, {}, _build_vdp),
+        Problem(
+            "spiral", "y' = (y**3) @ A, batch 1024, t in [0, 25] (100 points)", "dopri5", 1e-7, 1e-9, {}, _build_spiral
+        ),
+        Problem(
+            "small_node",
+            "MLP 4-32-4 tanh, batch 64, t in [0, 100] (101 points)",
+            "dopri5",
+            1e-6,
+            1e-6,
+            {},
+            _build_small_node,
+        ),
+        Problem("mlp", "MLP 64-256-64 tanh, batch 512, t in [0, 1] (11 points)", "dopri5", 1e-5, 1e-5, {}, _build_mlp),
+        Problem(
+            "mlp_rk4",
+            "MLP 64-256-64 tanh, batch 512, t in [0, 1] (11 points), rk4 h=0.01",
+            "rk4",
+            1e-5,
+            1e-5,
+            {"step_size": 0.01},
+            _build_mlp,
+        ),
     ]
 }
 
@@ -317,37 +328,79 @@ class Family:
     method: str
     rtol: float
     atol: float
-    options: Dict[str, Any]
+    options: dict[str, Any]
     build: Callable[..., tuple]
     full: Sequence[int]
     small: Sequence[int]
 
     def problem(self, size: int) -> Problem:
-        return Problem(f"{self.name}_{size}", f"{self.description}, N = {size}", self.method, self.rtol,
-                       self.atol, dict(self.options), self.build, family=self.name, size=int(size))
+        return Problem(
+            f"{self.name}_{size}",
+            f"{self.description}, N = {size}",
+            self.method,
+            self.rtol,
+            self.atol,
+            dict(self.options),
+            self.build,
+            family=self.name,
+            size=int(size),
+        )
 
 
-GPU_FAMILIES: Dict[str, Family] = {
+GPU_FAMILIES: dict[str, Family] = {
     f.name: f
     for f in [
-        Family("gpu_vdp", "Van der Pol mu=2, t in [0, 8.2] (200 points)", "dopri5", 1e-5, 1e-5, {},
-               _build_vdp, full=(256, 4096, 65536), small=(16, 64, 256)),
-        Family("lorenz_rk4", "Lorenz ensemble, rho = linspace(0, 21, N), u0 = (1, 0, 0), t in [0, 1], rk4 dt 1e-3",
-               "rk4", 1e-6, 1e-6, {"step_size": 1e-3}, _build_lorenz,
-               full=(2 ** 10, 2 ** 14, 2 ** 20), small=(16, 64, 256)),
-        Family("lorenz_tsit5", "Lorenz ensemble, rho = linspace(0, 21, N), u0 = (1, 0, 0), t in [0, 1], tsit5",
-               "tsit5", 1e-6, 1e-6, {}, _build_lorenz,
-               full=(2 ** 10, 2 ** 14, 2 ** 20), small=(16, 64, 256)),
-        Family("odenet_block", "ODE-Net block (Chen et al.): ODEFunc(64) on 64x6x6, t in [0, 1]",
-               "dopri5", 1e-3, 1e-3, {}, _build_odenet_block, full=(128,), small=(4,)),
+        Family(
+            "gpu_vdp",
+            "Van der Pol mu=2, t in [0, 8.2] (200 points)",
+            "dopri5",
+            1e-5,
+            1e-5,
+            {},
+            _build_vdp,
+            full=(256, 4096, 65536),
+            small=(16, 64, 256),
+        ),
+        Family(
+            "lorenz_rk4",
+            "Lorenz ensemble, rho = linspace(0, 21, N), u0 = (1, 0, 0), t in [0, 1], rk4 dt 1e-3",
+            "rk4",
+            1e-6,
+            1e-6,
+            {"step_size": 1e-3},
+            _build_lorenz,
+            full=(2**10, 2**14, 2**20),
+            small=(16, 64, 256),
+        ),
+        Family(
+            "lorenz_tsit5",
+            "Lorenz ensemble, rho = linspace(0, 21, N), u0 = (1, 0, 0), t in [0, 1], tsit5",
+            "tsit5",
+            1e-6,
+            1e-6,
+            {},
+            _build_lorenz,
+            full=(2**10, 2**14, 2**20),
+            small=(16, 64, 256),
+        ),
+        Family(
+            "odenet_block",
+            "ODE-Net block (Chen et al.): ODEFunc(64) on 64x6x6, t in [0, 1]",
+            "dopri5",
+            1e-3,
+            1e-3,
+            {},
+            _build_odenet_block,
+            full=(128,),
+            small=(4,),
+        ),
     ]
 }
 
 SIZES = ("auto", "small", "full")
 
 
-def gpu_problems(names: Optional[Sequence[str]] = None, sizes: str = "small",
-                 device="cpu") -> List[Problem]:
+def gpu_problems(names: Sequence[str] | None = None, sizes: str = "small", device="cpu") -> list[Problem]:
     """The GPU-suite problems: every family in ``names`` (default all) at ``sizes`` --
     'small' (a CPU smoke run), 'full' (the issue's sizes, up to 2^20 Lorenz members),
     'auto' (full on CUDA, small elsewhere) or comma-separated integers. A name may also be
@@ -362,8 +415,8 @@ def gpu_problems(names: Optional[Sequence[str]] = None, sizes: str = "small",
             raise ValueError(f"--sizes must be one of {', '.join(SIZES)} or integers, got {sizes!r}") from None
         if not explicit or min(explicit) < 1:
             raise ValueError(f"--sizes must be one of {', '.join(SIZES)} or positive integers, got {sizes!r}")
-    out: List[Problem] = []
-    for name in (list(names) if names else list(GPU_FAMILIES)):
+    out: list[Problem] = []
+    for name in list(names) if names else list(GPU_FAMILIES):
         if name in GPU_FAMILIES:
             fam = GPU_FAMILIES[name]
             for n in explicit or (fam.full if sizes == "full" else fam.small):
@@ -373,8 +426,10 @@ def gpu_problems(names: Optional[Sequence[str]] = None, sizes: str = "small",
         if fam_name in GPU_FAMILIES and n.isdigit() and int(n) > 0:
             out.append(GPU_FAMILIES[fam_name].problem(int(n)))
             continue
-        raise ValueError(f"unknown GPU-suite problem {name!r}; choose from {sorted(GPU_FAMILIES)} "
-                         f"(or one size of one, e.g. lorenz_rk4_1024)")
+        raise ValueError(
+            f"unknown GPU-suite problem {name!r}; choose from {sorted(GPU_FAMILIES)} "
+            f"(or one size of one, e.g. lorenz_rk4_1024)"
+        )
     return out
 
 
@@ -389,8 +444,18 @@ class BudgetExceeded(Exception):
 
 # Ops that read device memory on the host: .item() / float() / bool(tensor) all end in
 # _local_scalar_dense; the others have an output whose size depends on the data (a sync on CUDA).
-_HOST_READ_OPS = frozenset({"aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2",
-                            "aten.unique_dim", "aten.unique_consecutive", "aten.equal", "aten.nonzero_static"})
+_HOST_READ_OPS = frozenset(
+    {
+        "aten._local_scalar_dense",
+        "aten.nonzero",
+        "aten.masked_select",
+        "aten._unique2",
+        "aten.unique_dim",
+        "aten.unique_consecutive",
+        "aten.equal",
+        "aten.nonzero_static",
+    }
+)
 _COPY_OPS = frozenset({"aten._to_copy", "aten.copy_"})
 
 
@@ -399,8 +464,12 @@ def _is_device_to_host(name, args, out) -> bool:
         src, dst = (args[0] if args else None), out
     else:  # copy_(dst, src)
         dst, src = (args[0] if args else None), (args[1] if len(args) > 1 else None)
-    return (isinstance(src, torch.Tensor) and isinstance(dst, torch.Tensor)
-            and src.device.type not in ("cpu", "meta") and dst.device.type == "cpu")
+    return (
+        isinstance(src, torch.Tensor)
+        and isinstance(dst, torch.Tensor)
+        and src.device.type not in ("cpu", "meta")
+        and dst.device.type == "cpu"
+    )
 
 
 class OpCounter(TorchDispatchMode):
@@ -424,9 +493,9 @@ class OpCounter(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.ops: Dict[str, Counter] = {"solver": Counter(), "func": Counter()}
-        self.host_reads: Dict[str, int] = {"solver": 0, "func": 0}
-        self.host_read_ops: Dict[str, Counter] = {"solver": Counter(), "func": Counter()}
+        self.ops: dict[str, Counter] = {"solver": Counter(), "func": Counter()}
+        self.host_reads: dict[str, int] = {"solver": 0, "func": 0}
+        self.host_read_ops: dict[str, Counter] = {"solver": Counter(), "func": Counter()}
         self.where = "solver"
         self._paused = 0
         self._saved_tolist = None
@@ -493,15 +562,21 @@ class OpCounter(TorchDispatchMode):
         finally:
             self._restore_tolist()
 
-    def summary(self, steps: Optional[int], nfe: Optional[int], top: int = 12) -> Dict[str, Any]:
+    def summary(self, steps: int | None, nfe: int | None, top: int = 12) -> dict[str, Any]:
         """Totals, per-step and per-evaluation figures, and the most frequent solver ops."""
         solver, func = self.n_ops("solver"), self.n_ops("func")
         hr_s, hr_f = self.host_reads["solver"], self.host_reads["func"]
-        per = (lambda x, n: None if not n else x / n)
+
+        def per(x, n):
+            return None if not n else x / n
+
         return dict(
-            solver_ops=solver, func_ops=func,
-            solver_ops_per_step=per(solver, steps), func_ops_per_eval=per(func, nfe),
-            host_reads=hr_s, func_host_reads=hr_f,
+            solver_ops=solver,
+            func_ops=func,
+            solver_ops_per_step=per(solver, steps),
+            func_ops_per_eval=per(func, nfe),
+            host_reads=hr_s,
+            func_host_reads=hr_f,
             host_reads_per_step=per(hr_s, steps),
             custom_ops_per_step=per(sum(v for k, v in self.ops["solver"].items() if not k.startswith("aten.")), steps),
             top_solver_ops=dict(self.ops["solver"].most_common(top)),
@@ -514,7 +589,7 @@ class CountingFunc(nn.Module):
     ``counter`` (:class:`OpCounter`) each call runs in its ``"func"`` bucket; with a
     ``deadline`` (``time.perf_counter()`` value) a call past it raises :class:`BudgetExceeded`."""
 
-    def __init__(self, func, counter: Optional["OpCounter"] = None, deadline: Optional[float] = None):
+    def __init__(self, func, counter: OpCounter | None = None, deadline: float | None = None):
         super().__init__()
         self.func = func
         self.counter = counter
@@ -551,6 +626,7 @@ class CountingFunc(nn.Module):
 
 def _module_available(name: str) -> bool:
     import importlib
+
     try:
         importlib.import_module(name)
         return True
@@ -579,8 +655,9 @@ class Implementation:
         """Why ``applicable`` is false (for the table's note)."""
         return f"{self.name} does not support this problem"
 
-    def count(self, inst: Instance, y0, cf: Optional["CountingFunc"] = None,
-              counter: Optional[OpCounter] = None) -> Dict[str, Any]:
+    def count(
+        self, inst: Instance, y0, cf: CountingFunc | None = None, counter: OpCounter | None = None
+    ) -> dict[str, Any]:
         """One solve with a counting wrapper ``cf`` (default: a plain one), the solve itself
         (only) inside ``counter`` when given; returns nfe/step statistics and the solution."""
         raise NotImplementedError
@@ -593,6 +670,7 @@ def _within(counter):
 def _odecore_has(name: str) -> bool:
     try:
         import odecore
+
         return hasattr(odecore, name)
     except Exception:
         return False
@@ -618,12 +696,14 @@ class OdecoreImpl(Implementation):
 
     def prepare(self, inst, func, y0):
         import odecore
+
         kw = self._kwargs(inst)
         t = inst.t
         return lambda: odecore.odeint(func, y0, t, **kw)
 
     def count(self, inst, y0, cf=None, counter=None):
         import odecore
+
         cf = cf if cf is not None else CountingFunc(inst.func)
         kw = self._kwargs(inst, stats=True)
         with warnings.catch_warnings():
@@ -653,6 +733,7 @@ class TorchdiffeqImpl(Implementation):
 
     def prepare(self, inst, func, y0):
         import torchdiffeq
+
         kw = inst.odeint_kwargs()
         t = inst.t
         return lambda: torchdiffeq.odeint(func, y0, t, **kw)
@@ -669,6 +750,7 @@ class TorchdiffeqImpl(Implementation):
 
     def count(self, inst, y0, cf=None, counter=None):
         import torchdiffeq
+
         cf = cf if cf is not None else CountingFunc(inst.func)
         kw = inst.odeint_kwargs()
         with warnings.catch_warnings():
@@ -712,6 +794,7 @@ class TorchodeImpl(Implementation):
 
     def _solver(self, inst, f):
         import torchode as to
+
         term = to.ODETerm(f)
         step = getattr(to, self._METHODS[inst.method])(term=term)
         ctrl = to.IntegralController(atol=inst.atol, rtol=inst.rtol, term=term)
@@ -719,16 +802,19 @@ class TorchodeImpl(Implementation):
 
     def prepare(self, inst, func, y0):
         import torchode as to
+
         solver = self._solver(inst, func)
         t_eval = inst.t.expand(y0.shape[0], -1)
 
         def run():
             sol = solver.solve(to.InitialValueProblem(y0=y0, t_eval=t_eval))
             return sol.ys.transpose(0, 1)
+
         return run
 
     def count(self, inst, y0, cf=None, counter=None):
         import torchode as to
+
         cf = cf if cf is not None else CountingFunc(inst.func)
         solver = self._solver(inst, cf)
         t_eval = inst.t.expand(y0.shape[0], -1)
@@ -749,9 +835,8 @@ class TorchodeImpl(Implementation):
         )
 
 
-IMPLEMENTATIONS: Dict[str, Implementation] = {
-    impl.name: impl
-    for impl in [OdecoreImpl("fused"), OdecoreImpl("reference"), TorchdiffeqImpl(), TorchodeImpl()]
+IMPLEMENTATIONS: dict[str, Implementation] = {
+    impl.name: impl for impl in [OdecoreImpl("fused"), OdecoreImpl("reference"), TorchdiffeqImpl(), TorchodeImpl()]
 }
 
 BASELINE = "torchdiffeq"
@@ -764,7 +849,7 @@ def get_implementation(name: str) -> Implementation:
         raise ValueError(f"unknown implementation {name!r}; choose from {sorted(IMPLEMENTATIONS)}") from None
 
 
-def available_implementations() -> List[str]:
+def available_implementations() -> list[str]:
     return [name for name, impl in IMPLEMENTATIONS.items() if impl.available()]
 
 
@@ -789,11 +874,12 @@ def _prepare_y0(inst: Instance, grad: bool) -> torch.Tensor:
     return y0
 
 
-def _func_samples(inst: Instance, y0: torch.Tensor, *, grad: bool, min_calls: int,
-                  max_calls: int, budget_s: float, warmup: int = 3) -> List[float]:
+def _func_samples(
+    inst: Instance, y0: torch.Tensor, *, grad: bool, min_calls: int, max_calls: int, budget_s: float, warmup: int = 3
+) -> list[float]:
     device = y0.device
     t0 = inst.t[0]
-    times: List[float] = []
+    times: list[float] = []
     with _grad_context(grad):
         for _ in range(warmup):
             inst.func(t0, y0)
@@ -807,16 +893,23 @@ def _func_samples(inst: Instance, y0: torch.Tensor, *, grad: bool, min_calls: in
     return times
 
 
-def time_func(inst: Instance, y0: torch.Tensor, *, grad: bool = False,
-              min_calls: int = 30, max_calls: int = 2000, budget_s: float = 0.25) -> Dict[str, float]:
+def time_func(
+    inst: Instance,
+    y0: torch.Tensor,
+    *,
+    grad: bool = False,
+    min_calls: int = 30,
+    max_calls: int = 2000,
+    budget_s: float = 0.25,
+) -> dict[str, float]:
     """Median (and min) wall time in seconds of one ``func(t0, y0)`` call."""
-    times = _func_samples(inst, y0, grad=grad, min_calls=min_calls, max_calls=max_calls,
-                          budget_s=budget_s)
+    times = _func_samples(inst, y0, grad=grad, min_calls=min_calls, max_calls=max_calls, budget_s=budget_s)
     return dict(median=statistics.median(times), min=min(times), calls=len(times))
 
 
-def time_solve(run: Callable[[], Any], device: torch.device, *, grad: bool = False,
-               repeats: int = 5, warmup: int = 1) -> List[float]:
+def time_solve(
+    run: Callable[[], Any], device: torch.device, *, grad: bool = False, repeats: int = 5, warmup: int = 1
+) -> list[float]:
     """Wall times in seconds of ``repeats`` calls of ``run`` after ``warmup`` calls."""
     times = []
     with _grad_context(grad):
@@ -840,7 +933,7 @@ class _CudaSyncWarnings:
     (each one a synchronising CUDA call); other warnings are re-emitted on exit."""
 
     def __init__(self):
-        self.count: Optional[int] = None
+        self.count: int | None = None
         self.ok = False
         self._cm = None
         self._log = None
@@ -879,7 +972,7 @@ class _CudaSyncWarnings:
 class _CountingWindow:
     """The block one counted solve runs in: the OpCounter and, on CUDA, the sync warnings."""
 
-    def __init__(self, counter: Optional[OpCounter], cuda_syncs: Optional[_CudaSyncWarnings]):
+    def __init__(self, counter: OpCounter | None, cuda_syncs: _CudaSyncWarnings | None):
         self.counter, self.cuda_syncs = counter, cuda_syncs
         self._stack = None
 
@@ -916,8 +1009,15 @@ def _per(x, n):
     return None if x is None or not n else x / n
 
 
-def count_solve(impl: Implementation, inst: Instance, *, grad: bool = False, count_ops: bool = True,
-                deadline: Optional[float] = None, cuda_syncs: Optional[bool] = None) -> Dict[str, Any]:
+def count_solve(
+    impl: Implementation,
+    inst: Instance,
+    *,
+    grad: bool = False,
+    count_ops: bool = True,
+    deadline: float | None = None,
+    cuda_syncs: bool | None = None,
+) -> dict[str, Any]:
     """One solve with a counting wrapper: nfe, steps, accepted/rejected, solution.
 
     With ``count_ops`` (default) the solve runs inside an :class:`OpCounter`: adds
@@ -949,7 +1049,7 @@ def count_solve(impl: Implementation, inst: Instance, *, grad: bool = False, cou
     return res
 
 
-def count_kernels(run: Callable[[], Any], device, *, grad: bool = False) -> Dict[str, Any]:
+def count_kernels(run: Callable[[], Any], device, *, grad: bool = False) -> dict[str, Any]:
     """One call of ``run`` under ``torch.profiler``: device kernels, memcpys and memsets, and
     the CUDA runtime's kernel-launch and synchronise calls (counts for the whole call; the
     synchronise calls include the one or two at the end of the profiled block).
@@ -968,7 +1068,7 @@ def count_kernels(run: Callable[[], Any], device, *, grad: bool = False) -> Dict
     return _profile_counts(run, device, grad, [ProfilerActivity.CPU])
 
 
-def _profile_counts(run, device, grad, acts) -> Dict[str, Any]:
+def _profile_counts(run, device, grad, acts) -> dict[str, Any]:
     from torch.profiler import profile
 
     with _grad_context(grad):
@@ -1007,7 +1107,7 @@ def _profile_counts(run, device, grad, acts) -> Dict[str, Any]:
     return res
 
 
-_SYNC_EVERY_SUPPORT: Dict[tuple, tuple] = {}
+_SYNC_EVERY_SUPPORT: dict[tuple, tuple] = {}
 
 
 def sync_every_support(inst: Instance, k: int) -> tuple:
@@ -1018,6 +1118,7 @@ def sync_every_support(inst: Instance, k: int) -> tuple:
         return _SYNC_EVERY_SUPPORT[key]
     try:
         import odecore
+
         y0 = torch.ones(3, dtype=inst.y0.dtype, device=inst.y0.device)
         t = torch.tensor([0.0, 0.5], dtype=inst.y0.dtype, device=inst.y0.device)
         opts = dict(inst.options, sync_every=int(k))
@@ -1034,7 +1135,7 @@ def sync_every_support(inst: Instance, k: int) -> tuple:
     return out
 
 
-def _max_abs_diff(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optional[float]:
+def _max_abs_diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float | None:
     if a is None or b is None:
         return None
     if not (torch.is_tensor(a) and torch.is_tensor(b)):
@@ -1046,15 +1147,24 @@ def _max_abs_diff(a: Optional[torch.Tensor], b: Optional[torch.Tensor]) -> Optio
     return float((a - b).abs().max())
 
 
-def loop_per_step(solve_s: float, nfe: Optional[int], func_s: float, steps: Optional[int]) -> Optional[float]:
+def loop_per_step(solve_s: float, nfe: int | None, func_s: float, steps: int | None) -> float | None:
     """(solve - nfe * func) / steps, in seconds; None when not computable."""
     if nfe is None or not steps:
         return None
     return (solve_s - nfe * func_s) / steps
 
 
-def _result(problem: Problem, impl: Implementation, inst: Instance, device, dtype, grad,
-            counts: Dict[str, Any], func_times: Sequence[float], times: Sequence[float]) -> Dict[str, Any]:
+def _result(
+    problem: Problem,
+    impl: Implementation,
+    inst: Instance,
+    device,
+    dtype,
+    grad,
+    counts: dict[str, Any],
+    func_times: Sequence[float],
+    times: Sequence[float],
+) -> dict[str, Any]:
     func_med = statistics.median(func_times)
     best, med = min(times), statistics.median(times)
     nfe, steps = counts.get("nfe"), counts.get("steps")
@@ -1081,8 +1191,17 @@ def _result(problem: Problem, impl: Implementation, inst: Instance, device, dtyp
     return res
 
 
-def bench_one(problem: Problem, impl: Implementation, *, device="cpu", dtype=torch.float64,
-              grad: bool = False, repeats: int = 5, warmup: int = 1, count_ops: bool = True) -> Dict[str, Any]:
+def bench_one(
+    problem: Problem,
+    impl: Implementation,
+    *,
+    device="cpu",
+    dtype=torch.float64,
+    grad: bool = False,
+    repeats: int = 5,
+    warmup: int = 1,
+    count_ops: bool = True,
+) -> dict[str, Any]:
     """Benchmark one (problem, implementation) pair on its own (no interleaving)."""
     device = torch.device(device)
     inst = problem.make(device, dtype)
@@ -1095,7 +1214,7 @@ def bench_one(problem: Problem, impl: Implementation, *, device="cpu", dtype=tor
     return _result(problem, impl, inst, device, dtype, grad, counts, ft, times)
 
 
-def _consistency_notes(counts: Dict[str, Any]) -> List[str]:
+def _consistency_notes(counts: dict[str, Any]) -> list[str]:
     """Disagreements between the counting wrapper and a library's own statistics."""
     notes = []
     if counts.get("stats_nfe") is not None and counts["stats_nfe"] != counts.get("nfe"):
@@ -1107,8 +1226,15 @@ def _consistency_notes(counts: Dict[str, Any]) -> List[str]:
 
 
 def _base_row(problem, iname, inst, device, dtype, grad):
-    return dict(problem=problem.name, impl=iname, method=inst.method, device=str(device),
-                dtype=str(dtype).replace("torch.", ""), grad=grad, batch=int(inst.y0.shape[0]))
+    return dict(
+        problem=problem.name,
+        impl=iname,
+        method=inst.method,
+        device=str(device),
+        dtype=str(dtype).replace("torch.", ""),
+        grad=grad,
+        batch=int(inst.y0.shape[0]),
+    )
 
 
 def _error_row(problem, iname, inst, device, dtype, grad, e):
@@ -1140,12 +1266,24 @@ def _good(row):
     return row is not None and "error" not in row and "skipped" not in row
 
 
-def run(problems: Optional[Sequence[Any]] = None, impls: Optional[Sequence[str]] = None, *,
-        device="cpu", dtype=torch.float64, grad: bool = False, repeats: int = 5,
-        warmup: int = 1, verbose: bool = False, batch: Optional[int] = None, count_ops: bool = True,
-        kernels: Optional[bool] = None, case_budget_s: Optional[float] = None,
-        sync_every: Optional[int] = None, suite: str = "solve",
-        on_problem: Optional[Callable[[List[Dict[str, Any]]], None]] = None) -> List[Dict[str, Any]]:
+def run(
+    problems: Sequence[Any] | None = None,
+    impls: Sequence[str] | None = None,
+    *,
+    device="cpu",
+    dtype=torch.float64,
+    grad: bool = False,
+    repeats: int = 5,
+    warmup: int = 1,
+    verbose: bool = False,
+    batch: int | None = None,
+    count_ops: bool = True,
+    kernels: bool | None = None,
+    case_budget_s: float | None = None,
+    sync_every: int | None = None,
+    suite: str = "solve",
+    on_problem: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Benchmark every problem x available implementation.
 
     ``problems``: names in ``PROBLEMS`` or :class:`Problem` objects (e.g. ``gpu_problems()``).
@@ -1180,14 +1318,14 @@ def run(problems: Optional[Sequence[Any]] = None, impls: Optional[Sequence[str]]
         if verbose:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    results: List[Dict[str, Any]] = []
-    over_budget: Dict[tuple, str] = {}
+    results: list[dict[str, Any]] = []
+    over_budget: dict[tuple, str] = {}
     for problem in plist:
         pname = problem.name
         inst = problem.make(device, dtype, batch=batch)
         y0 = _prepare_y0(inst, grad)
         family = problem.family or pname
-        odecore_notes: List[str] = []
+        odecore_notes: list[str] = []
         if sync_every:
             ok, why = sync_every_support(inst, sync_every)
             if ok:
@@ -1195,7 +1333,7 @@ def run(problems: Optional[Sequence[Any]] = None, impls: Optional[Sequence[str]]
             else:
                 odecore_notes.append(f"sync_every ignored: {why[:100]}")
                 log(f"{pname}: --sync-every not taken by this odecore ({why[:100]})")
-        rows: Dict[str, Dict[str, Any]] = {}
+        rows: dict[str, dict[str, Any]] = {}
         cases = []
         for iname in impl_names:
             impl = IMPLEMENTATIONS[iname]
@@ -1207,8 +1345,15 @@ def run(problems: Optional[Sequence[Any]] = None, impls: Optional[Sequence[str]]
                 log(f"{pname}/{iname}: not applicable, skipped")
                 continue
             if (family, iname) in over_budget:
-                rows[iname] = _skip_row(problem, iname, inst, device, dtype, grad,
-                                        f"skipped: over the {case_budget_s:g} s budget at {over_budget[family, iname]}")
+                rows[iname] = _skip_row(
+                    problem,
+                    iname,
+                    inst,
+                    device,
+                    dtype,
+                    grad,
+                    f"skipped: over the {case_budget_s:g} s budget at {over_budget[family, iname]}",
+                )
                 log(f"{pname}/{iname}: {rows[iname]['skipped']}")
                 continue
             log(f"{pname}/{iname}: count + warm-up")
@@ -1257,25 +1402,32 @@ def run(problems: Optional[Sequence[Any]] = None, impls: Optional[Sequence[str]]
                                 counts["kernels_per_step"] = None
                     except Exception as e:
                         notes.append(f"profiler failed: {type(e).__name__}: {str(e)[:80]}")
-                cases.append(dict(impl=impl, counts=counts, solution=solution, run=run_, times=[],
-                                  reps=reps, notes=notes))
+                cases.append(
+                    dict(impl=impl, counts=counts, solution=solution, run=run_, times=[], reps=reps, notes=notes)
+                )
             except Exception as e:  # keep going; report the failure in the table
                 if _over_budget(e):
                     over_budget[family, iname] = pname
-                    rows[iname] = _skip_row(problem, iname, inst, device, dtype, grad,
-                                            f"skipped: one solve > {case_budget_s:g} s (--case-budget)")
+                    rows[iname] = _skip_row(
+                        problem,
+                        iname,
+                        inst,
+                        device,
+                        dtype,
+                        grad,
+                        f"skipped: one solve > {case_budget_s:g} s (--case-budget)",
+                    )
                     log(f"{pname}/{iname}: {rows[iname]['skipped']}")
                 else:
                     rows[iname] = _error_row(problem, iname, inst, device, dtype, grad, e)
                     log(f"{pname}/{iname} FAILED: {rows[iname]['error']}")
 
-        func_times: List[float] = []
+        func_times: list[float] = []
         for r in range(repeats):
             live = [c for c in cases if r < c["reps"] and c["impl"].name not in rows]
             if not live and func_times:
                 break
-            func_times += _func_samples(inst, y0, grad=grad, min_calls=20, max_calls=1000,
-                                        budget_s=0.05, warmup=2)
+            func_times += _func_samples(inst, y0, grad=grad, min_calls=20, max_calls=1000, budget_s=0.05, warmup=2)
             k = r % max(1, len(live))
             for case in live[k:] + live[:k]:
                 impl, run_, times = case["impl"], case["run"], case["times"]
@@ -1306,8 +1458,12 @@ def run(problems: Optional[Sequence[Any]] = None, impls: Optional[Sequence[str]]
             if problem.family:
                 r["family"], r["size"] = problem.family, problem.size
             r.setdefault("notes", [])
-            for key in ("loop_speedup_vs_torchdiffeq", "loop_speedup_vs_reference",
-                        "max_abs_diff_vs_torchdiffeq", "max_abs_diff_vs_reference"):
+            for key in (
+                "loop_speedup_vs_torchdiffeq",
+                "loop_speedup_vs_reference",
+                "max_abs_diff_vs_torchdiffeq",
+                "max_abs_diff_vs_reference",
+            ):
                 r[key] = None
             if not _good(r):
                 continue
@@ -1361,12 +1517,12 @@ class AdjointInstance:
     method: str
     rtol: float
     atol: float
-    options: Dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
 
-    def odeint_kwargs(self) -> Dict[str, Any]:
+    def odeint_kwargs(self) -> dict[str, Any]:
         return dict(rtol=self.rtol, atol=self.atol, method=self.method, options=dict(self.options))
 
-    def leaves(self, y0: torch.Tensor) -> List[torch.Tensor]:
+    def leaves(self, y0: torch.Tensor) -> list[torch.Tensor]:
         return [y0] + [p for p in self.func.parameters() if p.requires_grad]
 
 
@@ -1374,7 +1530,7 @@ class AdjointInstance:
 class AdjointProblem(Problem):
     """A forward+backward benchmark: its builder also returns the loss."""
 
-    def make(self, device="cpu", dtype=torch.float64, seed: Optional[int] = None) -> AdjointInstance:
+    def make(self, device="cpu", dtype=torch.float64, seed: int | None = None) -> AdjointInstance:
         device = torch.device(device)
         seed = self.seed if seed is None else seed
         func, y0, t, loss = self._build(device, dtype, seed)
@@ -1383,7 +1539,7 @@ class AdjointProblem(Problem):
 
 def ODEDemoFunc():
     """The model of torchdiffeq's examples/ode_demo.py (odecore.demos.SpiralFunc)."""
-    from .demos import SpiralFunc
+    from .nn import SpiralFunc
 
     return SpiralFunc()
 
@@ -1404,26 +1560,38 @@ def _build_adjoint_spiral(device, dtype, seed):
     true_y0 = torch.tensor([[2.0, 0.0]], dtype=dtype, device=device)
     t_data = torch.linspace(0.0, 25.0, 1000, dtype=dtype, device=device)
     with torch.no_grad():
-        true_y = odecore.odeint(CubicSpiral(A), true_y0, t_data, method="dopri5")   # (1000, 1, 2)
+        true_y = odecore.odeint(CubicSpiral(A), true_y0, t_data, method="dopri5")  # (1000, 1, 2)
     data_size, batch_time, batch_size = 1000, 10, 20
     s = torch.randperm(data_size - batch_time, generator=_generator(seed))[:batch_size].to(device)
-    y0 = true_y[s]                                                        # (20, 1, 2)
-    t = t_data[:batch_time]                                               # (10,)
+    y0 = true_y[s]  # (20, 1, 2)
+    t = t_data[:batch_time]  # (10,)
     batch_y = torch.stack([true_y[s + i] for i in range(batch_time)], 0)  # (10, 20, 1, 2)
     torch.manual_seed(seed)  # nn.init uses the global generator
     func = ODEDemoFunc().to(device=device, dtype=dtype)
     return func, y0, t, lambda sol: (sol - batch_y).abs().mean()
 
 
-ADJOINT_PROBLEMS: Dict[str, AdjointProblem] = {
+ADJOINT_PROBLEMS: dict[str, AdjointProblem] = {
     p.name: p
     for p in [
-        AdjointProblem("adjoint_small_node",
-                       "small_node's MLP 4-32-4 tanh, batch 64, t in [0, 100] (101 points), loss mean(y**2)",
-                       "dopri5", 1e-6, 1e-6, {}, _build_adjoint_small_node),
-        AdjointProblem("adjoint_spiral",
-                       "ode_demo: Linear(2,50)-tanh-Linear(50,2) on y**3, batch 20 windows of 10 points, L1 loss",
-                       "dopri5", 1e-7, 1e-9, {}, _build_adjoint_spiral),
+        AdjointProblem(
+            "adjoint_small_node",
+            "small_node's MLP 4-32-4 tanh, batch 64, t in [0, 100] (101 points), loss mean(y**2)",
+            "dopri5",
+            1e-6,
+            1e-6,
+            {},
+            _build_adjoint_small_node,
+        ),
+        AdjointProblem(
+            "adjoint_spiral",
+            "ode_demo: Linear(2,50)-tanh-Linear(50,2) on y**3, batch 20 windows of 10 points, L1 loss",
+            "dopri5",
+            1e-7,
+            1e-9,
+            {},
+            _build_adjoint_spiral,
+        ),
     ]
 }
 
@@ -1480,6 +1648,7 @@ class OdecoreAdjointImpl(AdjointImplementation):
 
     def solve(self, inst, func, y0, stats=False):
         import odecore
+
         kw = inst.odeint_kwargs()
         kw["options"]["backend"] = self.backend
         if stats:
@@ -1494,12 +1663,12 @@ class TorchdiffeqAdjointImpl(AdjointImplementation):
 
     def solve(self, inst, func, y0, stats=False):
         import torchdiffeq
+
         return torchdiffeq.odeint_adjoint(func, y0, inst.t, **inst.odeint_kwargs()), None
 
 
-ADJOINT_IMPLEMENTATIONS: Dict[str, AdjointImplementation] = {
-    impl.name: impl
-    for impl in [OdecoreAdjointImpl("fused"), OdecoreAdjointImpl("reference"), TorchdiffeqAdjointImpl()]
+ADJOINT_IMPLEMENTATIONS: dict[str, AdjointImplementation] = {
+    impl.name: impl for impl in [OdecoreAdjointImpl("fused"), OdecoreAdjointImpl("reference"), TorchdiffeqAdjointImpl()]
 }
 
 
@@ -1508,7 +1677,7 @@ def _zero_grads(tensors):
         x.grad = None
 
 
-def count_adjoint(impl: AdjointImplementation, inst: AdjointInstance) -> Dict[str, Any]:
+def count_adjoint(impl: AdjointImplementation, inst: AdjointInstance) -> dict[str, Any]:
     """One forward + backward with a counting wrapper: nfe and steps of both passes, and the
     gradients (y0 first, then the parameters of func)."""
     cf = AdjointCountingFunc(inst.func)
@@ -1524,19 +1693,31 @@ def count_adjoint(impl: AdjointImplementation, inst: AdjointInstance) -> Dict[st
     _zero_grads(leaves)
     res = dict(fwd_nfe=fwd_nfe, bwd_nfe=cf.nfe - fwd_nfe, grads=grads)
     if stats is not None:
-        res.update(fwd_steps=stats.get("n_steps"), fwd_accepted=stats.get("n_accepted"),
-                   fwd_rejected=stats.get("n_rejected"), bwd_steps=stats.get("backward_n_steps"),
-                   bwd_accepted=stats.get("backward_n_accepted"), bwd_rejected=stats.get("backward_n_rejected"),
-                   stats_fwd_nfe=stats.get("nfe"), stats_bwd_nfe=stats.get("backward_nfe"))
+        res.update(
+            fwd_steps=stats.get("n_steps"),
+            fwd_accepted=stats.get("n_accepted"),
+            fwd_rejected=stats.get("n_rejected"),
+            bwd_steps=stats.get("backward_n_steps"),
+            bwd_accepted=stats.get("backward_n_accepted"),
+            bwd_rejected=stats.get("backward_n_rejected"),
+            stats_fwd_nfe=stats.get("nfe"),
+            stats_bwd_nfe=stats.get("backward_nfe"),
+        )
     else:
-        res.update(fwd_steps=cf.n_step_callbacks, fwd_accepted=cf.n_accept_callbacks,
-                   fwd_rejected=cf.n_reject_callbacks, bwd_steps=cf.n_step_callbacks_adjoint,
-                   bwd_accepted=cf.n_accept_callbacks_adjoint, bwd_rejected=cf.n_reject_callbacks_adjoint)
+        res.update(
+            fwd_steps=cf.n_step_callbacks,
+            fwd_accepted=cf.n_accept_callbacks,
+            fwd_rejected=cf.n_reject_callbacks,
+            bwd_steps=cf.n_step_callbacks_adjoint,
+            bwd_accepted=cf.n_accept_callbacks_adjoint,
+            bwd_rejected=cf.n_reject_callbacks_adjoint,
+        )
     return res
 
 
-def _vjp_samples(inst: AdjointInstance, *, min_calls: int, max_calls: int, budget_s: float,
-                 warmup: int = 3) -> List[float]:
+def _vjp_samples(
+    inst: AdjointInstance, *, min_calls: int, max_calls: int, budget_s: float, warmup: int = 3
+) -> list[float]:
     """Wall times of one VJP evaluation: func(t0, y) with a graph, then the autograd engine
     run w.r.t. (y, *params) as directly as Python can call it (the call under
     torch.autograd.grad, without its argument checks) -- what each backward evaluation
@@ -1546,17 +1727,19 @@ def _vjp_samples(inst: AdjointInstance, *, min_calls: int, max_calls: int, budge
     params = tuple(p for p in inst.func.parameters() if p.requires_grad)
     y_base = inst.y0.detach()
     neg_a = -torch.ones_like(y_base)
-    from .adjoint import _vjp  # the engine call under torch.autograd.grad, without its argument checks
+    from .adjoint import (
+        vector_jacobian_product,  # the engine call under torch.autograd.grad, without its argument checks
+    )
 
     def vjp():
         with torch.enable_grad():
             y = y_base.detach().requires_grad_(True)
-            _vjp(inst.func(t0, y), (y,) + params, neg_a)
+            vector_jacobian_product(inst.func(t0, y), (y,) + params, neg_a)
 
     for _ in range(warmup):
         vjp()
     _sync(device)
-    times: List[float] = []
+    times: list[float] = []
     start = time.perf_counter()
     while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - start < budget_s):
         t_a = time.perf_counter()
@@ -1583,7 +1766,7 @@ def time_forward_backward(impl: AdjointImplementation, inst: AdjointInstance) ->
     return b - a, c - b
 
 
-def _max_rel_grad_diff(grads, ref) -> Optional[float]:
+def _max_rel_grad_diff(grads, ref) -> float | None:
     """max over tensors of max|g - g_ref| / max|g_ref|."""
     if grads is None or ref is None:
         return None
@@ -1599,15 +1782,21 @@ def _max_rel_grad_diff(grads, ref) -> Optional[float]:
     return worst
 
 
-def adjoint_loop_per_step(bwd_s: float, bwd_nfe: Optional[int], vjp_s: float,
-                          bwd_steps: Optional[int]) -> Optional[float]:
+def adjoint_loop_per_step(bwd_s: float, bwd_nfe: int | None, vjp_s: float, bwd_steps: int | None) -> float | None:
     """(backward time - backward nfe * VJP time) / backward steps, in seconds."""
     return loop_per_step(bwd_s, bwd_nfe, vjp_s, bwd_steps)
 
 
-def run_adjoint(problems: Optional[Sequence[str]] = None, impls: Optional[Sequence[str]] = None, *,
-                device="cpu", dtype=torch.float64, repeats: int = 5, warmup: int = 1,
-                verbose: bool = False) -> List[Dict[str, Any]]:
+def run_adjoint(
+    problems: Sequence[str] | None = None,
+    impls: Sequence[str] | None = None,
+    *,
+    device="cpu",
+    dtype=torch.float64,
+    repeats: int = 5,
+    warmup: int = 1,
+    verbose: bool = False,
+) -> list[dict[str, Any]]:
     """Benchmark forward + backward of ``odeint_adjoint`` for every adjoint problem x available
     implementation (odecore fused/reference, torchdiffeq), interleaved in rounds as ``run``.
     ``impls`` names outside ``ADJOINT_IMPLEMENTATIONS`` (e.g. torchode) are skipped."""
@@ -1621,11 +1810,11 @@ def run_adjoint(problems: Optional[Sequence[str]] = None, impls: Optional[Sequen
         if verbose:
             print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
-    results: List[Dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
     for pname in problems:
         problem = get_adjoint_problem(pname)
         inst = problem.make(device, dtype)
-        rows: Dict[str, Dict[str, Any]] = {}
+        rows: dict[str, dict[str, Any]] = {}
         cases = []  # [impl, counts, fwd times, bwd times]
         for iname in impl_names:
             impl = ADJOINT_IMPLEMENTATIONS[iname]
@@ -1639,12 +1828,18 @@ def run_adjoint(problems: Optional[Sequence[str]] = None, impls: Optional[Sequen
                     time_forward_backward(impl, inst)
                 cases.append([impl, counts, [], []])
             except Exception as e:  # keep going; report the failure in the table
-                rows[iname] = dict(problem=pname, impl=iname, suite="adjoint", method=inst.method,
-                                   device=str(device), dtype=str(dtype).replace("torch.", ""),
-                                   error=f"{type(e).__name__}: {e}")
+                rows[iname] = dict(
+                    problem=pname,
+                    impl=iname,
+                    suite="adjoint",
+                    method=inst.method,
+                    device=str(device),
+                    dtype=str(dtype).replace("torch.", ""),
+                    error=f"{type(e).__name__}: {e}",
+                )
                 log(f"{pname}/{iname} FAILED: {rows[iname]['error']}")
 
-        vjp_times: List[float] = []
+        vjp_times: list[float] = []
         for r in range(repeats):
             vjp_times += _vjp_samples(inst, min_calls=20, max_calls=1000, budget_s=0.05, warmup=2)
             k = r % max(1, len(cases))
@@ -1657,8 +1852,9 @@ def run_adjoint(problems: Optional[Sequence[str]] = None, impls: Optional[Sequen
                     fwd.append(f_s)
                     bwd.append(b_s)
                 except Exception as e:
-                    rows[impl.name] = dict(problem=pname, impl=impl.name, suite="adjoint",
-                                           error=f"{type(e).__name__}: {e}")
+                    rows[impl.name] = dict(
+                        problem=pname, impl=impl.name, suite="adjoint", error=f"{type(e).__name__}: {e}"
+                    )
             log(f"{pname}: round {r + 1}/{repeats} done")
 
         vjp = statistics.median(vjp_times)
@@ -1668,13 +1864,27 @@ def run_adjoint(problems: Optional[Sequence[str]] = None, impls: Optional[Sequen
                 continue
             grads[impl.name] = counts.pop("grads")
             fb = [a + b for a, b in zip(fwd, bwd)]
-            row = dict(problem=pname, impl=impl.name, suite="adjoint", method=inst.method,
-                       rtol=inst.rtol, atol=inst.atol, device=str(device),
-                       dtype=str(dtype).replace("torch.", ""), batch=int(inst.y0.shape[0]), **counts,
-                       vjp_us=vjp * 1e6, vjp_us_min=min(vjp_times) * 1e6, vjp_calls_timed=len(vjp_times),
-                       fwd_ms=min(fwd) * 1e3, bwd_ms=min(bwd) * 1e3, bwd_ms_median=statistics.median(bwd) * 1e3,
-                       fb_ms=min(fb) * 1e3, fb_ms_median=statistics.median(fb) * 1e3,
-                       fb_ms_all=[x * 1e3 for x in fb])
+            row = dict(
+                problem=pname,
+                impl=impl.name,
+                suite="adjoint",
+                method=inst.method,
+                rtol=inst.rtol,
+                atol=inst.atol,
+                device=str(device),
+                dtype=str(dtype).replace("torch.", ""),
+                batch=int(inst.y0.shape[0]),
+                **counts,
+                vjp_us=vjp * 1e6,
+                vjp_us_min=min(vjp_times) * 1e6,
+                vjp_calls_timed=len(vjp_times),
+                fwd_ms=min(fwd) * 1e3,
+                bwd_ms=min(bwd) * 1e3,
+                bwd_ms_median=statistics.median(bwd) * 1e3,
+                fb_ms=min(fb) * 1e3,
+                fb_ms_median=statistics.median(fb) * 1e3,
+                fb_ms_all=[x * 1e3 for x in fb],
+            )
             lp = adjoint_loop_per_step(min(bwd), counts.get("bwd_nfe"), vjp, counts.get("bwd_steps"))
             row["bwd_loop_us_per_step"] = None if lp is None else lp * 1e6
             rows[impl.name] = row
@@ -1683,8 +1893,12 @@ def run_adjoint(problems: Optional[Sequence[str]] = None, impls: Optional[Sequen
         if base is not None and "error" in base:
             base = None
         for r in ordered:
-            for key in ("fb_speedup_vs_torchdiffeq", "bwd_loop_speedup_vs_torchdiffeq",
-                        "bwd_nfe_ratio_vs_torchdiffeq", "max_rel_grad_diff_vs_torchdiffeq"):
+            for key in (
+                "fb_speedup_vs_torchdiffeq",
+                "bwd_loop_speedup_vs_torchdiffeq",
+                "bwd_nfe_ratio_vs_torchdiffeq",
+                "max_rel_grad_diff_vs_torchdiffeq",
+            ):
                 r[key] = None
             if base is None or "error" in r:
                 continue
@@ -1699,13 +1913,24 @@ def run_adjoint(problems: Optional[Sequence[str]] = None, impls: Optional[Sequen
     return results
 
 
-def format_adjoint_table(results: Sequence[Dict[str, Any]]) -> str:
+def format_adjoint_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown table of ``run_adjoint()`` results."""
-    head = ["problem", "impl", "fwd nfe", "bwd nfe", "bwd steps (acc/rej)", "VJP µs", "fwd ms", "bwd ms",
-            "fwd+bwd ms (best / median)", "bwd loop µs/step", "fwd+bwd speedup vs torchdiffeq",
-            "bwd loop speedup", "max rel \\|Δgrad\\| vs torchdiffeq"]
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
+    head = [
+        "problem",
+        "impl",
+        "fwd nfe",
+        "bwd nfe",
+        "bwd steps (acc/rej)",
+        "VJP µs",
+        "fwd ms",
+        "bwd ms",
+        "fwd+bwd ms (best / median)",
+        "bwd loop µs/step",
+        "fwd+bwd speedup vs torchdiffeq",
+        "bwd loop speedup",
+        "max rel \\|Δgrad\\| vs torchdiffeq",
+    ]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2)) + "|"]
     for r in results:
         if "error" in r:
             lines.append(f"| {r['problem']} | {r['impl']} | error: {r['error'][:80]} |" + " |" * (len(head) - 3))
@@ -1715,15 +1940,27 @@ def format_adjoint_table(results: Sequence[Dict[str, Any]]) -> str:
         else:
             steps = _fmt(r.get("bwd_steps"), "d")
         fb_sp, lp_sp = r.get("fb_speedup_vs_torchdiffeq"), r.get("bwd_loop_speedup_vs_torchdiffeq")
-        lines.append("| " + " | ".join([
-            r["problem"], r["impl"], _fmt(r.get("fwd_nfe"), "d"), _fmt(r.get("bwd_nfe"), "d"), steps,
-            _fmt(r.get("vjp_us"), ".1f"), _fmt(r.get("fwd_ms"), ".1f"), _fmt(r.get("bwd_ms"), ".1f"),
-            f"{_fmt(r.get('fb_ms'), '.1f')} / {_fmt(r.get('fb_ms_median'), '.1f')}",
-            _fmt(r.get("bwd_loop_us_per_step"), ".1f"),
-            "–" if fb_sp is None else f"{fb_sp:.2f}×",
-            "–" if lp_sp is None else f"{lp_sp:.1f}×",
-            _fmt(r.get("max_rel_grad_diff_vs_torchdiffeq"), ".1e"),
-        ]) + " |")
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    r["problem"],
+                    r["impl"],
+                    _fmt(r.get("fwd_nfe"), "d"),
+                    _fmt(r.get("bwd_nfe"), "d"),
+                    steps,
+                    _fmt(r.get("vjp_us"), ".1f"),
+                    _fmt(r.get("fwd_ms"), ".1f"),
+                    _fmt(r.get("bwd_ms"), ".1f"),
+                    f"{_fmt(r.get('fb_ms'), '.1f')} / {_fmt(r.get('fb_ms_median'), '.1f')}",
+                    _fmt(r.get("bwd_loop_us_per_step"), ".1f"),
+                    "–" if fb_sp is None else f"{fb_sp:.2f}×",
+                    "–" if lp_sp is None else f"{lp_sp:.1f}×",
+                    _fmt(r.get("max_rel_grad_diff_vs_torchdiffeq"), ".1e"),
+                ]
+            )
+            + " |"
+        )
     return "\n".join(lines)
 
 
@@ -1744,7 +1981,7 @@ def _cell_notes(notes) -> str:
     return "; ".join(str(n) for n in (notes or [])).replace("|", "/")
 
 
-def format_table(results: Sequence[Dict[str, Any]], *, kernels: Optional[bool] = None) -> str:
+def format_table(results: Sequence[dict[str, Any]], *, kernels: bool | None = None) -> str:
     """Markdown table of ``run()`` results.  The op/host-read columns appear when counted, the
     kernels column for the GPU suite or CUDA rows (``kernels`` forces it on/off; 'n/a' on the
     CPU), the CUDA syncs column for CUDA rows, and a notes column when a row has notes."""
@@ -1753,10 +1990,21 @@ def format_table(results: Sequence[Dict[str, Any]], *, kernels: Optional[bool] =
     show_kernels = (gpu or cuda) if kernels is None else kernels
     has_ops = any(r.get("solver_ops_per_step") is not None for r in results)
     has_notes = any(r.get("notes") for r in results)
-    diff_key, diff_head = (("max_abs_diff_vs_reference", "max \\|Δy\\| vs reference") if gpu
-                           else ("max_abs_diff_vs_torchdiffeq", "max \\|Δy\\| vs torchdiffeq"))
-    head = ["problem", "impl", "nfe", "steps (acc/rej)", "func µs", "solve ms (best / median)",
-            "loop µs/step", "loop speedup vs torchdiffeq"]
+    diff_key, diff_head = (
+        ("max_abs_diff_vs_reference", "max \\|Δy\\| vs reference")
+        if gpu
+        else ("max_abs_diff_vs_torchdiffeq", "max \\|Δy\\| vs torchdiffeq")
+    )
+    head = [
+        "problem",
+        "impl",
+        "nfe",
+        "steps (acc/rej)",
+        "func µs",
+        "solve ms (best / median)",
+        "loop µs/step",
+        "loop speedup vs torchdiffeq",
+    ]
     if gpu:
         head.append("loop speedup vs reference")
     if has_ops:
@@ -1768,12 +2016,17 @@ def format_table(results: Sequence[Dict[str, Any]], *, kernels: Optional[bool] =
     head.append(diff_head)
     if has_notes:
         head.append("notes")
-    lines = ["| " + " | ".join(head) + " |",
-             "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2 - has_notes) + ["---"] * has_notes) + "|"]
+    lines = [
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join(["---", "---"] + ["---:"] * (len(head) - 2 - has_notes) + ["---"] * has_notes) + "|",
+    ]
     for r in results:
         if "error" in r or "skipped" in r:
-            text = f"error: {r['error'][:80]}" if "error" in r else f"skipped: {r['skipped']}".replace(
-                "skipped: skipped:", "skipped:")
+            text = (
+                f"error: {r['error'][:80]}"
+                if "error" in r
+                else f"skipped: {r['skipped']}".replace("skipped: skipped:", "skipped:")
+            )
             lines.append(f"| {r['problem']} | {r['impl']} | {text.replace('|', '/')} |" + " |" * (len(head) - 3))
             continue
         if r.get("n_accepted") is not None:
@@ -1781,11 +2034,16 @@ def format_table(results: Sequence[Dict[str, Any]], *, kernels: Optional[bool] =
         else:
             steps = f"{r['steps']}"
         sp = r.get("loop_speedup_vs_torchdiffeq")
-        cells = [r["problem"], r["impl"], _fmt(r.get("nfe"), "d"), steps,
-                 _fmt(r.get("func_us"), ".1f"),
-                 f"{_fmt(r.get('solve_ms'), '.1f')} / {_fmt(r.get('solve_ms_median'), '.1f')}",
-                 _fmt(r.get("loop_us_per_step"), ".1f"),
-                 "–" if sp is None else f"{sp:.1f}×"]
+        cells = [
+            r["problem"],
+            r["impl"],
+            _fmt(r.get("nfe"), "d"),
+            steps,
+            _fmt(r.get("func_us"), ".1f"),
+            f"{_fmt(r.get('solve_ms'), '.1f')} / {_fmt(r.get('solve_ms_median'), '.1f')}",
+            _fmt(r.get("loop_us_per_step"), ".1f"),
+            "–" if sp is None else f"{sp:.1f}×",
+        ]
         if gpu:
             spr = r.get("loop_speedup_vs_reference")
             cells.append("–" if spr is None else f"{spr:.1f}×")
@@ -1803,15 +2061,19 @@ def format_table(results: Sequence[Dict[str, Any]], *, kernels: Optional[bool] =
     return "\n".join(lines)
 
 
-TABLE_FOOTER = ("loop µs/step = (best solve time - nfe × median func time) / steps; "
-                "speedup = the other's loop / this row's loop. solver ops/step = ATen + odecore:: ops "
-                "dispatched outside func in one solve (setup included) / steps; host reads/step = the "
-                "solver's device-to-host reads (.item(), bool(tensor), .tolist(), D2H copies, nonzero...) / steps.")
-TABLE_FOOTER_CUDA = ("CUDA syncs/step: synchronising calls flagged by torch.cuda.set_sync_debug_mode('warn') "
-                     "outside func / steps; kernels/step: CUDA kernels in one profiled solve (func's included) / steps.")
+TABLE_FOOTER = (
+    "loop µs/step = (best solve time - nfe × median func time) / steps; "
+    "speedup = the other's loop / this row's loop. solver ops/step = ATen + odecore:: ops "
+    "dispatched outside func in one solve (setup included) / steps; host reads/step = the "
+    "solver's device-to-host reads (.item(), bool(tensor), .tolist(), D2H copies, nonzero...) / steps."
+)
+TABLE_FOOTER_CUDA = (
+    "CUDA syncs/step: synchronising calls flagged by torch.cuda.set_sync_debug_mode('warn') "
+    "outside func / steps; kernels/step: CUDA kernels in one profiled solve (func's included) / steps."
+)
 
 
-def _environment(device, dtype, grad) -> Dict[str, Any]:
+def _environment(device, dtype, grad) -> dict[str, Any]:
     env = dict(
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         python=platform.python_version(),
@@ -1833,8 +2095,11 @@ def _environment(device, dtype, grad) -> Dict[str, Any]:
             env[mod] = None
     try:
         import odecore
-        env["odecore_backend_info"] = {k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v))
-                                       for k, v in odecore.backend_info().items()}
+
+        env["odecore_backend_info"] = {
+            k: (v if isinstance(v, (bool, int, float, str, type(None))) else str(v))
+            for k, v in odecore.backend_info().items()
+        }
     except Exception:
         pass
     return env
@@ -1843,11 +2108,10 @@ def _environment(device, dtype, grad) -> Dict[str, Any]:
 # --threads above this is refused (torch accepts any count; far more abort the process)
 MAX_THREADS = 1024
 
-_DTYPES = {"float64": torch.float64, "double": torch.float64,
-           "float32": torch.float32, "float": torch.float32}
+_DTYPES = {"float64": torch.float64, "double": torch.float64, "float32": torch.float32, "float": torch.float32}
 
 
-def _parse_list(s: str) -> List[str]:
+def _parse_list(s: str) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()]
 
 
@@ -1855,56 +2119,105 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="odecore bench",
         description="Benchmark odecore (fused and reference backends) against torchdiffeq "
-                    "and torchode side by side. Loop time per step = "
-                    "(solve time - nfe * func time) / steps; solver ops and host reads per step "
-                    "are counted in one extra solve.")
-    p.add_argument("--suite", choices=("solve", "gpu"), default="solve",
-                   help="solve (default): the problems below; gpu: Van der Pol at batch 256/4096/65536, "
-                        f"a Lorenz ensemble (rk4 dt 1e-3, tsit5 1e-6) of 2^10/2^14/2^20 members and the "
-                        f"ODE-Net block ({','.join(GPU_FAMILIES)}); see --sizes")
-    p.add_argument("--problems", nargs="+", default=None, metavar="NAME",
-                   help=f"subset of problems (space- or comma-separated); default all: {','.join(PROBLEMS)}; "
-                        f"adjoint problems ({','.join(ADJOINT_PROBLEMS)}) run the adjoint suite; with --suite gpu: "
-                        f"families ({','.join(GPU_FAMILIES)}) or single sizes (e.g. lorenz_rk4_1024)")
-    p.add_argument("--sizes", default="auto", metavar="auto|small|full|N,N",
-                   help="GPU suite sizes: full = the issue's (up to 2^20 Lorenz members), small = a CPU smoke run, "
-                        "auto (default) = full on CUDA, small elsewhere; or integers for every family")
-    p.add_argument("--batch", type=int, default=None,
-                   help="override the batch size of every problem of the solve suite (GPU suite: --sizes)")
-    p.add_argument("--impls", nargs="+", default=None, metavar="NAME",
-                   help=f"subset of implementations; default all installed: {','.join(IMPLEMENTATIONS)}")
+        "and torchode side by side. Loop time per step = "
+        "(solve time - nfe * func time) / steps; solver ops and host reads per step "
+        "are counted in one extra solve.",
+    )
+    p.add_argument(
+        "--suite",
+        choices=("solve", "gpu"),
+        default="solve",
+        help="solve (default): the problems below; gpu: Van der Pol at batch 256/4096/65536, "
+        f"a Lorenz ensemble (rk4 dt 1e-3, tsit5 1e-6) of 2^10/2^14/2^20 members and the "
+        f"ODE-Net block ({','.join(GPU_FAMILIES)}); see --sizes",
+    )
+    p.add_argument(
+        "--problems",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"subset of problems (space- or comma-separated); default all: {','.join(PROBLEMS)}; "
+        f"adjoint problems ({','.join(ADJOINT_PROBLEMS)}) run the adjoint suite; with --suite gpu: "
+        f"families ({','.join(GPU_FAMILIES)}) or single sizes (e.g. lorenz_rk4_1024)",
+    )
+    p.add_argument(
+        "--sizes",
+        default="auto",
+        metavar="auto|small|full|N,N",
+        help="GPU suite sizes: full = the issue's (up to 2^20 Lorenz members), small = a CPU smoke run, "
+        "auto (default) = full on CUDA, small elsewhere; or integers for every family",
+    )
+    p.add_argument(
+        "--batch",
+        type=int,
+        default=None,
+        help="override the batch size of every problem of the solve suite (GPU suite: --sizes)",
+    )
+    p.add_argument(
+        "--impls",
+        nargs="+",
+        default=None,
+        metavar="NAME",
+        help=f"subset of implementations; default all installed: {','.join(IMPLEMENTATIONS)}",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed solves per case (default 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed warm-up solves per case (default 1)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     p.add_argument("--dtype", default="float64", choices=sorted(_DTYPES), help="default float64")
-    p.add_argument("--grad", action="store_true",
-                   help="autograd recording: y0 requires grad and the graph is built (no backward)")
-    p.add_argument("--adjoint", action="store_true",
-                   help="run the adjoint suite: forward + backward through odeint_adjoint (all adjoint problems "
-                        "unless some are named in --problems); solve problems run only when named in --problems")
-    p.add_argument("--case-budget", type=float, default=None, metavar="S",
-                   help="seconds one implementation may spend on one problem: a longer solve is stopped and "
-                        "skipped (with a note; also at that family's larger sizes), repeats are cut to fit; "
-                        "default: none, 60 with --suite gpu; 0 = none")
-    p.add_argument("--sync-every", type=int, default=None, metavar="K",
-                   help="pass options={'sync_every': K} to odecore (where this odecore takes it; else a note)")
+    p.add_argument(
+        "--grad", action="store_true", help="autograd recording: y0 requires grad and the graph is built (no backward)"
+    )
+    p.add_argument(
+        "--adjoint",
+        action="store_true",
+        help="run the adjoint suite: forward + backward through odeint_adjoint (all adjoint problems "
+        "unless some are named in --problems); solve problems run only when named in --problems",
+    )
+    p.add_argument(
+        "--case-budget",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds one implementation may spend on one problem: a longer solve is stopped and "
+        "skipped (with a note; also at that family's larger sizes), repeats are cut to fit; "
+        "default: none, 60 with --suite gpu; 0 = none",
+    )
+    p.add_argument(
+        "--sync-every",
+        type=int,
+        default=None,
+        metavar="K",
+        help="pass options={'sync_every': K} to odecore (where this odecore takes it; else a note)",
+    )
     p.add_argument("--no-ops", action="store_true", help="skip the op / host-read counting solve")
     p.add_argument("--no-kernels", action="store_true", help="skip the profiled solve (kernels/step on CUDA)")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads before running")
-    p.add_argument("--json", metavar="PATH", default=None,
-                   help="also write results + environment as JSON (rewritten after every problem)")
-    p.add_argument("--markdown", metavar="PATH", default=None,
-                   help="also write the tables as Markdown (rewritten after every problem)")
-    p.add_argument("--from-json", metavar="PATH", default=None,
-                   help="print the tables of a JSON written by --json (even a partial one) and exit")
+    p.add_argument(
+        "--json",
+        metavar="PATH",
+        default=None,
+        help="also write results + environment as JSON (rewritten after every problem)",
+    )
+    p.add_argument(
+        "--markdown",
+        metavar="PATH",
+        default=None,
+        help="also write the tables as Markdown (rewritten after every problem)",
+    )
+    p.add_argument(
+        "--from-json",
+        metavar="PATH",
+        default=None,
+        help="print the tables of a JSON written by --json (even a partial one) and exit",
+    )
     p.add_argument("--list", action="store_true", help="list problems and implementations and exit")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
     return p
 
 
-def _print_tables(results: Sequence[Dict[str, Any]], out=None) -> None:
+def _print_tables(results: Sequence[dict[str, Any]], out=None) -> None:
     out = out or sys.stdout
-    groups: Dict[str, List[Dict[str, Any]]] = {}
+    groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault(r.get("suite") or "solve", []).append(r)
     first = True
@@ -1917,9 +2230,12 @@ def _print_tables(results: Sequence[Dict[str, Any]], out=None) -> None:
         first = False
         if suite == "adjoint":
             print(format_adjoint_table(rows), file=out)
-            print("\nadjoint: one run = odeint_adjoint forward + loss + loss.backward(); fwd/bwd/fwd+bwd ms = best "
-                  "of the repeats; bwd loop µs/step = (best bwd time - bwd nfe × median VJP time) / bwd steps; "
-                  "fwd+bwd speedup = torchdiffeq fwd+bwd / impl fwd+bwd.", file=out)
+            print(
+                "\nadjoint: one run = odeint_adjoint forward + loss + loss.backward(); fwd/bwd/fwd+bwd ms = best "
+                "of the repeats; bwd loop µs/step = (best bwd time - bwd nfe × median VJP time) / bwd steps; "
+                "fwd+bwd speedup = torchdiffeq fwd+bwd / impl fwd+bwd.",
+                file=out,
+            )
             continue
         print(format_table(rows), file=out)
         print("\n" + TABLE_FOOTER, file=out)
@@ -1927,7 +2243,7 @@ def _print_tables(results: Sequence[Dict[str, Any]], out=None) -> None:
             print(TABLE_FOOTER_CUDA, file=out)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.from_json:
         try:
@@ -1939,8 +2255,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"odecore bench: --from-json {args.from_json}: cannot read it ({e})", file=sys.stderr)
             return 2
         env = data.get("environment", {})
-        print(f"device={env.get('device')} dtype={env.get('dtype')} torch={env.get('torch')} "
-              f"argv={' '.join(data.get('argv', []))}{' (partial)' if data.get('partial') else ''}")
+        print(
+            f"device={env.get('device')} dtype={env.get('dtype')} torch={env.get('torch')} "
+            f"argv={' '.join(data.get('argv', []))}{' (partial)' if data.get('partial') else ''}"
+        )
         _print_tables(data.get("results", []))
         return 0
     if args.list:
@@ -1953,8 +2271,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"{p.name:18s} {p.method:7s} rtol={p.rtol:g} atol={p.atol:g} {p.options or ''}  {p.description}")
         print("GPU suite (--suite gpu; sizes full / small):")
         for f in GPU_FAMILIES.values():
-            print(f"{f.name:14s} {f.method:7s} rtol={f.rtol:g} atol={f.atol:g} {f.options or ''}  {f.description}; "
-                  f"N = {'/'.join(map(str, f.full))} / {'/'.join(map(str, f.small))}")
+            print(
+                f"{f.name:14s} {f.method:7s} rtol={f.rtol:g} atol={f.atol:g} {f.options or ''}  {f.description}; "
+                f"N = {'/'.join(map(str, f.full))} / {'/'.join(map(str, f.small))}"
+            )
         return 0
     problems = [x for s in (args.problems or []) for x in _parse_list(s)] or None
     impls = [x for s in (args.impls or []) for x in _parse_list(s)] or None
@@ -2002,8 +2322,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if problems is not None:
                 unknown = [n for n in problems if n not in PROBLEMS and n not in ADJOINT_PROBLEMS]
                 if unknown:
-                    print(f"odecore bench: unknown problem {unknown[0]!r}; choose from "
-                          f"{sorted(PROBLEMS) + sorted(ADJOINT_PROBLEMS)}", file=sys.stderr)
+                    print(
+                        f"odecore bench: unknown problem {unknown[0]!r}; choose from "
+                        f"{sorted(PROBLEMS) + sorted(ADJOINT_PROBLEMS)}",
+                        file=sys.stderr,
+                    )
                     return 2
                 solve_problems = [n for n in problems if n in PROBLEMS]
                 adjoint_problems = [n for n in problems if n in ADJOINT_PROBLEMS] or None
@@ -2019,14 +2342,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.json:
             tmp = args.json + ".tmp"
             with open(tmp, "w") as fh:
-                json.dump(dict(environment=env, argv=argv_list, partial=partial, suite=args.suite,
-                               case_budget_s=budget, results=res), fh, indent=2, default=str)
+                json.dump(
+                    dict(
+                        environment=env,
+                        argv=argv_list,
+                        partial=partial,
+                        suite=args.suite,
+                        case_budget_s=budget,
+                        results=res,
+                    ),
+                    fh,
+                    indent=2,
+                    default=str,
+                )
             os.replace(tmp, args.json)
         if args.markdown:
             buf = io.StringIO()
-            print(f"`odecore bench {' '.join(argv_list)}`: device={env['device']} dtype={env['dtype']} "
-                  f"grad={env['grad']} torch={env['torch']} threads={torch.get_num_threads()}"
-                  f"{' (partial: interrupted or still running)' if partial else ''}\n", file=buf)
+            print(
+                f"`odecore bench {' '.join(argv_list)}`: device={env['device']} dtype={env['dtype']} "
+                f"grad={env['grad']} torch={env['torch']} threads={torch.get_num_threads()}"
+                f"{' (partial: interrupted or still running)' if partial else ''}\n",
+                file=buf,
+            )
             _print_tables(res, out=buf)
             tmp = args.markdown + ".tmp"
             with open(tmp, "w") as fh:
@@ -2034,27 +2371,51 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             os.replace(tmp, args.markdown)
 
     if args.suite == "gpu" and not args.quiet:
-        print(f"[bench] GPU suite: {', '.join(p.name for p in solve_problems)}"
-              f"{'' if budget is None else f'; case budget {budget:g} s'}", file=sys.stderr, flush=True)
-    results: List[Dict[str, Any]] = []
-    adjoint_results: List[Dict[str, Any]] = []
+        print(
+            f"[bench] GPU suite: {', '.join(p.name for p in solve_problems)}"
+            f"{'' if budget is None else f'; case budget {budget:g} s'}",
+            file=sys.stderr,
+            flush=True,
+        )
+    results: list[dict[str, Any]] = []
+    adjoint_results: list[dict[str, Any]] = []
     try:
         if run_solve:
-            results = run(solve_problems, impls, device=device, dtype=dtype, grad=args.grad,
-                          repeats=args.repeats, warmup=args.warmup, verbose=not args.quiet,
-                          batch=args.batch if args.suite == "solve" else None, count_ops=not args.no_ops,
-                          kernels=(False if args.no_kernels else None), case_budget_s=budget,
-                          sync_every=args.sync_every, suite=args.suite,
-                          on_problem=lambda res: save(res, True))
+            results = run(
+                solve_problems,
+                impls,
+                device=device,
+                dtype=dtype,
+                grad=args.grad,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                verbose=not args.quiet,
+                batch=args.batch if args.suite == "solve" else None,
+                count_ops=not args.no_ops,
+                kernels=(False if args.no_kernels else None),
+                case_budget_s=budget,
+                sync_every=args.sync_every,
+                suite=args.suite,
+                on_problem=lambda res: save(res, True),
+            )
         if run_adj:
-            adjoint_results = run_adjoint(adjoint_problems, impls, device=device, dtype=dtype,
-                                          repeats=args.repeats, warmup=args.warmup, verbose=not args.quiet)
+            adjoint_results = run_adjoint(
+                adjoint_problems,
+                impls,
+                device=device,
+                dtype=dtype,
+                repeats=args.repeats,
+                warmup=args.warmup,
+                verbose=not args.quiet,
+            )
     except ValueError as e:
         print(f"odecore bench: {e}", file=sys.stderr)
         return 2
     env["torch_threads"] = torch.get_num_threads()
-    print(f"device={env['device']} dtype={env['dtype']} grad={env['grad']} torch={env['torch']} "
-          f"threads={env['torch_threads']} repeats={args.repeats}")
+    print(
+        f"device={env['device']} dtype={env['dtype']} grad={env['grad']} torch={env['torch']} "
+        f"threads={env['torch_threads']} repeats={args.repeats}"
+    )
     _print_tables(results + adjoint_results)
     results = results + adjoint_results
     save(results, False)

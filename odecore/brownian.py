@@ -113,6 +113,7 @@ Differences from torchsde
 * Coordinates are the flattened ``size``: motions with the same entropy and sizes (4,) and
   (8,) share their first four coordinates.
 """
+
 import collections
 import hashlib
 import math
@@ -153,11 +154,11 @@ def _signed64(c):
     return c - (1 << 64) if c >= 1 << 63 else c
 
 
-_GAMMA = _signed64(0x9E3779B97F4A7C15)       # SplitMix64 increment (stream of a node)
+_GAMMA = _signed64(0x9E3779B97F4A7C15)  # SplitMix64 increment (stream of a node)
 _NODE_GAMMA = _signed64(0xD1B54A32D192ED03)  # spreads node ids before hashing
 _M1 = _signed64(0xBF58476D1CE4E5B9)
 _M2 = _signed64(0x94D049BB133111EB)
-_A_KEY = _signed64(0xA5A50DD51EAFC0DE)        # stream of the Davie / Foster normals
+_A_KEY = _signed64(0xA5A50DD51EAFC0DE)  # stream of the Davie / Foster normals
 
 
 def _srl(x, k):
@@ -225,8 +226,8 @@ def _normals(keys, counters, numel):
     element sits; the same query is therefore bitwise reproducible within a process)."""
     x = _mix64(keys.unsqueeze(-1) + counters)
     # u1 = (2v + 1) 2^-41 in (0, 1) with v the top 40 bits (exact in float64); theta from the low 24.
-    r = (_srl(x, 24) * 2 + 1).to(torch.float64).mul_(2.0 ** -41).log_().mul_(-2.0).sqrt_()
-    theta = ((x & 0xFFFFFF) * 2 + 1).to(torch.float64).mul_(math.pi * 2.0 ** -24)
+    r = (_srl(x, 24) * 2 + 1).to(torch.float64).mul_(2.0**-41).log_().mul_(-2.0).sqrt_()
+    theta = ((x & 0xFFFFFF) * 2 + 1).to(torch.float64).mul_(math.pi * 2.0**-24)
     z = torch.stack([r * theta.cos(), r.mul_(theta.sin_())], dim=-1)  # (N, P, 2)
     return z.reshape(z.shape[0], -1)[:, :numel]
 
@@ -235,12 +236,14 @@ def _normals(keys, counters, numel):
 # Argument checking
 # --------------------------------------------------------------------------- #
 
+
 def _scalar(x, name):
     """float(x) for a Python/numpy number or a one-element tensor; ValueError otherwise."""
     if isinstance(x, torch.Tensor):
         if x.numel() != 1:
-            raise ValueError("%s must be a scalar (float or one-element tensor), got a tensor of shape %s"
-                             % (name, tuple(x.shape)))
+            raise ValueError(
+                "%s must be a scalar (float or one-element tensor), got a tensor of shape %s" % (name, tuple(x.shape))
+            )
         if x.is_complex():
             raise ValueError("%s must be real, got %r" % (name, x))
         return float(x.detach().item())
@@ -273,8 +276,9 @@ def _size(size):
 
 def _check_levy(levy_area_approximation):
     if levy_area_approximation not in LEVY_AREA_APPROXIMATIONS:
-        raise ValueError("levy_area_approximation must be one of %s, got %r"
-                         % (LEVY_AREA_APPROXIMATIONS, levy_area_approximation))
+        raise ValueError(
+            "levy_area_approximation must be one of %s, got %r" % (LEVY_AREA_APPROXIMATIONS, levy_area_approximation)
+        )
 
 
 def _check_given(X, name, size, dtype, device):
@@ -293,6 +297,7 @@ def _check_given(X, name, size, dtype, device):
 # --------------------------------------------------------------------------- #
 # BrownianInterval
 # --------------------------------------------------------------------------- #
+
 
 class BrownianInterval:
     """Brownian motion on [t0, t1], a deterministic function of ``entropy``.
@@ -322,8 +327,23 @@ class BrownianInterval:
             (needs a Levy area), so that bm(t0, t1, return_U=True)[1] == (t1 - t0) (W / 2 + H).
     """
 
-    def __init__(self, t0=0.0, t1=1.0, size=None, dtype=None, device=None, entropy=None, dt=None, tol=0.0,
-                 pool_size=8, cache_size=45, halfway_tree=False, levy_area_approximation="none", W=None, H=None):
+    def __init__(
+        self,
+        t0=0.0,
+        t1=1.0,
+        size=None,
+        dtype=None,
+        device=None,
+        entropy=None,
+        dt=None,
+        tol=0.0,
+        pool_size=8,
+        cache_size=45,
+        halfway_tree=False,
+        levy_area_approximation="none",
+        W=None,
+        H=None,
+    ):
         t0 = _finite(t0, "t0")
         t1 = _finite(t1, "t1")
         if t0 > t1:
@@ -345,8 +365,10 @@ class BrownianInterval:
         _check_levy(levy_area_approximation)
         have_H = levy_area_approximation != "none"
         if H is not None and not have_H:
-            raise ValueError("H (the space-time Levy area over [t0, t1]) is only used with levy_area_approximation "
-                             "in ('space-time', 'davie', 'foster'), got levy_area_approximation='none'")
+            raise ValueError(
+                "H (the space-time Levy area over [t0, t1]) is only used with levy_area_approximation "
+                "in ('space-time', 'davie', 'foster'), got levy_area_approximation='none'"
+            )
 
         if W is not None:
             size, dtype, device = _check_given(W, "W", size, dtype, device)
@@ -361,7 +383,7 @@ class BrownianInterval:
         device = torch.device("cpu") if device is None else torch.device(device)
 
         if entropy is None:
-            entropy = int(torch.randint(0, 2 ** 62, ()).item())
+            entropy = int(torch.randint(0, 2**62, ()).item())
         else:
             try:
                 entropy = operator.index(entropy)
@@ -373,7 +395,7 @@ class BrownianInterval:
             depth = DEFAULT_DEPTH
         else:
             ratio = span / tol
-            depth = MAX_DEPTH if ratio >= 2.0 ** MAX_DEPTH else max(1, math.ceil(math.log2(ratio)))
+            depth = MAX_DEPTH if ratio >= 2.0**MAX_DEPTH else max(1, math.ceil(math.log2(ratio)))
 
         self._t0, self._t1, self._span = t0, t1, span
         self._size, self._dtype, self._device = size, dtype, device
@@ -405,7 +427,7 @@ class BrownianInterval:
             # unrelated to those of the 'none' motion with the same entropy.
             self._st_key = _mix64_py(self._key ^ _signed64(0x5A17_E0F1_A5E7_1EE5))
             self._np_x_scale = np.array([2.0 ** -(depth - d - 1) for d in levels], dtype=np.float64)  # 1 / half
-            self._np_sqrt_len = np.array([2.0 ** (-d / 2) for d in levels], dtype=np.float64)      # sqrt(L)
+            self._np_sqrt_len = np.array([2.0 ** (-d / 2) for d in levels], dtype=np.float64)  # sqrt(L)
             self._np_q_scale = np.array([2.0 ** (-1.5 * d - 1) for d in levels], dtype=np.float64)  # (L / 2) sqrt(L)
             self._span15 = span * self._sqrt_span
         self._a_counters = None
@@ -631,10 +653,22 @@ class BrownianInterval:
         return (A + std * noise).to(self._dtype)
 
     def __repr__(self):
-        return ("%s(t0=%r, t1=%r, size=%s, dtype=%s, device=%r, entropy=%r, tol=%r, cache_size=%r, "
-                "levy_area_approximation=%r)" % (type(self).__name__, self._t0, self._t1, tuple(self._size),
-                                                 self._dtype, self._device, self._entropy, self._tol,
-                                                 self._cache_size, self._levy_area_approximation))
+        return (
+            "%s(t0=%r, t1=%r, size=%s, dtype=%s, device=%r, entropy=%r, tol=%r, cache_size=%r, "
+            "levy_area_approximation=%r)"
+            % (
+                type(self).__name__,
+                self._t0,
+                self._t1,
+                tuple(self._size),
+                self._dtype,
+                self._device,
+                self._entropy,
+                self._tol,
+                self._cache_size,
+                self._levy_area_approximation,
+            )
+        )
 
     @property
     def t0(self):
@@ -713,8 +747,7 @@ class _Offset(BrownianInterval):
 
 def _check_w0(w0, cls):
     if not isinstance(w0, torch.Tensor) or not w0.is_floating_point():
-        raise TypeError("%s: w0 must be a floating point tensor (the value W(t0)), got %r"
-                        % (cls, type(w0).__name__))
+        raise TypeError("%s: w0 must be a floating point tensor (the value W(t0)), got %r" % (cls, type(w0).__name__))
 
 
 class BrownianTree(_Offset):
@@ -727,13 +760,29 @@ class BrownianTree(_Offset):
     odecore extension: ``w0`` may be omitted if ``size`` (and optionally dtype, device) are
     given as keywords; then W(t0) = 0."""
 
-    def __init__(self, t0, w0=None, t1=None, w1=None, entropy=None, tol=1e-6, pool_size=24, cache_depth=9,
-                 safety=None, *, size=None, dtype=None, device=None, cache_size=45):
+    def __init__(
+        self,
+        t0,
+        w0=None,
+        t1=None,
+        w1=None,
+        entropy=None,
+        tol=1e-6,
+        pool_size=24,
+        cache_depth=9,
+        safety=None,
+        *,
+        size=None,
+        dtype=None,
+        device=None,
+        cache_size=45,
+    ):
         if w0 is None:
             if size is None:
                 raise ValueError("BrownianTree needs w0 (or size=...)")
-            w0 = torch.zeros(_size(size), dtype=dtype if dtype is not None else torch.get_default_dtype(),
-                             device=device)
+            w0 = torch.zeros(
+                _size(size), dtype=dtype if dtype is not None else torch.get_default_dtype(), device=device
+            )
         _check_w0(w0, "BrownianTree")
         t0 = _finite(t0, "t0")
         t1 = t0 + 1.0 if t1 is None else t1
@@ -742,8 +791,19 @@ class BrownianTree(_Offset):
             if not isinstance(w1, torch.Tensor) or w1.shape != w0.shape:
                 raise ValueError("w1 must be a tensor of w0's shape %s" % (tuple(w0.shape),))
             W = (w1 - w0).to(w0.dtype)
-        super().__init__(t0=t0, t1=t1, size=w0.shape, dtype=w0.dtype, device=w0.device, entropy=entropy, tol=tol,
-                         pool_size=pool_size, cache_size=cache_size, halfway_tree=True, W=W)
+        super().__init__(
+            t0=t0,
+            t1=t1,
+            size=w0.shape,
+            dtype=w0.dtype,
+            device=w0.device,
+            entropy=entropy,
+            tol=tol,
+            pool_size=pool_size,
+            cache_size=cache_size,
+            halfway_tree=True,
+            W=W,
+        )
         self._init_offset(w0)
 
 
@@ -757,8 +817,9 @@ class BrownianPath(_Offset):
         _check_w0(w0, "BrownianPath")
         t0 = _finite(t0, "t0")
         t1 = t0 + 1.0 if t1 is None else t1
-        super().__init__(t0=t0, t1=t1, size=w0.shape, dtype=w0.dtype, device=w0.device, entropy=entropy,
-                         cache_size=None)
+        super().__init__(
+            t0=t0, t1=t1, size=w0.shape, dtype=w0.dtype, device=w0.device, entropy=entropy, cache_size=None
+        )
         self._init_offset(w0)
 
 

@@ -17,6 +17,7 @@ Like ``torch.utils.checkpoint(use_reentrant=True)``, the backward pass runs
 gradients in ``.grad`` (use ``loss.backward()``; ``torch.autograd.grad`` with respect to
 them does not see those) and the gradient for ``y0`` flows back as usual.
 """
+
 import torch
 
 
@@ -47,7 +48,9 @@ class Recorder:
 
 def checkpointed_solve(factory, y0, limit):
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-        raise ValueError("options['checkpoint'] must be a positive int (the most step checkpoints kept), got %r" % (limit,))
+        raise ValueError(
+            "options['checkpoint'] must be a positive int (the most step checkpoints kept), got %r" % (limit,)
+        )
     stats = {}
     # the dummy input makes the graph node exist even when only func's parameters need grad
     solution = _CheckpointedSolve.apply(factory, limit, stats, y0, torch.empty(0, requires_grad=True))
@@ -70,7 +73,13 @@ class _CheckpointedSolve(torch.autograd.Function):
             y, f = recorder.saved[i]
             saved += [y, f] if has_f else [y]
         ctx.save_for_backward(*saved)
-        ctx.factory, ctx.steps, ctx.emits, ctx.indices, ctx.has_f = factory, recorder.steps, recorder.emits, indices, has_f
+        ctx.factory, ctx.steps, ctx.emits, ctx.indices, ctx.has_f = (
+            factory,
+            recorder.steps,
+            recorder.emits,
+            indices,
+            has_f,
+        )
         return solution
 
     @staticmethod
@@ -99,7 +108,7 @@ class _CheckpointedSolve(torch.autograd.Function):
             tensors, grads = [], []
             if outputs is not None:
                 tensors.append(outputs)
-                grads.append(grad_solution[rows[start]:rows[stop]])
+                grads.append(grad_solution[rows[start] : rows[stop]])
             for tensor, grad in ((y_end, grad_y), (f_end, grad_f)):
                 if grad is not None:
                     tensors.append(tensor)

@@ -2,6 +2,7 @@
 standard IDX files the user already has (never downloaded); for SDE-Net's regression
 experiment, scikit-learn's bundled diabetes data and out-of-distribution rows from its
 breast cancer or wine data."""
+
 import gzip
 import os
 import struct
@@ -42,8 +43,10 @@ def _find(data_dir, name):
         path = os.path.join(data_dir, candidate)
         if os.path.exists(path):
             return path
-    raise FileNotFoundError("MNIST file %s(.gz) not found in %s (odecore never downloads data; put the standard "
-                            "IDX files there)" % (name, data_dir))
+    raise FileNotFoundError(
+        "MNIST file %s(.gz) not found in %s (odecore never downloads data; put the standard "
+        "IDX files there)" % (name, data_dir)
+    )
 
 
 def load_mnist(data_dir):
@@ -55,7 +58,9 @@ def load_mnist(data_dir):
         images = read_idx(_find(data_dir, images_name))
         labels = read_idx(_find(data_dir, labels_name))
         if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
-            raise ValueError("MNIST %s files in %s have mismatched shapes %s and %s" % (split, data_dir, images.shape, labels.shape))
+            raise ValueError(
+                "MNIST %s files in %s have mismatched shapes %s and %s" % (split, data_dir, images.shape, labels.shape)
+            )
         x = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
         splits.append(((x - 0.1307) / 0.3081, torch.from_numpy(labels.astype(np.int64))))
     return tuple(splits)
@@ -101,7 +106,7 @@ def photo_patches(n, size=8, seed=0):
     for i in range(n):
         photo = photos[i % len(photos)]
         r, c = rng.randint(0, photo.shape[0] - size), rng.randint(0, photo.shape[1] - size)
-        patches.append(photo[r:r + size, c:c + size])
+        patches.append(photo[r : r + size, c : c + size])
     return torch.from_numpy(np.stack(patches)).unsqueeze(1)
 
 

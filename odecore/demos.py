@@ -6,14 +6,15 @@
 - ``latent``: a latent ODE on noisy spirals (Chen et al. 2018, section 5); plots
   reconstructions and extrapolations.
 """
+
 import argparse
 import os
 import time
 
 import torch
-from torch import nn
 
 import odecore
+from odecore.nn import SpiralFunc
 
 FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4"}
 
@@ -38,28 +39,22 @@ def demo_vdp(args):
         results = {}
         for backend in ("fused", "reference"):
             start = time.perf_counter()
-            y, stats = odecore.odeint(van_der_pol, y0, t, rtol=1e-6, atol=1e-6, method=method,
-                                      options=dict(options, backend=backend, return_stats=True))
+            y, stats = odecore.odeint(
+                van_der_pol,
+                y0,
+                t,
+                rtol=1e-6,
+                atol=1e-6,
+                method=method,
+                options=dict(options, backend=backend, return_stats=True),
+            )
             results[backend] = (y, stats, (time.perf_counter() - start) * 1e3)
         (yf, stats, tf), (yr, _, tr) = results["fused"], results["reference"]
-        print("%-14s %6d %7d %10.2f %10.2f %12.2e" % (method, stats["nfe"], stats["n_steps"], tf, tr, (yf - yr).abs().max().item()))
+        print(
+            "%-14s %6d %7d %10.2f %10.2f %12.2e"
+            % (method, stats["nfe"], stats["n_steps"], tf, tr, (yf - yr).abs().max().item())
+        )
     return 0
-
-
-class SpiralFunc(nn.Module):
-    """torchdiffeq examples/ode_demo.py's model: Linear(2, hidden) -> tanh -> Linear(hidden, 2)
-    applied to y^3, weights N(0, 0.1), biases 0."""
-
-    def __init__(self, hidden=50):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 2))
-        for m in self.net.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, mean=0, std=0.1)
-                nn.init.constant_(m.bias, val=0)
-
-    def forward(self, t, y):
-        return self.net(y ** 3)
 
 
 def _plt():
@@ -86,7 +81,7 @@ def demo_spiral(args):
     true_y0 = torch.tensor([[2.0, 0.0]])
     t = torch.linspace(0.0, 25.0, 1000)
     with torch.no_grad():
-        true_y = odecore.odeint(lambda t, y: (y ** 3) @ true_a, true_y0, t, method="dopri5")
+        true_y = odecore.odeint(lambda t, y: (y**3) @ true_a, true_y0, t, method="dopri5")
     func = SpiralFunc()
     optimizer = torch.optim.RMSprop(func.parameters(), lr=1e-3)
     solve = odecore.odeint_adjoint if args.adjoint else odecore.odeint
@@ -102,7 +97,10 @@ def demo_spiral(args):
         if itr % max(1, args.iterations // 10) == 0 or itr == args.iterations:
             with torch.no_grad():
                 full = odecore.odeint(func, true_y0, t, rtol=1e-6, atol=1e-6)
-            print("iteration %4d  batch loss %.4f  trajectory loss %.4f  (%.1fs)" % (itr, loss.item(), (full - true_y).abs().mean().item(), time.perf_counter() - start))
+            print(
+                "iteration %4d  batch loss %.4f  trajectory loss %.4f  (%.1fs)"
+                % (itr, loss.item(), (full - true_y).abs().mean().item(), time.perf_counter() - start)
+            )
     plt = _plt()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     ax1.plot(t, true_y[:, 0, 0], "g-", label="true x")
@@ -122,9 +120,17 @@ def demo_latent(args):
     from .nn import LatentODE, generate_spiral2d
 
     torch.manual_seed(args.seed)
-    orig_trajs, samp_trajs, orig_ts, samp_ts = generate_spiral2d(nspiral=args.nspiral, ntotal=500, nsample=100, start=0.0,
-                                                                 stop=6 * 3.141592653589793, noise_std=0.3, a=0.0, b=0.3,
-                                                                 seed=args.seed)
+    orig_trajs, samp_trajs, orig_ts, samp_ts = generate_spiral2d(
+        nspiral=args.nspiral,
+        ntotal=500,
+        nsample=100,
+        start=0.0,
+        stop=6 * 3.141592653589793,
+        noise_std=0.3,
+        a=0.0,
+        b=0.3,
+        seed=args.seed,
+    )
     model = LatentODE(rtol=1e-5, atol=1e-5, adjoint=args.adjoint)
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     start = time.perf_counter()
@@ -152,7 +158,9 @@ def demo_latent(args):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="odecore demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="odecore demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="demo", required=True)
     vdp = sub.add_parser("vdp", help="every method on both backends")
     vdp.add_argument("--batch", type=int, default=256)

@@ -15,11 +15,12 @@ cubic Hermite through y_i, y_{i+1}, f_i, f_{i+1}). Many times are evaluated in o
 the step of each time is found with `torch.searchsorted`, and the polynomials of all of them
 are formed at once (one gather and multiply-add per stage).
 """
+
 import math
 
 import torch
 
-from .api import _SolverFactory, _prepare
+from .api import _prepare, _SolverFactory
 from .solvers import AdaptiveRKSolver, FixedGridRKSolver
 
 
@@ -120,8 +121,9 @@ def odeint_dense(func, y0, t0, t1, *, rtol=1e-7, atol=1e-9, method=None, options
             steps = [(ta, tb, tb - ta, y, list(k)) for ta, tb, y, k, y1 in records]
         ends = [y1 for _, _, _, _, y1 in records]
     else:
-        raise NotImplementedError("odeint_dense supports the adaptive and fixed-grid Runge-Kutta and the Adams methods, "
-                                  "not %r" % (p.method,))
+        raise NotImplementedError(
+            "odeint_dense supports the adaptive and fixed-grid Runge-Kutta and the Adams methods, not %r" % (p.method,)
+        )
     if not steps:  # pragma: no cover - a solve over t0 != t1 takes at least one step
         raise RuntimeError("odeint_dense: the solver took no steps")
     return DenseSolution(steps, ends, poly, factory.sign, t0, t1, p, solver.stats())

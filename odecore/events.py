@@ -25,6 +25,7 @@ evaluations of the dense output for a float64 time (a hard cap of `MAX_ROOT_ITER
 which it raises). The event time returned is the last point found before the sign change,
 within 2 ulp of the crossing, so that a solve restarted there sees event_fn with its old sign.
 """
+
 import copy
 import math
 import warnings
@@ -32,7 +33,7 @@ import warnings
 import torch
 
 from .adjoint import _AdjointSolve, _Reversed
-from .api import _SolverFactory, _TupleFunc, _prepare, _time_sensitivity, odeint
+from .api import _prepare, _SolverFactory, _time_sensitivity, _TupleFunc, odeint
 from .solvers import AdaptiveRKSolver, FixedGridRKSolver
 
 MAX_ROOT_ITERS = 200
@@ -43,8 +44,9 @@ def _check_event_problem(p):
     if len(p.times) != 2:
         raise ValueError(f"We require len(t) == 2 when in event handling mode, but got len(t)={len(p.times)}.")
     if getattr(p, "complex_shape", None) is not None:
-        raise NotImplementedError("event_fn with a complex y0 is not supported; integrate its real view "
-                                  "(torch.view_as_real) instead")
+        raise NotImplementedError(
+            "event_fn with a complex y0 is not supported; integrate its real view (torch.view_as_real) instead"
+        )
     if p.options.get("batch_dim") is not None:
         raise NotImplementedError("options['batch_dim'] (per-sample solves) is not supported with event_fn")
 
@@ -127,8 +129,10 @@ def _find_root(h, a, b, ha, hb, eps):
             a, ha = c, hc
         else:
             b, hb = c, hc
-    raise RuntimeError("event root finding did not converge in %d iterations: event_fn changes sign in "
-                       "[%r, %r] (solver time) but the bracket is still %r wide" % (MAX_ROOT_ITERS, a, b, b - a))
+    raise RuntimeError(
+        "event root finding did not converge in %d iterations: event_fn changes sign in "
+        "[%r, %r] (solver time) but the bracket is still %r wide" % (MAX_ROOT_ITERS, a, b, b - a)
+    )
 
 
 def _solve_until_event(factory, y0, combined):
@@ -149,9 +153,11 @@ def _solve_until_event(factory, y0, combined):
         ga = g0
         while True:
             if attempts >= solver.max_num_steps:
-                raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r before event_fn changed sign; the event "
-                                   "may never happen (raise options['max_num_steps'] if it is just far away)"
-                                   % (solver.max_num_steps, factory.sign * solver.t))
+                raise RuntimeError(
+                    "max_num_steps exceeded (%d steps) at t=%r before event_fn changed sign; the event "
+                    "may never happen (raise options['max_num_steps'] if it is just far away)"
+                    % (solver.max_num_steps, factory.sign * solver.t)
+                )
             accepted = solver.n_accepted
             solver._step()
             attempts += 1
@@ -167,7 +173,9 @@ def _solve_until_event(factory, y0, combined):
     elif isinstance(solver, FixedGridRKSolver):
         step_size = factory.options.get("step_size")
         if step_size is None:
-            raise ValueError("Event handling for fixed step solvers currently requires `step_size` to be provided in options.")
+            raise ValueError(
+                "Event handling for fixed step solvers currently requires `step_size` to be provided in options."
+            )
         if g0 == 0.0:
             return s0, y0, _stats(solver, probe, 0)
         step_size = float(step_size)
@@ -180,8 +188,10 @@ def _solve_until_event(factory, y0, combined):
                 break
             ta, ya, ga = tb, yb, gb
         else:
-            raise RuntimeError("Reached maximum number of iterations %d at t=%r before event_fn changed sign; the event "
-                               "may never happen" % (MAX_FIXED_GRID_STEPS, factory.sign * ta))
+            raise RuntimeError(
+                "Reached maximum number of iterations %d at t=%r before event_fn changed sign; the event "
+                "may never happen" % (MAX_FIXED_GRID_STEPS, factory.sign * ta)
+            )
         dt = tb - ta
         if solver.interp == "cubic":
             k = list(k) + [solver.func(tb, yb)]
@@ -189,8 +199,10 @@ def _solve_until_event(factory, y0, combined):
         else:
             poly = solver._linear
     else:
-        raise NotImplementedError("event_fn is supported for the adaptive and fixed-grid Runge-Kutta and the Adams "
-                                  "methods, not %r" % (factory.method,))
+        raise NotImplementedError(
+            "event_fn is supported for the adaptive and fixed-grid Runge-Kutta and the Adams "
+            "methods, not %r" % (factory.method,)
+        )
     if gb == 0.0:
         return tb, yb, _stats(solver, probe, 0)
     ops, span = solver.ops, tb - ta
@@ -222,8 +234,9 @@ def event_odeint(func, y0, t, rtol, atol, method, options, event_fn):
     if t.requires_grad and torch.is_grad_enabled():
         # y(event_t) depends on t0 through -(dy/dy0) f(t0, y0), as in odeint
         start = p.y0 - _time_sensitivity(p.func, t[:1], p.y0.unsqueeze(0)).squeeze(0)
-    factory = _SolverFactory(p.func, p.times, t.detach(), p.reverse, p.rtol, p.atol, p.method, opts, p.backend,
-                             p.segments)
+    factory = _SolverFactory(
+        p.func, p.times, t.detach(), p.reverse, p.rtol, p.atol, p.method, opts, p.backend, p.segments
+    )
     s, y_event, stats = _solve_until_event(factory, start, combined)
     event_t = torch.tensor(factory.sign * s, dtype=t.dtype, device=t.device)
     solution = p.unflatten(torch.stack([p.y0, y_event]))
@@ -257,7 +270,9 @@ class _AdjointEventSolve(_AdjointSolve):
         opts.pop("checkpoint", None)
         with torch.no_grad():
             times = t.tolist()
-            factory = _SolverFactory(func, times, t.detach(), False, p.rtol, p.atol, p.method, opts, p.backend, p.segments)
+            factory = _SolverFactory(
+                func, times, t.detach(), False, p.rtol, p.atol, p.method, opts, p.backend, p.segments
+            )
             # the event function sees the user's time: -s when the solve runs in negated time
             sign = -1.0 if p.reverse else 1.0
             combined = p.event if sign > 0 else (lambda tt, y: p.event(-tt, y))
@@ -332,8 +347,10 @@ def _implicit_gradient(func, y0, t, event_fn, event_t, solution):
         if dg_dy is not None:
             dcdt = dcdt + (dg_dy.to(torch.float64) * f.to(torch.float64)).sum()
         if float(dcdt) == 0.0:
-            warnings.warn("odeint_event: event_fn has zero time derivative at the event (a tangential crossing); "
-                          "the event time's gradient is not defined there (using torchdiffeq's 1e-12 regulariser)")
+            warnings.warn(
+                "odeint_event: event_fn has zero time derivative at the event (a tangential crossing); "
+                "the event time's gradient is not defined there (using torchdiffeq's 1e-12 regulariser)"
+            )
             dcdt = dcdt + 1e-12
     # tau is zero in value; its gradient is dt*/dtheta
     tau = (g_live - g_live.detach()) / (-dcdt).to(g_live.dtype)
@@ -341,7 +358,9 @@ def _implicit_gradient(func, y0, t, event_fn, event_t, solution):
     state = state + f * tau.to(state.dtype)
     if is_tuple:
         parts = split(state)
-        solution = tuple(torch.cat([s[:-1], part.reshape(1, *shape)]) for s, part, shape in zip(solution, parts, shapes))
+        solution = tuple(
+            torch.cat([s[:-1], part.reshape(1, *shape)]) for s, part, shape in zip(solution, parts, shapes)
+        )
     else:
         solution = torch.cat([solution[:-1], state.unsqueeze(0)])
     return event_t, solution

@@ -6,6 +6,7 @@ Scores are confidences: higher means "in distribution" (or "correctly classified
 thresholds, so AUROC equals the Mann-Whitney statistic with ties counting one half (and
 scikit-learn's roc_auc_score), and AUPR equals scikit-learn's average_precision_score.
 """
+
 import numpy as np
 
 

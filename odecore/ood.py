@@ -7,6 +7,7 @@ With ``--data diabetes``: the paper's regression experiment (section 5.2) on sci
 bundled diabetes data, SDE-Net (mean and variance heads, Gaussian negative log-likelihood)
 against the same network without diffusion, out-of-distribution rows from the bundled
 breast cancer (or wine) data."""
+
 import argparse
 import json
 import math
@@ -23,12 +24,28 @@ METRICS = ("tnr_at_tpr95", "auroc", "detection_accuracy", "aupr_in", "aupr_out")
 DATA = ("digits", "diabetes")
 # Per data set defaults of the options left unset on the command line.
 DEFAULTS = {
-    "digits": {"epochs": 10, "batch_size": 128, "lr": 3e-3, "lr_diffusion": 1e-3, "dim": 64, "layer_depth": 4,
-               "sigma_max": 1.0, "threads": None},
+    "digits": {
+        "epochs": 10,
+        "batch_size": 128,
+        "lr": 3e-3,
+        "lr_diffusion": 1e-3,
+        "dim": 64,
+        "layer_depth": 4,
+        "sigma_max": 1.0,
+        "threads": None,
+    },
     # the diabetes models are tiny: a second intra-op thread only adds overhead (several times
     # the run time on a loaded machine)
-    "diabetes": {"epochs": 100, "batch_size": 32, "lr": 1e-4, "lr_diffusion": 1e-2, "dim": 50, "layer_depth": 4,
-                 "sigma_max": 0.5, "threads": 1},
+    "diabetes": {
+        "epochs": 100,
+        "batch_size": 32,
+        "lr": 1e-4,
+        "lr_diffusion": 1e-2,
+        "dim": 50,
+        "layer_depth": 4,
+        "sigma_max": 0.5,
+        "threads": 1,
+    },
 }
 REGRESSION_MODELS = ("sdenet", "mlp")
 # --threads above this is refused: torch accepts any count, and far more threads than this
@@ -40,7 +57,9 @@ def build(name, num_classes, args):
     from .nn import ResNet, SDENet
 
     if name == "sdenet":
-        return SDENet(1, num_classes, dim=args.dim, layer_depth=args.layer_depth, sigma_max=args.sigma_max, image_size=8)
+        return SDENet(
+            1, num_classes, dim=args.dim, layer_depth=args.layer_depth, sigma_max=args.sigma_max, image_size=8
+        )
     return ResNet(1, num_classes, dim=args.dim)
 
 
@@ -63,10 +82,10 @@ def train_epochs(model, task, diffusion, schedules, x, y, loss_fn, args):
     from .nn import sdenet_train_step
 
     generator = torch.Generator().manual_seed(args.seed)
-    for epoch in range(args.epochs):
+    for _epoch in range(args.epochs):
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), args.batch_size):
-            idx = order[start:start + args.batch_size]
+            idx = order[start : start + args.batch_size]
             xb, yb = x[idx], y[idx]
             if diffusion is not None:
                 sdenet_train_step(model, task, diffusion, xb, yb, loss_fn)
@@ -109,20 +128,35 @@ def run(args):
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test), (mean, std) = datasets.load_digits(return_normalisation=True)
     if args.limit:
-        x_train, y_train, x_test, y_test = x_train[:args.limit], y_train[:args.limit], x_test[:args.limit], y_test[:args.limit]
+        x_train, y_train, x_test, y_test = (
+            x_train[: args.limit],
+            y_train[: args.limit],
+            x_test[: args.limit],
+            y_test[: args.limit],
+        )
     n = len(x_test)
-    ood = {"photo_patches": (datasets.photo_patches(n, seed=args.seed) - mean) / std,
-           "gaussian_noise": torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed))}
+    ood = {
+        "photo_patches": (datasets.photo_patches(n, seed=args.seed) - mean) / std,
+        "gaussian_noise": torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed)),
+    }
     seen, unseen = y_train < 5, y_test >= 5
     results = {}
     for name in ("sdenet", "resnet"):
         print("== %s: all digits" % name)
         model = fit(name, x_train, y_train, 10, args)
-        results[name] = evaluate(model, x_test, y_test, ood, args.passes if name == "sdenet" else 1, args.test_sigma_max)
+        results[name] = evaluate(
+            model, x_test, y_test, ood, args.passes if name == "sdenet" else 1, args.test_sigma_max
+        )
         print("== %s: digits 0-4 (5-9 held out)" % name)
         model = fit(name, x_train[seen], y_train[seen], 5, args)
-        held = evaluate(model, x_test[~unseen], y_test[~unseen], {"heldout_classes": x_test[unseen]},
-                        args.passes if name == "sdenet" else 1, args.test_sigma_max)
+        held = evaluate(
+            model,
+            x_test[~unseen],
+            y_test[~unseen],
+            {"heldout_classes": x_test[unseen]},
+            args.passes if name == "sdenet" else 1,
+            args.test_sigma_max,
+        )
         results[name]["heldout_classes"] = held["heldout_classes"]
         results[name]["heldout_classes_scores"] = held["heldout_classes_scores"]
     os.makedirs(args.out, exist_ok=True)
@@ -153,14 +187,16 @@ def fit_regression(name, x, y, args):
     from .nn import SDENetRegression
 
     torch.manual_seed(args.seed)
-    model = SDENetRegression(x.shape[1], hidden=args.dim, layer_depth=args.layer_depth,
-                             sigma_max=args.sigma_max if name == "sdenet" else 0.0)
+    model = SDENetRegression(
+        x.shape[1], hidden=args.dim, layer_depth=args.layer_depth, sigma_max=args.sigma_max if name == "sdenet" else 0.0
+    )
     task = torch.optim.Adam(model.task_parameters(), lr=args.lr, weight_decay=args.weight_decay)
     schedules = [torch.optim.lr_scheduler.CosineAnnealingLR(task, T_max=args.epochs)]
     diffusion = None
     if name == "sdenet":
-        diffusion = torch.optim.Adam(model.diffusion_net.parameters(), lr=args.lr_diffusion,
-                                     weight_decay=args.weight_decay)
+        diffusion = torch.optim.Adam(
+            model.diffusion_net.parameters(), lr=args.lr_diffusion, weight_decay=args.weight_decay
+        )
         schedules.append(torch.optim.lr_scheduler.CosineAnnealingLR(diffusion, T_max=args.epochs))
     return train_epochs(model, task, diffusion, schedules, x, y, regression_loss, args)
 
@@ -194,9 +230,15 @@ def evaluate_regression(model, x_test, y_test, x_ood, ood_name, passes, y_std, u
     if uncertainty == "spread":
         in_u, out_u = y_std * spread, y_std * ood_spread
     else:
-        in_u, out_u = y_std ** 2 * var, y_std ** 2 * ood_var
-    result = {"rmse": rmse, "nll": nll, "uncertainty": uncertainty, "passes": passes,
-              "mean_uncertainty_in": in_u.mean().item(), "mean_uncertainty_out": out_u.mean().item()}
+        in_u, out_u = y_std**2 * var, y_std**2 * ood_var
+    result = {
+        "rmse": rmse,
+        "nll": nll,
+        "uncertainty": uncertainty,
+        "passes": passes,
+        "mean_uncertainty_in": in_u.mean().item(),
+        "mean_uncertainty_out": out_u.mean().item(),
+    }
     result[ood_name] = detection_metrics((-in_u).numpy(), (-out_u).numpy())
     result["in_scores"], result[ood_name + "_scores"] = in_u.tolist(), out_u.tolist()
     return result
@@ -206,16 +248,17 @@ def run_regression(args):
     start = time.perf_counter()
     (x_train, y_train), (x_test, y_test), (_, _, _, y_std) = datasets.load_diabetes(return_normalisation=True)
     if args.limit:
-        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-        x_test, y_test = x_test[:args.limit], y_test[:args.limit]
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
     x_ood = datasets.regression_ood(args.ood, n_features=x_train.shape[1])
     results = {}
     for name in REGRESSION_MODELS:
         print("== %s: diabetes" % name)
         model = fit_regression(name, x_train, y_train, args)
         if name == "sdenet":
-            results[name] = evaluate_regression(model, x_test, y_test, x_ood, args.ood, args.passes, y_std, "spread",
-                                                args.test_sigma_max)
+            results[name] = evaluate_regression(
+                model, x_test, y_test, x_ood, args.ood, args.passes, y_std, "spread", args.test_sigma_max
+            )
         else:  # deterministic: one pass, its own predicted variance as the uncertainty
             results[name] = evaluate_regression(model, x_test, y_test, x_ood, args.ood, 1, y_std, "variance")
     os.makedirs(args.out, exist_ok=True)
@@ -233,21 +276,29 @@ def run_regression(args):
     return summary
 
 
-OOD_DESCRIPTION = {"breast_cancer": "scikit-learn's breast cancer data (first 10 features)",
-                   "wine": "scikit-learn's wine data (first 10 features)"}
+OOD_DESCRIPTION = {
+    "breast_cancer": "scikit-learn's breast cancer data (first 10 features)",
+    "wine": "scikit-learn's wine data (first 10 features)",
+}
 
 
 def format_regression_table(results, ood, n_test, n_ood):
-    lines = ["| model | test RMSE | test NLL | OOD set | " + " | ".join(METRICS) + " |",
-             "|---|---:|---:|---|" + "---:|" * len(METRICS)]
+    lines = [
+        "| model | test RMSE | test NLL | OOD set | " + " | ".join(METRICS) + " |",
+        "|---|---:|---:|---|" + "---:|" * len(METRICS),
+    ]
     for model, r in results.items():
-        lines.append("| %s | %.2f | %.3f | %s | %s |" % (model, r["rmse"], r["nll"], ood,
-                                                       " | ".join("%.3f" % r[ood][m] for m in METRICS)))
+        lines.append(
+            "| %s | %.2f | %.3f | %s | %s |"
+            % (model, r["rmse"], r["nll"], ood, " | ".join("%.3f" % r[ood][m] for m in METRICS))
+        )
     lines.append("")
-    lines.append("Diabetes (%d test rows) against %s (%d rows, standardised with their own statistics). "
-                 "RMSE and Gaussian NLL in the target's units. Uncertainty: sdenet, the std of the predicted "
-                 "means over %d passes; mlp (sigma_max = 0, no diffusion), its predicted variance."
-                 % (n_test, OOD_DESCRIPTION[ood], n_ood, results["sdenet"]["passes"]))
+    lines.append(
+        "Diabetes (%d test rows) against %s (%d rows, standardised with their own statistics). "
+        "RMSE and Gaussian NLL in the target's units. Uncertainty: sdenet, the std of the predicted "
+        "means over %d passes; mlp (sigma_max = 0, no diffusion), its predicted variance."
+        % (n_test, OOD_DESCRIPTION[ood], n_ood, results["sdenet"]["passes"])
+    )
     return "\n".join(lines)
 
 
@@ -279,8 +330,10 @@ def format_table(results):
     for model, r in results.items():
         for key in ("photo_patches", "gaussian_noise", "heldout_classes", "misclassification"):
             if key in r:
-                lines.append("| %s | %.2f%% | %s | %s |" % (model, 100 * r["accuracy"], key,
-                                                           " | ".join("%.3f" % r[key][m] for m in METRICS)))
+                lines.append(
+                    "| %s | %.2f%% | %s | %s |"
+                    % (model, 100 * r["accuracy"], key, " | ".join("%.3f" % r[key][m] for m in METRICS))
+                )
     return "\n".join(lines)
 
 
@@ -303,12 +356,21 @@ def plot_histogram(results, out):
 
 
 def main(argv):
-    parser = argparse.ArgumentParser(prog="odecore train sdenet", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", choices=DATA, default="digits",
-                        help="digits: classification (default); diabetes: regression (the paper's section 5.2)")
-    parser.add_argument("--ood", choices=("breast_cancer", "wine"), default="breast_cancer",
-                        help="--data diabetes: the bundled data set whose rows are out of distribution")
+    parser = argparse.ArgumentParser(
+        prog="odecore train sdenet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--data",
+        choices=DATA,
+        default="digits",
+        help="digits: classification (default); diabetes: regression (the paper's section 5.2)",
+    )
+    parser.add_argument(
+        "--ood",
+        choices=("breast_cancer", "wine"),
+        default="breast_cancer",
+        help="--data diabetes: the bundled data set whose rows are out of distribution",
+    )
 
     def default(key):
         return "(digits %s, diabetes %s)" % (DEFAULTS["digits"][key], DEFAULTS["diabetes"][key])
@@ -317,16 +379,24 @@ def main(argv):
     parser.add_argument("--batch-size", type=int, default=None, help=default("batch_size"))
     parser.add_argument("--lr", type=float, default=None, help=default("lr"))
     parser.add_argument("--lr-diffusion", type=float, default=None, help=default("lr_diffusion"))
-    parser.add_argument("--weight-decay", type=float, default=0.0, help="--data diabetes: Adam's weight decay (default 0)")
+    parser.add_argument(
+        "--weight-decay", type=float, default=0.0, help="--data diabetes: Adam's weight decay (default 0)"
+    )
     parser.add_argument("--dim", type=int, default=None, help="channels / hidden units " + default("dim"))
     parser.add_argument("--layer-depth", type=int, default=None, help=default("layer_depth"))
     parser.add_argument("--sigma-max", type=float, default=None, help=default("sigma_max"))
-    parser.add_argument("--test-sigma-max", type=float, default=None, help="sigma_max at test time (default: --sigma-max)")
+    parser.add_argument(
+        "--test-sigma-max", type=float, default=None, help="sigma_max at test time (default: --sigma-max)"
+    )
     parser.add_argument("--passes", type=int, default=10, help="stochastic passes at test time")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads for the run (digits: torch's default, diabetes: 1)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads for the run (digits: torch's default, diabetes: 1)",
+    )
     parser.add_argument("--out", default=os.path.join("runs", "sdenet"))
     args = parser.parse_args(argv)
     for key, value in DEFAULTS[args.data].items():
@@ -341,8 +411,11 @@ def main(argv):
     finite = {"--lr": args.lr, "--lr-diffusion": args.lr_diffusion}
     if not all(0 < v < math.inf for v in finite.values()):
         parser.error("--lr and --lr-diffusion must be positive and finite")
-    for name, value in (("--sigma-max", args.sigma_max), ("--test-sigma-max", args.test_sigma_max),
-                        ("--weight-decay", args.weight_decay)):
+    for name, value in (
+        ("--sigma-max", args.sigma_max),
+        ("--test-sigma-max", args.test_sigma_max),
+        ("--weight-decay", args.weight_decay),
+    ):
         if value is not None and not 0 <= value < math.inf:
             parser.error("%s must be non-negative and finite, got %r" % (name, value))
     if args.data == "diabetes":

@@ -57,6 +57,7 @@ Kloeden & Platen, "Numerical Solution of Stochastic Differential Equations", 199
 Roessler, "Runge-Kutta methods for the strong approximation of solutions of stochastic
 differential equations", SIAM J. Numer. Anal. 48(3), 2010.
 """
+
 import math
 import warnings
 
@@ -77,7 +78,7 @@ DEFAULT_METHOD = {"ito": "euler", "stratonovich": "midpoint"}
 SRK_NOISE_TYPES = ("diagonal", "scalar", "additive")
 LEVY_AREAS = ("space-time", "davie", "foster")  # what srk accepts on the Brownian motion
 # Default bound on the steps (attempts, when adaptive) between two output times, as odeint's.
-MAX_NUM_STEPS = 2 ** 31 - 1
+MAX_NUM_STEPS = 2**31 - 1
 
 
 class _Tableau:
@@ -136,8 +137,9 @@ class _SDE:
         if logqp:
             h = getattr(sde, names.get("prior_drift", "h"), None)
             if not callable(h):
-                raise TypeError("logqp=True needs the prior drift h(t, y) as a method of sde "
-                                "(or names={'prior_drift': ...})")
+                raise TypeError(
+                    "logqp=True needs the prior drift h(t, y) as a method of sde (or names={'prior_drift': ...})"
+                )
             self.f, self.g = self._logqp(self.f, self.g, h, self.noise_type == "diagonal")
 
     @staticmethod
@@ -154,7 +156,7 @@ class _SDE:
                 u = (fx - hx) / gs
             else:
                 u = torch.bmm(gx.pinverse(), (fx - hx).unsqueeze(-1)).squeeze(-1)
-            return torch.cat([fx, 0.5 * (u ** 2).sum(dim=1, keepdim=True)], dim=1)
+            return torch.cat([fx, 0.5 * (u**2).sum(dim=1, keepdim=True)], dim=1)
 
         def g_aug(t, y):
             gx = g(t, y[:, :-1])
@@ -173,12 +175,19 @@ class _SDE:
         batch, d = y.shape
         self._check_g(g)
         if not isinstance(f, torch.Tensor) or f.shape != y.shape:
-            raise ValueError("sde.f returned shape %s, expected the state's %s" % (getattr(f, "shape", type(f)), tuple(y.shape)))
+            raise ValueError(
+                "sde.f returned shape %s, expected the state's %s" % (getattr(f, "shape", type(f)), tuple(y.shape))
+            )
         expected = {"diagonal": (batch, d), "scalar": (batch, d, 1)}.get(self.noise_type)
         if expected is not None and g.shape != expected:
-            raise ValueError("sde.g returned shape %s, expected %s for %s noise" % (tuple(g.shape), expected, self.noise_type))
+            raise ValueError(
+                "sde.g returned shape %s, expected %s for %s noise" % (tuple(g.shape), expected, self.noise_type)
+            )
         if self.matrix and (g.dim() != 3 or g.shape[:2] != (batch, d)):
-            raise ValueError("sde.g returned shape %s, expected (%d, %d, m) for %s noise" % (tuple(g.shape), batch, d, self.noise_type))
+            raise ValueError(
+                "sde.g returned shape %s, expected (%d, %d, m) for %s noise"
+                % (tuple(g.shape), batch, d, self.noise_type)
+            )
 
     def brownian_size(self, y, g):
         self._check_g(g)
@@ -190,8 +199,10 @@ class _SDE:
             raise TypeError("%s must return a torch.Tensor, got %s" % (name, type(dw).__name__))
         expected = tuple(self.brownian_size(y, g))
         if tuple(dw.shape) != expected:
-            raise ValueError("%s returned shape %s, expected %s for %s noise (bm's size)"
-                             % (name, tuple(dw.shape), expected, self.noise_type))
+            raise ValueError(
+                "%s returned shape %s, expected %s for %s noise (bm's size)"
+                % (name, tuple(dw.shape), expected, self.noise_type)
+            )
 
     def elementwise(self, g, dw):
         """g and dW as tensors of the state's shape for the fused update (diagonal, scalar),
@@ -240,8 +251,10 @@ def _error_estimate(y_full, y_half, rtol, atol, eps=1e-7, t=None, dt=None):
     err = (((y_full - y_half) / tol) ** 2).sum().div(max(y_full.numel(), 1)).sqrt().clamp_min(eps)
     err = float(err)
     if math.isnan(err):
-        raise RuntimeError("non-finite values (NaN or inf) in the adaptive step's error estimate at t=%r, dt=%r; "
-                           "sde.f or sde.g returned NaN/inf or the solution overflowed" % (t, dt))
+        raise RuntimeError(
+            "non-finite values (NaN or inf) in the adaptive step's error estimate at t=%r, dt=%r; "
+            "sde.f or sde.g returned NaN/inf or the solution overflowed" % (t, dt)
+        )
     return err
 
 
@@ -259,7 +272,7 @@ def _next_step_size(error, step_size, prev_ratio, safety=0.9, facmin=0.2, facmax
     ratio = safety / error
     if prev_ratio is None:
         prev_ratio = ratio
-    factor = ratio ** ifactor * (ratio / prev_ratio) ** pfactor
+    factor = ratio**ifactor * (ratio / prev_ratio) ** pfactor
     if error <= 1:
         prev_ratio = ratio
         facmin = 1.0
@@ -276,8 +289,23 @@ def _positive_number(x, name, allow_zero=False):
     return float(x)
 
 
-def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5, atol=1e-4, dt_min=1e-5,
-           options=None, names=None, logqp=False, extra=False, extra_solver_state=None):
+def sdeint(
+    sde,
+    y0,
+    ts,
+    bm=None,
+    method=None,
+    dt=1e-3,
+    adaptive=False,
+    rtol=1e-5,
+    atol=1e-4,
+    dt_min=1e-5,
+    options=None,
+    names=None,
+    logqp=False,
+    extra=False,
+    extra_solver_state=None,
+):
     """Solves an SDE at the times `ts`; torchsde.sdeint's signature. Returns (len(ts), batch, d),
     or with ``logqp=True`` the pair (ys, log_ratio), log_ratio of shape (len(ts) - 1, batch)
     holding the increments over [ts[i], ts[i + 1]] of int 0.5 |u|^2 dt (u = (f - h) / g, see
@@ -309,9 +337,11 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
         raise ValueError("dt must be a positive float, got %r" % (dt,))
     method = DEFAULT_METHOD[s.sde_type] if method is None else method
     if method not in METHODS:
-        raise ValueError('method must be one of %s, got %r' % (sorted(METHODS), method))
+        raise ValueError("method must be one of %s, got %r" % (sorted(METHODS), method))
     if s.sde_type not in METHODS[method]:
-        raise ValueError("method %r does not solve %s SDEs (it solves %s)" % (method, s.sde_type, ", ".join(METHODS[method])))
+        raise ValueError(
+            "method %r does not solve %s SDEs (it solves %s)" % (method, s.sde_type, ", ".join(METHODS[method]))
+        )
     if method == "milstein" and s.noise_type not in ("diagonal", "additive"):
         raise ValueError("method 'milstein' needs diagonal or additive noise, got %s" % s.noise_type)
     if method == "srk" and s.noise_type not in SRK_NOISE_TYPES:
@@ -321,8 +351,10 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
         atol = _positive_number(atol, "atol", allow_zero=True)
         dt_min = _positive_number(dt_min, "dt_min")
         if method == "euler" and s.noise_type != "additive":
-            warnings.warn("Numerical solution is not guaranteed to converge to the correct solution when using "
-                          "adaptive time-stepping with the Euler--Maruyama method with non-additive noise.")
+            warnings.warn(
+                "Numerical solution is not guaranteed to converge to the correct solution when using "
+                "adaptive time-stepping with the Euler--Maruyama method with non-additive noise."
+            )
     if options is not None and not isinstance(options, dict):
         raise TypeError("options must be a dict, got %s" % type(options).__name__)
     options = dict(options or {})
@@ -347,16 +379,24 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
 
         g0 = s.g(tensor_time(times[0]), y0)
         s.check(y0, s.f(tensor_time(times[0]), y0), g0)
-        bm = BrownianInterval(t0=times[0], t1=times[-1], size=s.brownian_size(y0, g0), dtype=y0.dtype, device=y0.device,
-                              levy_area_approximation="space-time" if method == "srk" else "none")
+        bm = BrownianInterval(
+            t0=times[0],
+            t1=times[-1],
+            size=s.brownian_size(y0, g0),
+            dtype=y0.dtype,
+            device=y0.device,
+            levy_area_approximation="space-time" if method == "srk" else "none",
+        )
     elif logqp and s.noise_type == "diagonal" and tuple(getattr(bm, "shape", ()))[-1:] == (d,):
         bm = _PaddedBrownian(bm)
     if method == "srk":
         levy = getattr(bm, "levy_area_approximation", None)
         if levy not in LEVY_AREAS:
-            raise ValueError("method 'srk' needs a Brownian motion with a space-time Levy area, e.g. "
-                             "BrownianInterval(..., levy_area_approximation='space-time'); bm has "
-                             "levy_area_approximation=%r" % (levy,))
+            raise ValueError(
+                "method 'srk' needs a Brownian motion with a space-time Levy area, e.g. "
+                "BrownianInterval(..., levy_area_approximation='space-time'); bm has "
+                "levy_area_approximation=%r" % (levy,)
+            )
     correction_ito = 1.0 if s.sde_type == "ito" else 0.0
     checked = [bm is None, bm is None]  # (f and g, the Brownian increments) checked once
 
@@ -443,8 +483,8 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
 
         # SRID2: diagonal g (batch, d), or scalar g (batch, d, 1) times (batch, 1) weights
         sqrt_h = math.sqrt(h)
-        Ikk = (I ** 2 - h) * 0.5
-        Ikkk = (I ** 3 - 3 * h * I) * (1 / 6)
+        Ikk = (I**2 - h) * 0.5
+        Ikkk = (I**3 - 3 * h * I) * (1 / 6)
         F, G = [], []
         y1 = y
         for i in range(srid2.STAGES):
@@ -458,16 +498,21 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
                     H1 = H1 + srid2.A1[i][j] * F[j] * h
                 if srid2.B1[i][j] != 0:
                     H1 = H1 + srid2.B1[i][j] * G[j] * sqrt_h
-            needed = srid2.alpha[i] != 0 or any(srid2.A0[k][i] != 0 or srid2.A1[k][i] != 0
-                                                for k in range(i + 1, srid2.STAGES))
+            needed = srid2.alpha[i] != 0 or any(
+                srid2.A0[k][i] != 0 or srid2.A1[k][i] != 0 for k in range(i + 1, srid2.STAGES)
+            )
             F.append(s.f(tensor_time(t0 + srid2.C0[i] * h), H0) if needed else None)
             g = s.g(tensor_time(t0 + srid2.C1[i] * h), H1)
             if i == 0 and not checked[0]:
                 s.check(y, F[0], g)
                 checked[0] = True
             G.append(g.squeeze(2) if g.dim() == 3 else g)
-            weight = (srid2.beta1[i] * I + srid2.beta2[i] * Ikk / sqrt_h + srid2.beta3[i] * I0 * rh
-                      + srid2.beta4[i] * Ikkk * rh)
+            weight = (
+                srid2.beta1[i] * I
+                + srid2.beta2[i] * Ikk / sqrt_h
+                + srid2.beta3[i] * I0 * rh
+                + srid2.beta4[i] * Ikkk * rh
+            )
             if srid2.alpha[i] != 0:
                 y1 = y1 + srid2.alpha[i] * F[i] * h
             y1 = y1 + G[i] * weight
@@ -482,8 +527,10 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
         if not adaptive and (out_t - t) / step_size > max_num_steps:
             # the fixed steps to this output time would exceed the bound: say so now, not after
             # max_num_steps of them (a tiny dt would otherwise run for hours)
-            raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r: about %.3g steps of dt are needed to "
-                               "reach the output time %r" % (max_num_steps, t, step_size, (out_t - t) / step_size, out_t))
+            raise RuntimeError(
+                "max_num_steps exceeded (%d steps) at t=%r, dt=%r: about %.3g steps of dt are needed to "
+                "reach the output time %r" % (max_num_steps, t, step_size, (out_t - t) / step_size, out_t)
+            )
         while t < out_t:
             if steps_here >= max_num_steps:
                 raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r" % (max_num_steps, t, step_size))
@@ -491,8 +538,10 @@ def sdeint(sde, y0, ts, bm=None, method=None, dt=1e-3, adaptive=False, rtol=1e-5
             next_t = min(t + step_size, times[-1])
             if not adaptive:
                 if not next_t > t:
-                    raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (dt is too small for the "
-                                       "magnitude of t)" % (t, step_size))
+                    raise RuntimeError(
+                        "step size underflow: t=%r, dt=%r; t + dt == t (dt is too small for the "
+                        "magnitude of t)" % (t, step_size)
+                    )
                 prev_t, prev_y = t, y
                 y = step(t, next_t, y)
                 t = next_t

@@ -49,11 +49,12 @@ milstein, other Ito euler, Stratonovich midpoint. Not supported (NotImplementedE
 adaptive, adjoint_adaptive, logqp, extra, extra_solver_state, general noise for Ito SDEs,
 adjoint_method='srk', and double backward (differentiating the gradients again raises).
 """
+
 import torch
 from torch import nn
 
 from .brownian import BrownianInterval
-from .sde import DEFAULT_METHOD, METHODS, _SDE, sdeint
+from .sde import _SDE, DEFAULT_METHOD, METHODS, sdeint
 
 __all__ = ["sdeint_adjoint"]
 
@@ -67,10 +68,29 @@ DEFAULT_ADJOINT_METHOD = {
 _STEPPER = {"euler": "euler", "milstein": "euler", "midpoint": "midpoint", "heun": "heun"}
 
 
-def sdeint_adjoint(sde, y0, ts, bm=None, method=None, adjoint_method=None, dt=1e-3, adaptive=False,
-                   adjoint_adaptive=False, rtol=1e-5, adjoint_rtol=1e-5, atol=1e-4, adjoint_atol=1e-4, dt_min=1e-5,
-                   options=None, adjoint_options=None, adjoint_params=None, names=None, logqp=False, extra=False,
-                   extra_solver_state=None):
+def sdeint_adjoint(
+    sde,
+    y0,
+    ts,
+    bm=None,
+    method=None,
+    adjoint_method=None,
+    dt=1e-3,
+    adaptive=False,
+    adjoint_adaptive=False,
+    rtol=1e-5,
+    adjoint_rtol=1e-5,
+    atol=1e-4,
+    adjoint_atol=1e-4,
+    dt_min=1e-5,
+    options=None,
+    adjoint_options=None,
+    adjoint_params=None,
+    names=None,
+    logqp=False,
+    extra=False,
+    extra_solver_state=None,
+):
     """Like ``odecore.sdeint`` (torchsde 0.2.6's ``sdeint_adjoint`` signature), with gradients
     from the stochastic adjoint: the backward pass solves the adjoint SDE backwards in time on
     the same Brownian path, so memory does not grow with the number of steps.
@@ -88,20 +108,28 @@ def sdeint_adjoint(sde, y0, ts, bm=None, method=None, adjoint_method=None, dt=1e
     they agree with backpropagation through ``sdeint`` only up to the discretisation error
     (it vanishes as dt -> 0, at the schemes' strong order).
     """
-    for flag, name in ((adaptive, "adaptive=True"), (adjoint_adaptive, "adjoint_adaptive=True"),
-                       (logqp, "logqp=True"), (extra, "extra=True"),
-                       (extra_solver_state is not None, "extra_solver_state")):
+    for flag, name in (
+        (adaptive, "adaptive=True"),
+        (adjoint_adaptive, "adjoint_adaptive=True"),
+        (logqp, "logqp=True"),
+        (extra, "extra=True"),
+        (extra_solver_state is not None, "extra_solver_state"),
+    ):
         if flag:
             raise NotImplementedError("odecore.sdeint_adjoint does not support %s yet" % name)
     if adjoint_params is None and not isinstance(sde, nn.Module):
-        raise ValueError("sde must be an instance of nn.Module to specify the adjoint parameters; alternatively they "
-                         "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
-                         "then it is allowable to set `adjoint_params=()`.")
+        raise ValueError(
+            "sde must be an instance of nn.Module to specify the adjoint parameters; alternatively they "
+            "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
+            "then it is allowable to set `adjoint_params=()`."
+        )
     s = _SDE(sde, names)
     if s.noise_type == "general" and s.sde_type == "ito":
-        raise NotImplementedError("odecore.sdeint_adjoint does not support general noise (noise_type='general') for "
-                                  "Ito SDEs yet; write the SDE in Stratonovich form (sde_type='stratonovich', drift "
-                                  "f - 1/2 sum_j (dg_j/dy) g_j) or use diagonal, scalar or additive noise")
+        raise NotImplementedError(
+            "odecore.sdeint_adjoint does not support general noise (noise_type='general') for "
+            "Ito SDEs yet; write the SDE in Stratonovich form (sde_type='stratonovich', drift "
+            "f - 1/2 sum_j (dg_j/dy) g_j) or use diagonal, scalar or additive noise"
+        )
     if not isinstance(y0, torch.Tensor) or not torch.is_floating_point(y0):
         raise TypeError("y0 must be a floating point tensor")
     if y0.dim() != 2:
@@ -109,8 +137,9 @@ def sdeint_adjoint(sde, y0, ts, bm=None, method=None, adjoint_method=None, dt=1e
     if not isinstance(ts, torch.Tensor) or ts.dim() != 1 or len(ts) < 1:
         raise ValueError("ts must be a non-empty 1-D tensor")
     if ts.requires_grad:
-        raise ValueError("ts must not require grad: odecore.sdeint_adjoint gives no gradient with respect to the "
-                         "output times")
+        raise ValueError(
+            "ts must not require grad: odecore.sdeint_adjoint gives no gradient with respect to the output times"
+        )
     method = DEFAULT_METHOD[s.sde_type] if method is None else method
     if adjoint_method is None:
         adjoint_method = DEFAULT_ADJOINT_METHOD[s.sde_type][s.noise_type]
@@ -124,8 +153,10 @@ def sdeint_adjoint(sde, y0, ts, bm=None, method=None, adjoint_method=None, dt=1e
             raise TypeError("adjoint_params must be tensors, got %r" % (type(q).__name__,))
     params = tuple(q for q in params if q.requires_grad)
     if any(q.dtype != y0.dtype or q.device != y0.device for q in params):
-        raise TypeError("odecore.sdeint_adjoint: the adjoint parameters must have y0's dtype %s and device %s, got %s"
-                        % (y0.dtype, y0.device, sorted({"%s on %s" % (q.dtype, q.device) for q in params})))
+        raise TypeError(
+            "odecore.sdeint_adjoint: the adjoint parameters must have y0's dtype %s and device %s, got %s"
+            % (y0.dtype, y0.device, sorted({"%s on %s" % (q.dtype, q.device) for q in params}))
+        )
 
     if bm is None:
         # What sdeint does with bm=None, so that the same seed gives the same path.
@@ -134,8 +165,9 @@ def sdeint_adjoint(sde, y0, ts, bm=None, method=None, adjoint_method=None, dt=1e
             g0 = s.g(t0, y0.detach())
             s.check(y0, s.f(t0, y0.detach()), g0)
         kwargs = {"levy_area_approximation": "space-time"} if method == "srk" else {}
-        bm = BrownianInterval(t0=float(ts[0]), t1=float(ts[-1]), size=s.brownian_size(y0, g0), dtype=y0.dtype,
-                              device=y0.device, **kwargs)
+        bm = BrownianInterval(
+            t0=float(ts[0]), t1=float(ts[-1]), size=s.brownian_size(y0, g0), dtype=y0.dtype, device=y0.device, **kwargs
+        )
     problem = _Problem(sde, s, names, ts, bm, method, adjoint_method, dt, options, adjoint_options, params)
     return _SdeintAdjoint.apply(problem, y0, *params)
 
@@ -144,11 +176,15 @@ def _check_adjoint_method(adjoint_method, s):
     if adjoint_method not in METHODS:
         raise ValueError("adjoint_method must be one of %s, got %r" % (sorted(METHODS), adjoint_method))
     if adjoint_method not in _STEPPER:
-        raise NotImplementedError("odecore.sdeint_adjoint does not support adjoint_method=%r yet; use one of %s"
-                                  % (adjoint_method, sorted(_STEPPER)))
+        raise NotImplementedError(
+            "odecore.sdeint_adjoint does not support adjoint_method=%r yet; use one of %s"
+            % (adjoint_method, sorted(_STEPPER))
+        )
     if s.sde_type not in METHODS[adjoint_method]:
-        raise ValueError("adjoint_method %r does not solve %s SDEs (it solves %s); the adjoint SDE has the forward "
-                         "SDE's type" % (adjoint_method, s.sde_type, ", ".join(METHODS[adjoint_method])))
+        raise ValueError(
+            "adjoint_method %r does not solve %s SDEs (it solves %s); the adjoint SDE has the forward "
+            "SDE's type" % (adjoint_method, s.sde_type, ", ".join(METHODS[adjoint_method]))
+        )
     if adjoint_method == "milstein" and s.noise_type not in ("diagonal", "additive"):
         raise ValueError("adjoint_method 'milstein' needs diagonal or additive noise, got %s" % s.noise_type)
 
@@ -167,8 +203,7 @@ class _SdeintAdjoint(torch.autograd.Function):
     def forward(ctx, problem, y0, *params):
         p = problem
         with torch.no_grad():
-            ys = sdeint(p.sde, y0.detach(), p.ts, bm=p.bm, method=p.method, dt=p.dt, options=p.options,
-                        names=p.names)
+            ys = sdeint(p.sde, y0.detach(), p.ts, bm=p.bm, method=p.method, dt=p.dt, options=p.options, names=p.names)
         ctx.problem = p
         # The parameters are saved only so that autograd reports their in-place modification
         # between forward and backward; the backward uses the same tensors through p.params.
@@ -180,8 +215,10 @@ class _SdeintAdjoint(torch.autograd.Function):
         if torch.is_grad_enabled():
             # create_graph=True: the gradients would silently be constants of any later
             # differentiation, so refuse (torchsde differentiates the adjoint again instead).
-            raise NotImplementedError("odecore.sdeint_adjoint does not support double backward (differentiating its "
-                                      "gradients, e.g. backward with create_graph=True); use odecore.sdeint")
+            raise NotImplementedError(
+                "odecore.sdeint_adjoint does not support double backward (differentiating its "
+                "gradients, e.g. backward with create_graph=True); use odecore.sdeint"
+            )
         with torch.no_grad():
             return _SdeintAdjoint._backward(ctx, grad_ys)
 
@@ -200,11 +237,12 @@ class _SdeintAdjoint(torch.autograd.Function):
         for i in range(len(ys) - 1, 0, -1):
             z = torch.cat([flat_ys[i], adj_y, adj_params]).unsqueeze(0)
             span = torch.stack([-p.ts[i], -p.ts[i - 1]]).detach()
-            z = sdeint(aug, z, span, bm=bm, method=_STEPPER[p.adjoint_method], dt=p.dt,
-                       options=p.adjoint_options)[-1, 0]
+            z = sdeint(aug, z, span, bm=bm, method=_STEPPER[p.adjoint_method], dt=p.dt, options=p.adjoint_options)[
+                -1, 0
+            ]
             # y restarts from the saved forward value; a collects this output's gradient.
-            adj_y = z[n:2 * n] + grad_ys[i - 1]
-            adj_params = z[2 * n:]
+            adj_y = z[n : 2 * n] + grad_ys[i - 1]
+            adj_params = z[2 * n :]
         grads = [g.view_as(q) for g, q in zip(adj_params.split(sizes), p.params)]
         return (None, adj_y.view(shape), *grads)
 
@@ -261,7 +299,7 @@ class _AdjointSDE:
             return
         n, s, h, dw = self.n, self.s, self._h, self._dw
         y = z[0, :n].view(self.shape).detach().requires_grad_(True)
-        a = z[0, n:2 * n].view(self.shape)
+        a = z[0, n : 2 * n].view(self.shape)
         with torch.enable_grad():
             f, g = s.f(-t, y), s.g(-t, y)
             if not self.checked:

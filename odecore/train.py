@@ -1,6 +1,7 @@
 """`odecore train` and `odecore table1`: ODE-Net, RK-Net and ResNet classifiers (Chen et
 al. 2018, section 3) on data that ships offline, with atomic checkpoints, resume, metrics
 as JSON and plots as PNG."""
+
 import argparse
 import json
 import math
@@ -88,7 +89,9 @@ def load_checkpoint(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise ValueError("checkpoint %s is corrupted or not an odecore checkpoint (%s: %s)" % (path, type(error).__name__, error)) from None
+        raise ValueError(
+            "checkpoint %s is corrupted or not an odecore checkpoint (%s: %s)" % (path, type(error).__name__, error)
+        ) from None
     if not isinstance(state, dict) or set(state) != CHECKPOINT_KEYS or state.get("format") != "odecore-train-1":
         raise ValueError("checkpoint %s is not an odecore training checkpoint" % path)
     kinds = {"model": dict, "optimizer": dict, "scheduler": dict, "history": list, "args": dict, "rng": torch.Tensor}
@@ -110,15 +113,17 @@ def restore(state, path, model, optimizer, scheduler, generator):
         scheduler.load_state_dict(state["scheduler"])
         generator.set_state(state["rng"])
     except (RuntimeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as error:
-        raise ValueError("checkpoint %s does not match this run (another model or other options?): %s: %s"
-                         % (path, type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else ""))
+        raise ValueError(
+            "checkpoint %s does not match this run (another model or other options?): %s: %s"
+            % (path, type(error).__name__, str(error).strip().splitlines()[0] if str(error).strip() else "")
+        ) from None
 
 
 # -- training -----------------------------------------------------------------------------
 def batches(x, y, batch_size, generator=None):
     order = torch.randperm(len(x), generator=generator) if generator is not None else torch.arange(len(x))
     for start in range(0, len(x), batch_size):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         yield x[idx], y[idx]
 
 
@@ -178,10 +183,21 @@ def train(args):
     log = print if rank == 0 else (lambda *a, **k: None)
     (x_train, y_train), (x_test, y_test) = datasets.load(args.data, args.data_dir)
     if getattr(args, "limit", None):
-        x_train, y_train, x_test, y_test = x_train[:args.limit], y_train[:args.limit], x_test[:args.limit], y_test[:args.limit]
+        x_train, y_train, x_test, y_test = (
+            x_train[: args.limit],
+            y_train[: args.limit],
+            x_test[: args.limit],
+            y_test[: args.limit],
+        )
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    model = build_model(args.model, x_train.shape[1], num_classes, args.method, args.tol,
-                        "adjoint" if args.adjoint else ("direct" if args.adjoint is False else None)).to(device)
+    model = build_model(
+        args.model,
+        x_train.shape[1],
+        num_classes,
+        args.method,
+        args.tol,
+        "adjoint" if args.adjoint else ("direct" if args.adjoint is False else None),
+    ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
     os.makedirs(args.out, exist_ok=True)
@@ -224,17 +240,43 @@ def train(args):
         scheduler.step()
         total_loss, correct, seen = _all_sum([total_loss, correct, seen], world, device)
         test_acc, test_loss = evaluate(model, x_test, y_test, args.batch_size, device)
-        history.append(dict(epoch=epoch + 1, train_loss=total_loss / seen, train_acc=correct / seen, test_loss=test_loss,
-                            test_acc=test_acc, forward_nfe=fwd_nfe / n_batches, backward_nfe=bwd_nfe / n_batches,
-                            seconds=time.perf_counter() - start))
+        history.append(
+            dict(
+                epoch=epoch + 1,
+                train_loss=total_loss / seen,
+                train_acc=correct / seen,
+                test_loss=test_loss,
+                test_acc=test_acc,
+                forward_nfe=fwd_nfe / n_batches,
+                backward_nfe=bwd_nfe / n_batches,
+                seconds=time.perf_counter() - start,
+            )
+        )
         log("epoch %d: test accuracy %.4f, test loss %.4f" % (epoch + 1, test_acc, test_loss))
         if rank == 0:
-            save_checkpoint(ckpt_path, dict(format="odecore-train-1", model=model.state_dict(), optimizer=optimizer.state_dict(),
-                                            scheduler=scheduler.state_dict(), epoch=epoch + 1, history=history,
-                                            args=vars_for_checkpoint(args), rng=generator.get_state()))
-    metrics = dict(model=args.model, data=args.data, parameters=count_parameters(model), epochs=args.epochs,
-                   test_accuracy=history[-1]["test_acc"] if history else None, history=history,
-                   train_seconds=sum(h["seconds"] for h in history), world_size=world)
+            save_checkpoint(
+                ckpt_path,
+                dict(
+                    format="odecore-train-1",
+                    model=model.state_dict(),
+                    optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(),
+                    epoch=epoch + 1,
+                    history=history,
+                    args=vars_for_checkpoint(args),
+                    rng=generator.get_state(),
+                ),
+            )
+    metrics = dict(
+        model=args.model,
+        data=args.data,
+        parameters=count_parameters(model),
+        epochs=args.epochs,
+        test_accuracy=history[-1]["test_acc"] if history else None,
+        history=history,
+        train_seconds=sum(h["seconds"] for h in history),
+        world_size=world,
+    )
     if rank == 0:
         with open(os.path.join(args.out, "metrics.json"), "w") as handle:
             json.dump(metrics, handle, indent=2)
@@ -279,11 +321,15 @@ def plot_history(history, out, title):
 
 def add_train_arguments(parser):
     parser.add_argument("model", choices=MODELS)
-    parser.add_argument("--data", default="digits", choices=("digits", "mnist"), help="digits (bundled, default) or mnist")
+    parser.add_argument(
+        "--data", default="digits", choices=("digits", "mnist"), help="digits (bundled, default) or mnist"
+    )
     parser.add_argument("--data-dir", default=None, help="folder with the MNIST IDX files (plain or .gz)")
     parser.add_argument("--method", default="dopri5")
     parser.add_argument("--tol", type=float, default=1e-3, help="rtol = atol of the ODE block")
-    parser.add_argument("--adjoint", dest="adjoint", action="store_true", default=None, help="adjoint gradients (odenet default)")
+    parser.add_argument(
+        "--adjoint", dest="adjoint", action="store_true", default=None, help="adjoint gradients (odenet default)"
+    )
     parser.add_argument("--no-adjoint", dest="adjoint", action="store_false", help="backprop through the solver")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -292,7 +338,9 @@ def add_train_arguments(parser):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None, help="output folder (default runs/<model>)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training and test images (quick runs)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use only the first N training and test images (quick runs)"
+    )
 
 
 def main_train(argv):
@@ -311,7 +359,9 @@ def main_train(argv):
     except RuntimeError:
         parser.error("--device must be cpu or cuda[:N], got %r" % args.device)
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
-        parser.error("--device %s is not available here (cpu%s)" % (args.device, ", cuda" if torch.cuda.is_available() else ""))
+        parser.error(
+            "--device %s is not available here (cpu%s)" % (args.device, ", cuda" if torch.cuda.is_available() else "")
+        )
     if args.out is None:
         args.out = os.path.join("runs", args.model)
     try:
@@ -353,12 +403,25 @@ def table1(args):
     rows = []
     (x_train, y_train), _ = datasets.load(args.data, args.data_dir)
     if args.limit:
-        x_train, y_train = x_train[:args.limit], y_train[:args.limit]
-    probe_x, probe_y = x_train[:args.batch_size], y_train[:args.batch_size]
+        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
+    probe_x, probe_y = x_train[: args.batch_size], y_train[: args.batch_size]
     for name in ("resnet", "rknet", "odenet"):
-        run = argparse.Namespace(model=name, data=args.data, data_dir=args.data_dir, method=args.method, tol=args.tol,
-                                 adjoint=None, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
-                                 device="cpu", out=os.path.join(args.out, name), resume=False, limit=args.limit)
+        run = argparse.Namespace(
+            model=name,
+            data=args.data,
+            data_dir=args.data_dir,
+            method=args.method,
+            tol=args.tol,
+            adjoint=None,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            seed=args.seed,
+            device="cpu",
+            out=os.path.join(args.out, name),
+            resume=False,
+            limit=args.limit,
+        )
         print("== %s" % name)
         metrics = train(run)
         model = build_model(name, x_train.shape[1], int(y_train.max()) + 1, args.method, args.tol)
@@ -374,12 +437,20 @@ def table1(args):
                 block.reset_nfe()
             memory[label] = saved_bytes(model, probe_x, probe_y)
             memory[label + " nfe"] = block.forward_nfe if block is not None else None
-        rows.append(dict(model=name, test_error=1.0 - metrics["test_accuracy"], parameters=metrics["parameters"],
-                         backward_memory_bytes=memory["tol"], backward_memory_bytes_tight=memory["tol/100"],
-                         forward_nfe_at_tol=memory["tol nfe"], forward_nfe_tight=memory["tol/100 nfe"],
-                         seconds_per_iteration=last["seconds"] / n_batches,
-                         forward_nfe=last["forward_nfe"] if name != "resnet" else None,
-                         backward_nfe=last["backward_nfe"] if name != "resnet" else None))
+        rows.append(
+            dict(
+                model=name,
+                test_error=1.0 - metrics["test_accuracy"],
+                parameters=metrics["parameters"],
+                backward_memory_bytes=memory["tol"],
+                backward_memory_bytes_tight=memory["tol/100"],
+                forward_nfe_at_tol=memory["tol nfe"],
+                forward_nfe_tight=memory["tol/100 nfe"],
+                seconds_per_iteration=last["seconds"] / n_batches,
+                forward_nfe=last["forward_nfe"] if name != "resnet" else None,
+                backward_nfe=last["backward_nfe"] if name != "resnet" else None,
+            )
+        )
     text = format_table1(rows, args)
     print(text)
     with open(os.path.join(args.out, "table1.md"), "w") as handle:
@@ -391,7 +462,7 @@ def table1(args):
 
 def format_table1(rows, args):
     def mb(v):
-        return "%.2f MB" % (v / 2 ** 20)
+        return "%.2f MB" % (v / 2**20)
 
     def num(v, fmt="%.1f"):
         return "-" if v is None else fmt % v
@@ -401,21 +472,35 @@ def format_table1(rows, args):
         "one training forward of a batch of %d, at the tolerance and at 1/100 of it, with the forward NFE there)"
         % (args.data, args.epochs, args.method, args.tol, args.batch_size),
         "",
-        "| model | test error | # params | memory (tol) | memory (tol/100) | NFE (tol -> tol/100) | time / iter | forward NFE | backward NFE |",
+        "| model | test error | # params | memory (tol) | memory (tol/100) | NFE (tol -> tol/100) | time / iter "
+        "| forward NFE | backward NFE |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         nfe = "-" if r["forward_nfe_at_tol"] is None else "%d -> %d" % (r["forward_nfe_at_tol"], r["forward_nfe_tight"])
-        lines.append("| %s | %.2f%% | %.3fM | %s | %s | %s | %.3f s | %s | %s |" % (
-            {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}[r["model"]], 100 * r["test_error"],
-            r["parameters"] / 1e6, mb(r["backward_memory_bytes"]), mb(r["backward_memory_bytes_tight"]), nfe,
-            r["seconds_per_iteration"], num(r["forward_nfe"]), num(r["backward_nfe"])))
+        lines.append(
+            "| %s | %.2f%% | %.3fM | %s | %s | %s | %.3f s | %s | %s |"
+            % (
+                {"resnet": "ResNet", "rknet": "RK-Net", "odenet": "ODE-Net"}[r["model"]],
+                100 * r["test_error"],
+                r["parameters"] / 1e6,
+                mb(r["backward_memory_bytes"]),
+                mb(r["backward_memory_bytes_tight"]),
+                nfe,
+                r["seconds_per_iteration"],
+                num(r["forward_nfe"]),
+                num(r["backward_nfe"]),
+            )
+        )
     return "\n".join(lines)
 
 
 def main_table1(argv):
-    parser = argparse.ArgumentParser(prog="odecore table1", description="Train ResNet, RK-Net and ODE-Net and print Table 1 "
-                                     "of Chen et al. 2018 (Markdown and JSON in --out).")
+    parser = argparse.ArgumentParser(
+        prog="odecore table1",
+        description="Train ResNet, RK-Net and ODE-Net and print Table 1 "
+        "of Chen et al. 2018 (Markdown and JSON in --out).",
+    )
     parser.add_argument("--data", default="digits", choices=("digits", "mnist"))
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--epochs", type=int, default=6)
@@ -425,7 +510,9 @@ def main_table1(argv):
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=os.path.join("runs", "table1"))
-    parser.add_argument("--limit", type=int, default=None, help="use only the first N training and test images (quick runs)")
+    parser.add_argument(
+        "--limit", type=int, default=None, help="use only the first N training and test images (quick runs)"
+    )
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 1 or not 0 < args.tol < math.inf or not 0 < args.lr < math.inf:
         parser.error("--epochs, --batch-size, --tol and --lr must be positive (and finite)")

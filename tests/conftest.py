@@ -4,5 +4,5 @@ import torch
 def pytest_make_parametrize_id(config, val, argname):
     """Readable test ids: float32 instead of dtype0."""
     if isinstance(val, torch.dtype):
-        return str(val).replace('torch.', '')
+        return str(val).replace("torch.", "")
     return None

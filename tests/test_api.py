@@ -1,5 +1,6 @@
 """Package surface: SOLVERS, backend_info, operator schemas, and the fallback
 to the reference path when the compiled extension cannot be imported."""
+
 import json
 import os
 import pathlib
@@ -21,13 +22,14 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 # SOLVERS
 # --------------------------------------------------------------------------- #
 
+
 def test_solver_registry():
     assert isinstance(odecore.SOLVERS, dict)
     assert set(METHODS) <= set(odecore.SOLVERS), set(METHODS) - set(odecore.SOLVERS)
     assert set(ADAPTIVE_METHODS) | set(FIXED_METHODS) == set(METHODS)
 
 
-@pytest.mark.parametrize('method', METHODS)
+@pytest.mark.parametrize("method", METHODS)
 def test_order_attribute(method):
     cls = odecore.SOLVERS[method]
     assert isinstance(cls, type)
@@ -36,7 +38,7 @@ def test_order_attribute(method):
 
 
 def test_public_names():
-    for name in ('odeint', 'SOLVERS', 'backend_info', 'set_backend', 'get_backend'):
+    for name in ("odeint", "SOLVERS", "backend_info", "set_backend", "get_backend"):
         assert hasattr(odecore, name), name
     assert callable(odecore.odeint)
 
@@ -45,46 +47,77 @@ def test_public_names():
 # backend_info
 # --------------------------------------------------------------------------- #
 
+
 def test_backend_info():
     info = odecore.backend_info()
     assert isinstance(info, dict)
-    for key in ('cpu', 'cuda', 'torch_version', 'cuda_version'):
+    for key in ("cpu", "cuda", "torch_version", "cuda_version"):
         assert key in info, key
-    assert isinstance(info['cpu'], bool)
-    assert isinstance(info['cuda'], bool)
-    assert info['cuda_version'] is None or isinstance(info['cuda_version'], str)
-    if info['cuda']:
+    assert isinstance(info["cpu"], bool)
+    assert isinstance(info["cuda"], bool)
+    assert info["cuda_version"] is None or isinstance(info["cuda_version"], str)
+    if info["cuda"]:
         assert torch.cuda.is_available()
-        assert isinstance(info['cuda_version'], str)
-    if info['cpu']:
+        assert isinstance(info["cuda_version"], str)
+    if info["cpu"]:
         # the extension was built against the torch that is running
-        assert isinstance(info['torch_version'], str)
-        assert info['torch_version'].split('+')[0] == torch.__version__.split('+')[0]
+        assert isinstance(info["torch_version"], str)
+        assert info["torch_version"].split("+")[0] == torch.__version__.split("+")[0]
     # a fresh dict each call (callers may mutate it)
-    info['cpu'] = 'mutated'
-    assert odecore.backend_info()['cpu'] != 'mutated'
+    info["cpu"] = "mutated"
+    assert odecore.backend_info()["cpu"] != "mutated"
 
 
 def test_get_backend_default():
-    assert odecore.get_backend() in ('fused', 'reference')
+    assert odecore.get_backend() in ("fused", "reference")
 
 
 OP_SCHEMAS = {
-    'rk_stage': ([('y0', 'Tensor'), ('k', 'Tensor[]'), ('a', 'float[]'), ('dt', 'float')], 1),
-    'rk_finish': ([('y0', 'Tensor'), ('k', 'Tensor[]'), ('b', 'float[]'), ('e', 'float[]'), ('dt', 'float'),
-                   ('rtol', 'Tensor'), ('atol', 'Tensor'), ('segments', 'int[]')], 2),
-    'rk_error_ratio': ([('y0', 'Tensor'), ('y1', 'Tensor'), ('k', 'Tensor[]'), ('e', 'float[]'), ('dt', 'float'),
-                        ('rtol', 'Tensor'), ('atol', 'Tensor'), ('segments', 'int[]')], 1),
-    'rk_interp': ([('y0', 'Tensor'), ('k', 'Tensor[]'), ('poly', 'float[]'), ('dt', 'float'), ('x', 'float[]')], 1),
+    "rk_stage": ([("y0", "Tensor"), ("k", "Tensor[]"), ("a", "float[]"), ("dt", "float")], 1),
+    "rk_finish": (
+        [
+            ("y0", "Tensor"),
+            ("k", "Tensor[]"),
+            ("b", "float[]"),
+            ("e", "float[]"),
+            ("dt", "float"),
+            ("rtol", "Tensor"),
+            ("atol", "Tensor"),
+            ("segments", "int[]"),
+        ],
+        2,
+    ),
+    "rk_error_ratio": (
+        [
+            ("y0", "Tensor"),
+            ("y1", "Tensor"),
+            ("k", "Tensor[]"),
+            ("e", "float[]"),
+            ("dt", "float"),
+            ("rtol", "Tensor"),
+            ("atol", "Tensor"),
+            ("segments", "int[]"),
+        ],
+        1,
+    ),
+    "rk_interp": ([("y0", "Tensor"), ("k", "Tensor[]"), ("poly", "float[]"), ("dt", "float"), ("x", "float[]")], 1),
 }
 
 
-@pytest.mark.parametrize('name', sorted(OP_SCHEMAS))
+@pytest.mark.parametrize("name", sorted(OP_SCHEMAS))
 def test_operator_schema(name):
     require_fused()
     schema = getattr(torch.ops.odecore, name).default._schema
-    args = [(a.name, str(a.type).replace('List[float]', 'float[]').replace('List[int]', 'int[]')
-             .replace('List[Tensor]', 'Tensor[]')) for a in schema.arguments]
+    args = [
+        (
+            a.name,
+            str(a.type)
+            .replace("List[float]", "float[]")
+            .replace("List[int]", "int[]")
+            .replace("List[Tensor]", "Tensor[]"),
+        )
+        for a in schema.arguments
+    ]
     expected_args, n_returns = OP_SCHEMAS[name]
     assert args == expected_args, str(schema)
     assert len(schema.returns) == n_returns, str(schema)
@@ -95,7 +128,7 @@ def test_operator_schema(name):
 # Fallback when odecore._C cannot be imported
 # --------------------------------------------------------------------------- #
 
-FALLBACK_SCRIPT = textwrap.dedent(r'''
+FALLBACK_SCRIPT = textwrap.dedent(r"""
     import importlib.abc
     import json
     import math
@@ -141,23 +174,29 @@ FALLBACK_SCRIPT = textwrap.dedent(r'''
         stage=stage.tolist(), has_op=has_op, warnings=user_warnings,
         extension_module=str(sys.modules.get('odecore._C')),
     )))
-''')
+""")
 
 
 def test_fallback_without_extension():
     env = dict(os.environ)
-    env['PYTHONPATH'] = str(REPO_ROOT) + (os.pathsep + env['PYTHONPATH'] if env.get('PYTHONPATH') else '')
-    env.pop('ODECORE_REQUIRE_EXTENSION', None)
-    proc = subprocess.run([sys.executable, '-c', FALLBACK_SCRIPT], cwd=str(REPO_ROOT), env=env,
-                          capture_output=True, text=True, timeout=180)
+    env["PYTHONPATH"] = str(REPO_ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.pop("ODECORE_REQUIRE_EXTENSION", None)
+    proc = subprocess.run(
+        [sys.executable, "-c", FALLBACK_SCRIPT],
+        cwd=str(REPO_ROOT),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res['cpu'] is False and res['cuda'] is False
-    assert not res['has_op']
-    assert max(res['errors']) < 1e-5, res['errors']
-    assert res['grad_ok']
-    assert res['stage'] == [2.0, 2.0]
-    fallback = [w for w in res['warnings'] if 'reference' in w.lower()]
-    assert len(fallback) == 1, res['warnings']
+    assert res["cpu"] is False and res["cuda"] is False
+    assert not res["has_op"]
+    assert max(res["errors"]) < 1e-5, res["errors"]
+    assert res["grad_ok"]
+    assert res["stage"] == [2.0, 2.0]
+    fallback = [w for w in res["warnings"] if "reference" in w.lower()]
+    assert len(fallback) == 1, res["warnings"]
     # no other noise either
-    assert len(res['warnings']) == 1, res['warnings']
+    assert len(res["warnings"]) == 1, res["warnings"]

@@ -1,4 +1,5 @@
 """`odecore bench`: the op / host-read counter, the GPU suite at CPU sizes, budgets, JSON."""
+
 import json
 
 import pytest
@@ -32,11 +33,11 @@ def test_op_counter_counts_a_known_number_of_ops():
 def test_op_counter_counts_host_reads_and_restores_tolist():
     x = torch.arange(4.0)
     with bench.OpCounter() as c:
-        x.sum().item()        # _local_scalar_dense
-        float(x[0])           # _local_scalar_dense
-        bool(x[1] > 0)        # _local_scalar_dense
-        x.tolist()            # dispatches nothing on the CPU: counted by the patched Tensor.tolist
-        torch.nonzero(x)      # output size depends on the data
+        x.sum().item()  # _local_scalar_dense
+        float(x[0])  # _local_scalar_dense
+        bool(x[1] > 0)  # _local_scalar_dense
+        x.tolist()  # dispatches nothing on the CPU: counted by the patched Tensor.tolist
+        torch.nonzero(x)  # output size depends on the data
         with c.in_func():
             x[2].item()
     assert c.host_reads == {"solver": 5, "func": 1}
@@ -55,8 +56,15 @@ class _Neg(nn.Module):
 def test_count_solve_separates_func_ops_from_solver_ops(impl_name):
     if not _installed(impl_name):
         pytest.skip(f"{impl_name} not installed")
-    inst = bench.Instance("neg", _Neg(), torch.ones(4, 2, dtype=torch.float64),
-                          torch.linspace(0.0, 1.0, 5, dtype=torch.float64), "dopri5", 1e-6, 1e-6)
+    inst = bench.Instance(
+        "neg",
+        _Neg(),
+        torch.ones(4, 2, dtype=torch.float64),
+        torch.linspace(0.0, 1.0, 5, dtype=torch.float64),
+        "dopri5",
+        1e-6,
+        1e-6,
+    )
     c = bench.count_solve(bench.IMPLEMENTATIONS[impl_name], inst)
     assert c["nfe"] > 0 and c["steps"] > 0
     assert c["func_ops"] == c["nfe"] and c["func_ops_per_eval"] == 1.0
@@ -81,9 +89,20 @@ def test_gpu_suite_sizes_are_small_unless_asked():
     assert max(p.size for p in small) <= 256
     assert bench.gpu_problems(sizes="auto", device="cpu") == small
     full = {p.name for p in bench.gpu_problems(sizes="full")}
-    assert {"gpu_vdp_256", "gpu_vdp_4096", "gpu_vdp_65536", "lorenz_rk4_1024", "lorenz_rk4_16384",
-            "lorenz_rk4_1048576", "lorenz_tsit5_1048576", "odenet_block_128"} <= full
-    assert [p.name for p in bench.gpu_problems(["lorenz_rk4_16", "gpu_vdp"], sizes="8")] == ["lorenz_rk4_16", "gpu_vdp_8"]
+    assert {
+        "gpu_vdp_256",
+        "gpu_vdp_4096",
+        "gpu_vdp_65536",
+        "lorenz_rk4_1024",
+        "lorenz_rk4_16384",
+        "lorenz_rk4_1048576",
+        "lorenz_tsit5_1048576",
+        "odenet_block_128",
+    } <= full
+    assert [p.name for p in bench.gpu_problems(["lorenz_rk4_16", "gpu_vdp"], sizes="8")] == [
+        "lorenz_rk4_16",
+        "gpu_vdp_8",
+    ]
     with pytest.raises(ValueError):
         bench.gpu_problems(["nope"])
     inst = bench.gpu_problems(["lorenz_rk4_8"])[0].make()
@@ -92,16 +111,48 @@ def test_gpu_suite_sizes_are_small_unless_asked():
     assert bench.gpu_problems(["odenet_block_2"])[0].make().y0.shape == (2, 64, 6, 6)
 
 
-_COLUMNS = ("nfe", "steps", "solve_ms", "func_us", "loop_us_per_step", "loop_speedup_vs_reference",
-            "loop_speedup_vs_torchdiffeq", "max_abs_diff_vs_reference", "solver_ops_per_step",
-            "func_ops_per_eval", "host_reads_per_step", "kernels_per_step", "notes", "family", "size")
+_COLUMNS = (
+    "nfe",
+    "steps",
+    "solve_ms",
+    "func_us",
+    "loop_us_per_step",
+    "loop_speedup_vs_reference",
+    "loop_speedup_vs_torchdiffeq",
+    "max_abs_diff_vs_reference",
+    "solver_ops_per_step",
+    "func_ops_per_eval",
+    "host_reads_per_step",
+    "kernels_per_step",
+    "notes",
+    "family",
+    "size",
+)
 
 
 def test_gpu_suite_on_the_cpu_writes_every_column(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     problems = ["gpu_vdp_16", "lorenz_rk4_16", "lorenz_tsit5_16", "odenet_block_2"]
-    assert bench.main(["--suite", "gpu", "--sizes", "small", "--problems", *problems, "--repeats", "1",
-                       "--warmup", "0", "-q", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--suite",
+                "gpu",
+                "--sizes",
+                "small",
+                "--problems",
+                *problems,
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "-q",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
     for head in ("solver ops/step", "host reads/step", "kernels/step", "loop speedup vs reference"):
         assert head in table
@@ -110,8 +161,9 @@ def test_gpu_suite_on_the_cpu_writes_every_column(tmp_path, capsys):
     rows = data["results"]
     timed = [r for r in rows if "skipped" not in r and "error" not in r]
     assert not [r for r in rows if "error" in r]
-    assert {(r["problem"], r["impl"]) for r in timed} >= {(p, i) for p in problems
-                                                          for i in ("odecore-fused", "odecore-reference")}
+    assert {(r["problem"], r["impl"]) for r in timed} >= {
+        (p, i) for p in problems for i in ("odecore-fused", "odecore-reference")
+    }
     for r in timed:
         assert r["suite"] == "gpu"
         missing = [c for c in _COLUMNS if c not in r]
@@ -130,8 +182,14 @@ def test_gpu_suite_on_the_cpu_writes_every_column(tmp_path, capsys):
 
 
 def test_case_budget_skips_the_case_and_the_larger_sizes():
-    results = bench.run(bench.gpu_problems(["lorenz_rk4"], sizes="16,32"), ["odecore-reference"],
-                        repeats=1, warmup=0, case_budget_s=0.01, suite="gpu")
+    results = bench.run(
+        bench.gpu_problems(["lorenz_rk4"], sizes="16,32"),
+        ["odecore-reference"],
+        repeats=1,
+        warmup=0,
+        case_budget_s=0.01,
+        suite="gpu",
+    )
     assert [r["problem"] for r in results] == ["lorenz_rk4_16", "lorenz_rk4_32"]
     assert "one solve > 0.01 s" in results[0]["skipped"]
     assert "at lorenz_rk4_16" in results[1]["skipped"]
@@ -140,8 +198,28 @@ def test_case_budget_skips_the_case_and_the_larger_sizes():
 
 def test_batch_override_and_sync_every_pass_through(tmp_path):
     out = tmp_path / "b.json"
-    assert bench.main(["--problems", "vdp", "--batch", "8", "--impls", "odecore-fused", "--repeats", "1",
-                       "--warmup", "0", "-q", "--sync-every", "4", "--json", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--problems",
+                "vdp",
+                "--batch",
+                "8",
+                "--impls",
+                "odecore-fused",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "-q",
+                "--sync-every",
+                "4",
+                "--json",
+                str(out),
+            ]
+        )
+        == 0
+    )
     (row,) = json.loads(out.read_text())["results"]
     assert row["batch"] == 8 and row["solver_ops_per_step"] > 0
     # either this odecore takes the option (and the row says so) or the row notes it was ignored

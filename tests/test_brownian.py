@@ -13,6 +13,7 @@ Statistical tests use fixed entropies, so they are deterministic; their threshol
 (p > 1e-3, |corr| < 0.05, variance within ~6 standard errors) fail for a wrong scale, a
 wrong distribution or correlated noise.
 """
+
 import math
 import random
 import warnings
@@ -72,7 +73,8 @@ def random_queries(rng, t0, t1, n):
 # Reproducibility and consistency of one path
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize('dtype,device', product(dtypes, devices))
+
+@pytest.mark.parametrize("dtype,device", product(dtypes, devices))
 def test_same_entropy_same_values_any_order(dtype, device):
     rng = random.Random(0)
     queries = random_queries(rng, -0.5, 2.0, 15)
@@ -89,7 +91,7 @@ def test_same_entropy_same_values_any_order(dtype, device):
 
 
 def test_different_entropy_different_values():
-    outs = [BrownianInterval(0.0, 1.0, size=(5,), entropy=e)(0.1, 0.6) for e in [0, 1, 2, -1, 2 ** 80]]
+    outs = [BrownianInterval(0.0, 1.0, size=(5,), entropy=e)(0.1, 0.6) for e in [0, 1, 2, -1, 2**80]]
     for i in range(len(outs)):
         for j in range(i):
             assert not torch.allclose(outs[i], outs[j])
@@ -106,7 +108,7 @@ def test_entropy_none_follows_torch_seed():
     assert not torch.equal(a(0.2, 0.9), b(0.2, 0.9))
 
 
-@pytest.mark.parametrize('dtype', dtypes)
+@pytest.mark.parametrize("dtype", dtypes)
 def test_increments_add_up(dtype):
     rng = random.Random(1)
     bm = BrownianInterval(0.0, 3.0, size=(50,), dtype=dtype, entropy=5)
@@ -129,7 +131,7 @@ def test_hypothesis_order_and_additivity():
     st = hypothesis.strategies
 
     @hypothesis.settings(max_examples=40, deadline=None, derandomize=True)
-    @hypothesis.given(st.lists(st.floats(-1.0, 4.0), min_size=3, max_size=6), st.integers(0, 2 ** 64), st.randoms())
+    @hypothesis.given(st.lists(st.floats(-1.0, 4.0), min_size=3, max_size=6), st.integers(0, 2**64), st.randoms())
     def check(ts, entropy, rnd):
         ts = sorted(ts)
         fresh = BrownianInterval(-1.0, 4.0, size=(3,), dtype=torch.float64, entropy=entropy)
@@ -145,7 +147,7 @@ def test_hypothesis_order_and_additivity():
     check()
 
 
-@pytest.mark.parametrize('dtype', dtypes)
+@pytest.mark.parametrize("dtype", dtypes)
 def test_point_queries(dtype):
     bm = BrownianInterval(0.5, 2.5, size=(2, 3), dtype=dtype, entropy=3)
     for t in [0.5, 0.75, 1.1234, 2.5]:
@@ -166,8 +168,12 @@ def test_float32_is_the_float64_path_rounded():
 def test_tensor_times():
     bm = BrownianInterval(torch.tensor(0.0), torch.tensor([1.0]), size=(3,), entropy=2)
     ref = bm(0.25, 0.75)
-    for a, b in [(torch.tensor(0.25), torch.tensor(0.75)), (torch.tensor([0.25], dtype=torch.float64), 0.75),
-                 (np.float32(0.25), np.float64(0.75)), (torch.tensor(0.25, requires_grad=True), 0.75)]:
+    for a, b in [
+        (torch.tensor(0.25), torch.tensor(0.75)),
+        (torch.tensor([0.25], dtype=torch.float64), 0.75),
+        (np.float32(0.25), np.float64(0.75)),
+        (torch.tensor(0.25, requires_grad=True), 0.75),
+    ]:
         assert torch.equal(bm(a, b), ref)
     # float32 times a solver accumulates (t + dt in float32) may overshoot t1 by an ulp
     t = torch.tensor(0.0, dtype=torch.float32)
@@ -197,12 +203,12 @@ def test_cache_is_bounded():
 
 
 def test_properties_and_sizes():
-    bm = BrownianInterval(0.25, 1.5, size=[2, 3], dtype=torch.float64, device='cpu', entropy=9)
+    bm = BrownianInterval(0.25, 1.5, size=[2, 3], dtype=torch.float64, device="cpu", entropy=9)
     assert (bm.t0, bm.t1) == (0.25, 1.5)
     assert bm.shape == (2, 3) and bm.size() == torch.Size([2, 3])
-    assert bm.dtype == torch.float64 and bm.device == torch.device('cpu')
-    assert bm.entropy == 9 and bm.levy_area_approximation == 'none'
-    assert 'BrownianInterval' in repr(bm) and 'entropy=9' in repr(bm)
+    assert bm.dtype == torch.float64 and bm.device == torch.device("cpu")
+    assert bm.entropy == 9 and bm.levy_area_approximation == "none"
+    assert "BrownianInterval" in repr(bm) and "entropy=9" in repr(bm)
     assert BrownianInterval(0.0, 1.0, size=5).shape == (5,)
     assert BrownianInterval(0.0, 1.0, size=torch.Size([5])).shape == (5,)
     assert BrownianInterval(0.0, 1.0, size=()).shape == () and BrownianInterval(0.0, 1.0, size=())(0.5).shape == ()
@@ -228,14 +234,14 @@ def test_return_u_and_a_are_none():
 
 def test_tol_sets_the_grid():
     bm = BrownianInterval(0.0, 2.0, size=(6,), entropy=1, tol=1e-3)
-    assert bm.depth == 11 and 2.0 * 2.0 ** -bm.depth <= 1e-3
+    assert bm.depth == 11 and 2.0 * 2.0**-bm.depth <= 1e-3
     fine = BrownianInterval(0.0, 2.0, size=(6,), entropy=1)
     assert fine.depth == brownian.DEFAULT_DEPTH
     assert BrownianInterval(0.0, 1.0, size=(1,), tol=0.5).depth == 1
     assert BrownianInterval(0.0, 1.0, size=(1,), tol=10.0).depth == 1
     assert BrownianInterval(0.0, 1.0, size=(1,), tol=1e-300).depth == brownian.MAX_DEPTH
     # times resolve to the grid of spacing 2 * 2**-11
-    h = 2.0 * 2.0 ** -11
+    h = 2.0 * 2.0**-11
     assert torch.equal(bm(0.0, 0.3 * h), torch.zeros(6))
     assert torch.equal(bm(100 * h, 100.3 * h), torch.zeros(6))
     assert torch.equal(bm(100 * h + 1e-9, 200 * h), bm(100 * h, 200 * h))
@@ -251,6 +257,7 @@ def test_tol_sets_the_grid():
 # The law: exact covariance of the construction
 # --------------------------------------------------------------------------- #
 
+
 def _coefficient_vectors(bm, gs):
     """Coefficients of B(g 2^-K) on the standard normals, keyed by node id (root: 0)."""
     vecs = []
@@ -263,7 +270,7 @@ def _coefficient_vectors(bm, gs):
     return vecs
 
 
-@pytest.mark.parametrize('tol', [0.0, 1e-4])
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
 def test_construction_has_brownian_covariance(tol):
     """sum over shared nodes of c_i c_j == min(s_i, s_j): the points are jointly Brownian
     (hence each conditional law given the others is the Brownian bridge), exactly."""
@@ -284,8 +291,10 @@ def test_construction_has_brownian_covariance(tol):
 # The law: statistics over N independent coordinates
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize('dtype,interval', product(dtypes, [(0.0, 1.0), (0.1, 0.35), (-1.3, 2.9), (1.7, 1.7 + 1e-6),
-                                                            (4.0, 5.0)]))
+
+@pytest.mark.parametrize(
+    "dtype,interval", product(dtypes, [(0.0, 1.0), (0.1, 0.35), (-1.3, 2.9), (1.7, 1.7 + 1e-6), (4.0, 5.0)])
+)
 def test_increment_law(dtype, interval):
     a, b = interval
     bm = sample_bm(dtype, entropy=17, t0=-2.0, t1=5.0)
@@ -294,8 +303,9 @@ def test_increment_law(dtype, interval):
 
 def test_increment_law_over_entropies():
     """The same coordinate over many seeds (rather than many coordinates of one seed)."""
-    xs = torch.stack([BrownianInterval(0.0, 2.0, size=(4,), dtype=torch.float64, entropy=e)(0.3, 1.4)
-                      for e in range(1500)])
+    xs = torch.stack(
+        [BrownianInterval(0.0, 2.0, size=(4,), dtype=torch.float64, entropy=e)(0.3, 1.4) for e in range(1500)]
+    )
     for j in range(4):
         x = as_np(xs[:, j])
         assert abs(x.var() / 1.1 - 1) < 6 * math.sqrt(2 / len(x))
@@ -314,17 +324,17 @@ def test_disjoint_increments_uncorrelated():
     assert abs(corr(bm(1.0, 1.7), bm(1.0))) < 0.05
 
 
-@pytest.mark.parametrize('order', ['ends_first', 'mid_first'])
+@pytest.mark.parametrize("order", ["ends_first", "mid_first"])
 def test_bridge_law(order):
     a, m, b = 0.2, 0.37, 0.61
     bm = sample_bm(entropy=33, t0=0.0, t1=1.0)
-    if order == 'ends_first':
+    if order == "ends_first":
         wa, wb, wm = bm(a), bm(b), bm(m)
     else:
         wm, wa, wb = bm(m), bm(a), bm(b)
     # W(m) | W(a), W(b) ~ N(W(a) + (m - a)/(b - a) (W(b) - W(a)), (m - a)(b - m)/(b - a))
     resid = wm - (wa + (m - a) / (b - a) * (wb - wa))
-    check_normal(resid, (m - a) * (b - m) / (b - a), 'bridge residual')
+    check_normal(resid, (m - a) * (b - m) / (b - a), "bridge residual")
     assert abs(corr(resid, wa)) < 0.05 and abs(corr(resid, wb - wa)) < 0.05
 
 
@@ -336,7 +346,7 @@ def test_bridge_to_given_endpoint():
     assert torch.allclose(bm(1.0, 3.0), W, atol=1e-14, rtol=0)
     s = 0.3
     x = bm(1.0 + 2.0 * s)
-    check_normal(x - s * 0.7, 2.0 * s * (1 - s), 'bridge to W')
+    check_normal(x - s * 0.7, 2.0 * s * (1 - s), "bridge to W")
 
 
 def test_covariance_matrix():
@@ -358,17 +368,18 @@ def test_coordinates_independent():
     for lag in [1, 2, 3, 1000]:
         assert abs(np.corrcoef(x[:-lag], x[lag:])[0, 1]) < 0.05, lag
     even, odd = x[0::2], x[1::2]
-    assert abs(np.corrcoef(even ** 2, odd ** 2)[0, 1]) < 0.05  # R cos, R sin are independent
+    assert abs(np.corrcoef(even**2, odd**2)[0, 1]) < 0.05  # R cos, R sin are independent
 
 
 # --------------------------------------------------------------------------- #
 # The random-number machinery
 # --------------------------------------------------------------------------- #
 
+
 def test_mix64_wraps_like_unsigned_64bit():
     """The hash relies on int64 tensor multiplication wrapping modulo 2**64."""
     rng = random.Random(5)
-    xs = [rng.getrandbits(64) for _ in range(500)] + [0, 1, 2 ** 63, 2 ** 64 - 1, 2 ** 63 - 1]
+    xs = [rng.getrandbits(64) for _ in range(500)] + [0, 1, 2**63, 2**64 - 1, 2**63 - 1]
     ref = [brownian._mix64_py(x) for x in xs]
     t = brownian._mix64(torch.tensor([brownian._signed64(x) for x in xs], dtype=torch.int64))
     assert t.tolist() == ref
@@ -382,7 +393,7 @@ def test_normals_quality():
     z = brownian._normals(brownian._node_keys(ids, brownian._stream_key(0)), counters, 100)
     assert z.shape == (400, 100) and z.dtype == torch.float64
     x = z.numpy()
-    check_normal(x, 1.0, 'normals')
+    check_normal(x, 1.0, "normals")
     assert abs((np.abs(x) > 3).mean() - 0.0027) < 0.0015
     # neighbouring nodes and coordinates are uncorrelated
     assert abs(np.corrcoef(x[:-1].ravel(), x[1:].ravel())[0, 1]) < 0.03
@@ -396,13 +407,17 @@ def test_normals_quality():
 # Errors
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize('query,pattern', [
-    ((1.5,), r'\bta=1\.5\b'),
-    ((-0.25,), r'\bta=-0\.25\b'),
-    ((0.2, 1.5), r'\btb=1\.5\b'),
-    ((-0.1, 0.5), r'\bta=-0\.1\b'),
-    ((0.0, 1.001), r'\btb=1\.001\b'),
-])
+
+@pytest.mark.parametrize(
+    "query,pattern",
+    [
+        ((1.5,), r"\bta=1\.5\b"),
+        ((-0.25,), r"\bta=-0\.25\b"),
+        ((0.2, 1.5), r"\btb=1\.5\b"),
+        ((-0.1, 0.5), r"\bta=-0\.1\b"),
+        ((0.0, 1.001), r"\btb=1\.001\b"),
+    ],
+)
 def test_query_outside_interval(query, pattern):
     bm = BrownianInterval(0.0, 1.0, size=(2,), entropy=0)
     with pytest.raises(ValueError, match=pattern):
@@ -417,50 +432,61 @@ def test_query_within_rounding_is_clamped():
 
 def test_query_reversed():
     bm = BrownianInterval(0.0, 1.0, size=(2,), entropy=0)
-    with pytest.raises(ValueError, match=r'ta=0\.7.*tb=0\.3'):
+    with pytest.raises(ValueError, match=r"ta=0\.7.*tb=0\.3"):
         bm(0.7, 0.3)
 
 
-@pytest.mark.parametrize('bad', [float('nan'), float('inf'), -float('inf')])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_query_not_finite(bad):
     bm = BrownianInterval(0.0, 1.0, size=(2,), entropy=0)
-    with pytest.raises(ValueError, match=r'\bta=.*not finite'):
+    with pytest.raises(ValueError, match=r"\bta=.*not finite"):
         bm(bad)
-    with pytest.raises(ValueError, match=r'\btb=.*not finite'):
+    with pytest.raises(ValueError, match=r"\btb=.*not finite"):
         bm(0.1, bad)
-    with pytest.raises(ValueError, match=r'\bta=.*not finite'):
+    with pytest.raises(ValueError, match=r"\bta=.*not finite"):
         bm(torch.tensor(bad), 0.5)
 
 
-@pytest.mark.parametrize('bad', [torch.tensor([0.1, 0.2]), 'a', None, 1j])
+@pytest.mark.parametrize("bad", [torch.tensor([0.1, 0.2]), "a", None, 1j])
 def test_query_not_scalar(bad):
     bm = BrownianInterval(0.0, 1.0, size=(2,), entropy=0)
-    with pytest.raises(ValueError, match=r'\bta\b'):
+    with pytest.raises(ValueError, match=r"\bta\b"):
         bm(bad, 0.5)
 
 
-@pytest.mark.parametrize('kwargs,exc,pattern', [
-    (dict(levy_area_approximation='bogus'), ValueError, 'levy_area_approximation'),
-    (dict(H=torch.zeros(2)), ValueError, r'\bH\b'),  # H needs a Levy area
-    (dict(H=torch.zeros(3), levy_area_approximation='space-time'), ValueError, r'\bH\b'),
-    (dict(W=torch.zeros(2), H=torch.zeros(2, dtype=torch.float64), dtype=None, levy_area_approximation='space-time'),
-     ValueError, r'\bH\b'),
-    (dict(t0=1.0, t1=0.0), ValueError, r'\bt0\b'),
-    (dict(t0=float('nan')), ValueError, r'\bt0\b'),
-    (dict(t1=float('inf')), ValueError, r'\bt1\b'),
-    (dict(t0=-1e308, t1=1e308), ValueError, r't1 - t0'),
-    (dict(t0=torch.zeros(2)), ValueError, r'\bt0\b'),
-    (dict(size=None), ValueError, r'\bsize\b'),
-    (dict(size=(2, -1)), ValueError, r'\bsize\b'),
-    (dict(size=(2.5,)), ValueError, r'\bsize\b'),
-    (dict(dtype=torch.int64), ValueError, r'\bdtype\b'),
-    (dict(entropy=1.5), TypeError, r'\bentropy\b'),
-    (dict(tol=-1e-3), ValueError, r'\btol\b'),
-    (dict(tol=float('nan')), ValueError, r'\btol\b'),
-    (dict(cache_size=-1), ValueError, r'\bcache_size\b'),
-    (dict(W=torch.zeros(3)), ValueError, r'\bW\b'),
-    (dict(W=torch.zeros(2, dtype=torch.int64)), ValueError, r'\bW\b'),
-])
+@pytest.mark.parametrize(
+    "kwargs,exc,pattern",
+    [
+        (dict(levy_area_approximation="bogus"), ValueError, "levy_area_approximation"),
+        (dict(H=torch.zeros(2)), ValueError, r"\bH\b"),  # H needs a Levy area
+        (dict(H=torch.zeros(3), levy_area_approximation="space-time"), ValueError, r"\bH\b"),
+        (
+            dict(
+                W=torch.zeros(2),
+                H=torch.zeros(2, dtype=torch.float64),
+                dtype=None,
+                levy_area_approximation="space-time",
+            ),
+            ValueError,
+            r"\bH\b",
+        ),
+        (dict(t0=1.0, t1=0.0), ValueError, r"\bt0\b"),
+        (dict(t0=float("nan")), ValueError, r"\bt0\b"),
+        (dict(t1=float("inf")), ValueError, r"\bt1\b"),
+        (dict(t0=-1e308, t1=1e308), ValueError, r"t1 - t0"),
+        (dict(t0=torch.zeros(2)), ValueError, r"\bt0\b"),
+        (dict(size=None), ValueError, r"\bsize\b"),
+        (dict(size=(2, -1)), ValueError, r"\bsize\b"),
+        (dict(size=(2.5,)), ValueError, r"\bsize\b"),
+        (dict(dtype=torch.int64), ValueError, r"\bdtype\b"),
+        (dict(entropy=1.5), TypeError, r"\bentropy\b"),
+        (dict(tol=-1e-3), ValueError, r"\btol\b"),
+        (dict(tol=float("nan")), ValueError, r"\btol\b"),
+        (dict(cache_size=-1), ValueError, r"\bcache_size\b"),
+        (dict(W=torch.zeros(3)), ValueError, r"\bW\b"),
+        (dict(W=torch.zeros(2, dtype=torch.int64)), ValueError, r"\bW\b"),
+    ],
+)
 def test_constructor_errors(kwargs, exc, pattern):
     args = dict(t0=0.0, t1=1.0, size=(2,))
     args.update(kwargs)
@@ -472,7 +498,8 @@ def test_constructor_errors(kwargs, exc, pattern):
 # BrownianTree, BrownianPath, ReverseBrownian
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize('dtype', dtypes)
+
+@pytest.mark.parametrize("dtype", dtypes)
 def test_brownian_tree(dtype):
     w0 = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
     bm = BrownianTree(t0=0.0, w0=w0, entropy=3)
@@ -487,7 +514,7 @@ def test_brownian_tree(dtype):
     # odecore extension: BrownianInterval-style keywords
     kw = BrownianTree(t0=0.0, t1=1.0, size=(3,), dtype=dtype, entropy=3)
     assert torch.equal(kw(0.0, 0.4), bm(0.0, 0.4)) and torch.equal(kw(0.0), torch.zeros(3, dtype=dtype))
-    with pytest.raises(TypeError, match=r'\bw0\b'):
+    with pytest.raises(TypeError, match=r"\bw0\b"):
         BrownianTree(0.0, 1.0, 2.0)
 
 
@@ -497,7 +524,7 @@ def test_brownian_path():
     assert bm.t1 == 2.0 and bm.cache_size is None
     assert torch.equal(bm(1.0), w0 + 3.0)
     assert torch.allclose(bm(1.5) - 3.0, bm(1.0, 1.5), atol=1e-6, rtol=0)
-    with pytest.raises(ValueError, match=r'\bta=2\.5\b'):
+    with pytest.raises(ValueError, match=r"\bta=2\.5\b"):
         bm(2.5)
     longer = BrownianPath(1.0, w0, entropy=6, t1=11.0)
     assert longer(1.0, 10.0).shape == (2, 2)
@@ -507,19 +534,20 @@ def test_reverse_brownian():
     bm = BrownianInterval(0.0, 1.0, size=(3,), entropy=1)
     rbm = ReverseBrownian(bm)
     assert torch.equal(rbm(-0.7, -0.3), bm(0.3, 0.7))
-    assert rbm.shape == bm.shape and rbm.dtype == bm.dtype and rbm.levy_area_approximation == 'none'
+    assert rbm.shape == bm.shape and rbm.dtype == bm.dtype and rbm.levy_area_approximation == "none"
 
 
 # --------------------------------------------------------------------------- #
 # Space-time Levy area: U = int_ta^tb (W_u - W_ta) du, H = U / h - W / 2
 # --------------------------------------------------------------------------- #
 
-LEVY = ['space-time', 'davie', 'foster']
+LEVY = ["space-time", "davie", "foster"]
 
 
 def st_bm(dtype=torch.float64, entropy=0, t0=0.0, t1=1.0, size=(N,), **kwargs):
-    return BrownianInterval(t0, t1, size=size, dtype=dtype, entropy=entropy, levy_area_approximation='space-time',
-                            **kwargs)
+    return BrownianInterval(
+        t0, t1, size=size, dtype=dtype, entropy=entropy, levy_area_approximation="space-time", **kwargs
+    )
 
 
 def space_time_area(bm, a, b):
@@ -534,15 +562,15 @@ def _st_coefficient_vectors(bm, gs):
         ids, cw3, cw4, cq3, cq4 = bm._path_st(g)
         assert len(ids) == len(set(ids.tolist())) and len(ids) <= bm.depth
         s = g / bm._grid_n
-        cw = {('W',): s, ('H',): math.sqrt(3) * s * (1 - s)}
-        cq = {('W',): s * s / 2, ('H',): s * s * (3 - 2 * s) / math.sqrt(12)}
+        cw = {("W",): s, ("H",): math.sqrt(3) * s * (1 - s)}
+        cq = {("W",): s * s / 2, ("H",): s * s * (3 - 2 * s) / math.sqrt(12)}
         for i, a3, a4, b3, b4 in zip(ids.tolist(), cw3, cw4, cq3, cq4):
             cw[3, i], cw[4, i], cq[3, i], cq[4, i] = a3, a4, b3, b4
         out.append((cw, cq))
     return out
 
 
-@pytest.mark.parametrize('tol', [0.0, 1e-4])
+@pytest.mark.parametrize("tol", [0.0, 1e-4])
 def test_space_time_construction_has_exact_covariance(tol):
     """The grid values of (W, Q), Q(s) = int_0^s W, have exactly the covariances of Brownian
     motion and its integral: Cov(W_s, W_t) = min(s, t), Cov(W_s, Q_t) = int_0^t min(s, u) du,
@@ -562,10 +590,10 @@ def test_space_time_construction_has_exact_covariance(tol):
             lo, hi = min(s, t), max(s, t)
             assert abs(dot(wi, wj) - lo) < 1e-13, (gi, gj)
             assert abs(dot(wi, qj) - (t * t / 2 if t <= s else s * t - s * s / 2)) < 1e-13, (gi, gj)
-            assert abs(dot(qi, qj) - (lo * lo * hi / 2 - lo ** 3 / 6)) < 1e-13, (gi, gj)
+            assert abs(dot(qi, qj) - (lo * lo * hi / 2 - lo**3 / 6)) < 1e-13, (gi, gj)
 
 
-@pytest.mark.parametrize('dtype,interval', product(dtypes, [(0.0, 1.0), (0.1, 0.35), (-1.3, 2.9), (1.7, 1.7 + 1e-4)]))
+@pytest.mark.parametrize("dtype,interval", product(dtypes, [(0.0, 1.0), (0.1, 0.35), (-1.3, 2.9), (1.7, 1.7 + 1e-4)]))
 def test_space_time_area_law(dtype, interval):
     """H ~ N(0, h / 12), uncorrelated with (in fact independent of) W ~ N(0, h)."""
     a, b = interval
@@ -576,8 +604,8 @@ def test_space_time_area_law(dtype, interval):
     assert w.dtype == u.dtype == dtype and w.shape == u.shape == (N,)
     h = b - a
     H = u.double() / h - w.double() / 2
-    check_normal(w, h, ('W', interval))
-    check_normal(H, h / 12, ('H', interval))
+    check_normal(w, h, ("W", interval))
+    check_normal(H, h / 12, ("H", interval))
     assert abs(corr(w, H)) < 0.05
     # H is independent of W: its conditional variance does not depend on |W|
     big = as_np(w).__abs__() > math.sqrt(h)
@@ -588,20 +616,20 @@ def test_space_time_area_law_over_entropies():
     """The same coordinate over many seeds; and (W, H) of adjacent intervals uncorrelated."""
     rows = []
     for e in range(1500):
-        bm = BrownianInterval(0.0, 2.0, size=(2,), dtype=torch.float64, entropy=e, levy_area_approximation='space-time')
+        bm = BrownianInterval(0.0, 2.0, size=(2,), dtype=torch.float64, entropy=e, levy_area_approximation="space-time")
         w1, h1 = space_time_area(bm, 0.3, 1.4)
         w2, h2 = space_time_area(bm, 1.4, 1.9)
         rows.append(torch.cat([w1, h1, w2, h2]))
     xs = torch.stack(rows)  # columns: W1 (2), H1 (2), W2 (2), H2 (2)
-    check_normal(xs[:, 2], 1.1 / 12, 'H over entropies')
-    check_normal(xs[:, 3], 1.1 / 12, 'H over entropies')
-    check_normal(xs[:, 6], 0.5 / 12, 'H over entropies')
+    check_normal(xs[:, 2], 1.1 / 12, "H over entropies")
+    check_normal(xs[:, 3], 1.1 / 12, "H over entropies")
+    check_normal(xs[:, 6], 0.5 / 12, "H over entropies")
     c = np.corrcoef(xs.numpy().T)
     off = c[~np.eye(8, dtype=bool)]
     assert np.abs(off).max() < 0.1, c
 
 
-@pytest.mark.parametrize('dtype', dtypes)
+@pytest.mark.parametrize("dtype", dtypes)
 def test_space_time_increments_and_areas_add_up(dtype):
     rng = random.Random(1)
     bm = st_bm(dtype, entropy=5, t0=0.0, t1=3.0, size=(50,))
@@ -637,7 +665,7 @@ def test_space_time_increments_and_areas_add_up(dtype):
     assert (w - w_sum).abs().max().item() < 1e-12 and (u - u_sum).abs().max().item() < 1e-12
 
 
-@pytest.mark.parametrize('dtype,levy', product(dtypes, LEVY))
+@pytest.mark.parametrize("dtype,levy", product(dtypes, LEVY))
 def test_space_time_same_entropy_same_values_any_order(dtype, levy):
     rng = random.Random(0)
     queries = random_queries(rng, -0.5, 2.0, 10)
@@ -652,7 +680,7 @@ def test_space_time_same_entropy_same_values_any_order(dtype, levy):
             w, u, A = bm(*queries[i], return_U=True, return_A=True)
             assert w.shape == u.shape == (3, 2) and w.dtype == u.dtype == dtype
             assert torch.equal(w, ref[i][0]) and torch.equal(u, ref[i][1]), (cache_size, queries[i])
-            if levy == 'space-time':
+            if levy == "space-time":
                 assert A is None
             else:
                 assert A.shape == (3, 2, 2) and A.dtype == dtype and torch.equal(A, ref[i][2])
@@ -666,27 +694,27 @@ def test_space_time_conditioning_on_w_and_h():
     W = torch.linspace(-1, 1, N, dtype=torch.float64)
     H = torch.linspace(0.5, -0.3, N, dtype=torch.float64)
     span = 2.5
-    both = BrownianInterval(1.0, 1.0 + span, W=W, H=H, entropy=3, levy_area_approximation='space-time')
+    both = BrownianInterval(1.0, 1.0 + span, W=W, H=H, entropy=3, levy_area_approximation="space-time")
     w, u = both(1.0, 1.0 + span, return_U=True)
     assert torch.allclose(w, W, atol=1e-14) and torch.allclose(u, span * (W / 2 + H), atol=1e-14)
     # the midpoint's conditional law given (W, H): mean W/2 + 3H/2, variance span / 16
-    check_normal(both(1.0 + span / 2) - (W / 2 + 1.5 * H), span / 16, 'midpoint | W, H')
+    check_normal(both(1.0 + span / 2) - (W / 2 + 1.5 * H), span / 16, "midpoint | W, H")
     # the left half: H_l = H / 4 + sqrt(span / 48) X3 - sqrt(span) X4 / 8
     w_l, h_l = space_time_area(both, 1.0, 1.0 + span / 2)
     check_normal(h_l - H / 4, span / 48 + span / 64, "left H | W, H")
-    only_w = BrownianInterval(0.0, span, W=W, entropy=3, levy_area_approximation='space-time')
+    only_w = BrownianInterval(0.0, span, W=W, entropy=3, levy_area_approximation="space-time")
     w, h = space_time_area(only_w, 0.0, span)
     assert torch.allclose(w, W, atol=1e-14)
-    check_normal(h, span / 12, 'H | W')
-    only_h = BrownianInterval(0.0, span, H=H, entropy=3, levy_area_approximation='davie')
+    check_normal(h, span / 12, "H | W")
+    only_h = BrownianInterval(0.0, span, H=H, entropy=3, levy_area_approximation="davie")
     w, h = space_time_area(only_h, 0.0, span)
     assert torch.allclose(h, H, atol=1e-13)
-    check_normal(w, span, 'W | H')
+    check_normal(w, span, "W | H")
 
 
 def test_space_time_returns_and_properties():
     bm = st_bm(size=(2, 3), entropy=9)
-    assert bm.levy_area_approximation == 'space-time' and "levy_area_approximation='space-time'" in repr(bm)
+    assert bm.levy_area_approximation == "space-time" and "levy_area_approximation='space-time'" in repr(bm)
     w, u = bm(0.2, 0.2, return_U=True)
     zeros = torch.zeros(2, 3, dtype=torch.float64)
     assert torch.equal(w, zeros) and torch.equal(u, zeros)
@@ -699,15 +727,15 @@ def test_space_time_returns_and_properties():
     assert torch.equal(w, bm(0.0, 0.4)) and torch.equal(u, bm(0.0, 0.4, return_U=True)[1])
     w.add_(1.0)
     assert not torch.equal(w, bm(0.4))
-    empty = BrownianInterval(0.0, 1.0, size=(0, 3), levy_area_approximation='space-time')
+    empty = BrownianInterval(0.0, 1.0, size=(0, 3), levy_area_approximation="space-time")
     assert empty(0.5, return_U=True)[1].shape == (0, 3)
-    assert BrownianInterval(0.0, 1.0, size=(), levy_area_approximation='foster')(0.5, return_A=True)[1].shape == ()
-    assert BrownianInterval(0.0, 1.0, size=(4,), levy_area_approximation='davie')(0.5, return_A=True)[1].shape == (4,)
+    assert BrownianInterval(0.0, 1.0, size=(), levy_area_approximation="foster")(0.5, return_A=True)[1].shape == ()
+    assert BrownianInterval(0.0, 1.0, size=(4,), levy_area_approximation="davie")(0.5, return_A=True)[1].shape == (4,)
     # ReverseBrownian passes the request through (as torchsde's does)
     assert len(ReverseBrownian(bm)(-0.4, -0.1, return_U=True)) == 2
 
 
-@pytest.mark.parametrize('levy', ['davie', 'foster'])
+@pytest.mark.parametrize("levy", ["davie", "foster"])
 def test_davie_foster_levy_area(levy):
     bm = BrownianInterval(0.0, 1.0, size=(4000, 3), dtype=torch.float64, entropy=8, levy_area_approximation=levy)
     w, u, A = bm(0.2, 0.7, return_U=True, return_A=True)
@@ -718,19 +746,20 @@ def test_davie_foster_levy_area(levy):
     assert torch.equal(A.diagonal(dim1=-2, dim2=-1), torch.zeros(4000, 3, dtype=torch.float64))
     # the deterministic part is H W^T - W H^T; the rest is centred noise of torchsde's scale
     resid = A - (H.unsqueeze(-1) * w.unsqueeze(-2) - w.unsqueeze(-1) * H.unsqueeze(-2))
-    if levy == 'davie':
-        check_normal(resid[:, 0, 1], 2 * h * h / 12, 'davie noise')
+    if levy == "davie":
+        check_normal(resid[:, 0, 1], 2 * h * h / 12, "davie noise")
     else:
         std = (0.1 * h * (0.1 * h + H[:, 0] ** 2 + H[:, 1] ** 2)).sqrt()
-        check_normal(resid[:, 0, 1] / std, 2.0, 'foster noise')
+        check_normal(resid[:, 0, 1] / std, 2.0, "foster noise")
     assert abs(corr(resid[:, 0, 1], resid[:, 1, 2])) < 0.05
 
 
 def test_space_time_against_torchsde_statistics():
     torchsde = _torchsde()
     for levy in LEVY:
-        theirs = torchsde.BrownianInterval(0.0, 2.0, size=(4000, 2), dtype=torch.float64, entropy=5,
-                                           levy_area_approximation=levy)
+        theirs = torchsde.BrownianInterval(
+            0.0, 2.0, size=(4000, 2), dtype=torch.float64, entropy=5, levy_area_approximation=levy
+        )
         ours = BrownianInterval(0.0, 2.0, size=(4000, 2), dtype=torch.float64, entropy=5, levy_area_approximation=levy)
         for a, b in [(0.0, 0.4), (0.4, 0.45), (0.45, 2.0)]:
             out_t = theirs(a, b, return_U=True, return_A=True)
@@ -749,25 +778,42 @@ def test_space_time_against_torchsde_statistics():
 # torchsde
 # --------------------------------------------------------------------------- #
 
+
 def _torchsde():
     return pytest.importorskip("torchsde")
 
 
 def test_torchsde_same_calls_work_on_both():
     torchsde = _torchsde()
-    kwargs = dict(t0=0.0, t1=1.0, size=(4, 3), dtype=torch.float64, device='cpu', entropy=7, dt=None, tol=0.0,
-                  pool_size=8, cache_size=45, halfway_tree=False, levy_area_approximation='none')
+    kwargs = dict(
+        t0=0.0,
+        t1=1.0,
+        size=(4, 3),
+        dtype=torch.float64,
+        device="cpu",
+        entropy=7,
+        dt=None,
+        tol=0.0,
+        pool_size=8,
+        cache_size=45,
+        halfway_tree=False,
+        levy_area_approximation="none",
+    )
     w0 = torch.zeros(4, 3, dtype=torch.float64)
     pairs = [
         (torchsde.BrownianInterval(**kwargs), BrownianInterval(**kwargs)),
-        (torchsde.BrownianInterval(0.0, 1.0, (4, 3), torch.float64, 'cpu', 7),
-         BrownianInterval(0.0, 1.0, (4, 3), torch.float64, 'cpu', 7)),
-        (torchsde.BrownianTree(t0=0.0, w0=w0, t1=1.0, entropy=3, tol=1e-6, pool_size=24),
-         BrownianTree(t0=0.0, w0=w0, t1=1.0, entropy=3, tol=1e-6, pool_size=24)),
+        (
+            torchsde.BrownianInterval(0.0, 1.0, (4, 3), torch.float64, "cpu", 7),
+            BrownianInterval(0.0, 1.0, (4, 3), torch.float64, "cpu", 7),
+        ),
+        (
+            torchsde.BrownianTree(t0=0.0, w0=w0, t1=1.0, entropy=3, tol=1e-6, pool_size=24),
+            BrownianTree(t0=0.0, w0=w0, t1=1.0, entropy=3, tol=1e-6, pool_size=24),
+        ),
         (torchsde.BrownianPath(t0=0.0, w0=w0), BrownianPath(t0=0.0, w0=w0)),
     ]
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # torchsde warns on point queries
+        warnings.simplefilter("ignore")  # torchsde warns on point queries
         for theirs, ours in pairs:
             assert tuple(theirs.shape) == tuple(ours.shape) == (4, 3)
             assert tuple(theirs.size()) == tuple(ours.size())
@@ -798,8 +844,8 @@ def test_torchsde_sdeint_accepts_our_brownian_motion():
     torchsde = _torchsde()
 
     class Noise(torch.nn.Module):
-        noise_type = 'diagonal'
-        sde_type = 'ito'
+        noise_type = "diagonal"
+        sde_type = "ito"
 
         def f(self, t, y):
             return torch.zeros_like(y)
@@ -810,7 +856,7 @@ def test_torchsde_sdeint_accepts_our_brownian_motion():
     y0 = torch.full((5, 2), 0.5, dtype=torch.float64)
     ts = torch.tensor([0.0, 0.35, 1.0], dtype=torch.float64)
     bm = BrownianInterval(0.0, 1.0, size=(5, 2), dtype=torch.float64, entropy=2)
-    ys = torchsde.sdeint(Noise(), y0, ts, bm=bm, method='euler', dt=0.01)
+    ys = torchsde.sdeint(Noise(), y0, ts, bm=bm, method="euler", dt=0.01)
     # dy = dW: the solution is y0 + W(t) - W(0), whatever the steps
     for i, t in enumerate(ts.tolist()):
         assert torch.allclose(ys[i], y0 + bm(t), atol=1e-12)

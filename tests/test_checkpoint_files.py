@@ -6,6 +6,7 @@ clear command-line error (argparse's exit status 2, a message naming the file) -
 crash, a traceback, or code execution. ``odecore train sdenet`` writes no checkpoint (it has
 no --resume), so only ``odecore train`` (odenet, rknet, resnet) is concerned.
 """
+
 import os
 import pickle
 
@@ -23,9 +24,16 @@ def checkpoint_state(model_name="odenet"):
     model = train.build_model(model_name, 1, 10, "euler")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=1)
-    return dict(format="odecore-train-1", model=model.state_dict(), optimizer=optimizer.state_dict(),
-                scheduler=scheduler.state_dict(), epoch=1, history=[], args={"model": model_name},
-                rng=torch.Generator().manual_seed(0).get_state())
+    return dict(
+        format="odecore-train-1",
+        model=model.state_dict(),
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        epoch=1,
+        history=[],
+        args={"model": model_name},
+        rng=torch.Generator().manual_seed(0).get_state(),
+    )
 
 
 def resume(out, capsys, model="odenet"):

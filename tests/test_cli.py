@@ -1,5 +1,6 @@
 """The command line and its files: training on digits and on MNIST IDX files, atomic
 checkpoints and resume, corrupted checkpoints, Table 1 and the demos."""
+
 import gzip
 import json
 import os
@@ -92,7 +93,9 @@ def test_train_odenet_counts_nfe(tmp_path):
 
 def test_train_on_mnist_idx(mnist_dir, tmp_path):
     out = str(tmp_path / "mnist")
-    assert main(["train", "resnet", "--data", "mnist", "--data-dir", str(mnist_dir), "--epochs", "1", "--out", out]) == 0
+    assert (
+        main(["train", "resnet", "--data", "mnist", "--data-dir", str(mnist_dir), "--epochs", "1", "--out", out]) == 0
+    )
     assert json.load(open(os.path.join(out, "metrics.json")))["data"] == "mnist"
 
 
@@ -127,14 +130,18 @@ def test_table1_reports_memory(tmp_path):
     assert rows["resnet"]["parameters"] > rows["odenet"]["parameters"]
 
 
-@pytest.mark.parametrize("demo,extra", [("spiral", ["--iterations", "3"]), ("latent", ["--iterations", "2", "--nspiral", "16"])])
+@pytest.mark.parametrize(
+    "demo,extra", [("spiral", ["--iterations", "3"]), ("latent", ["--iterations", "2", "--nspiral", "16"])]
+)
 def test_demos_write_png(demo, extra, tmp_path):
     assert main(["demo", demo, "--out", str(tmp_path)] + extra) == 0
     assert os.path.getsize(os.path.join(str(tmp_path), demo + ".png")) > 1000
 
 
 def test_console_entry_point_info():
-    out = subprocess.run([sys.executable, "-m", "odecore", "info", "--json"], capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "odecore", "info", "--json"], capture_output=True, text=True, check=True
+    )
     assert "cpu" in json.loads(out.stdout)
 
 
@@ -165,7 +172,18 @@ def test_missing_data_folder_and_corrupt_idx_are_clear_cli_errors(tmp_path, caps
         main(["train", "resnet", "--data", "mnist", "--out", str(tmp_path / "a")])
     assert "--data-dir" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["train", "resnet", "--data", "mnist", "--data-dir", str(tmp_path / "nowhere"), "--out", str(tmp_path / "b")])
+        main(
+            [
+                "train",
+                "resnet",
+                "--data",
+                "mnist",
+                "--data-dir",
+                str(tmp_path / "nowhere"),
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
     assert "not found" in capsys.readouterr().err
     images = os.path.join(str(mnist_dir), data.MNIST_FILES["test"][0])
     with open(images, "r+b") as handle:
@@ -206,8 +224,26 @@ def test_distributed_gradients_equal_single_process(gradient, tmp_path):
 
 def test_train_command_under_torchrun(tmp_path):
     out = str(tmp_path / "ddp")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "odecore",
-           "train", "resnet", "--epochs", "1", "--limit", "64", "--batch-size", "32", "--out", out]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "odecore",
+        "train",
+        "resnet",
+        "--epochs",
+        "1",
+        "--limit",
+        "64",
+        "--batch-size",
+        "32",
+        "--out",
+        out,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert json.load(open(os.path.join(out, "metrics.json")))["world_size"] == 2
@@ -217,16 +253,52 @@ def test_demo_vdp_and_bench_commands(tmp_path, capsys):
     assert main(["demo", "vdp", "--batch", "4"]) == 0
     assert "dopri5" in capsys.readouterr().out
     out = str(tmp_path / "bench.json")
-    assert main(["bench", "--problems", "vdp", "--impls", "odecore-fused,odecore-reference", "--repeats", "1",
-                 "--warmup", "0", "-q", "--json", out]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--problems",
+                "vdp",
+                "--impls",
+                "odecore-fused,odecore-reference",
+                "--repeats",
+                "1",
+                "--warmup",
+                "0",
+                "-q",
+                "--json",
+                out,
+            ]
+        )
+        == 0
+    )
     results = json.load(open(out))
     assert "odecore-fused" in json.dumps(results)
 
 
 def test_train_sdenet_writes_the_ood_table(tmp_path):
     out = str(tmp_path / "sdenet")
-    assert main(["train", "sdenet", "--epochs", "1", "--limit", "200", "--dim", "16", "--passes", "2",
-                 "--test-sigma-max", "0.5", "--out", out]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "sdenet",
+                "--epochs",
+                "1",
+                "--limit",
+                "200",
+                "--dim",
+                "16",
+                "--passes",
+                "2",
+                "--test-sigma-max",
+                "0.5",
+                "--out",
+                out,
+            ]
+        )
+        == 0
+    )
     summary = json.load(open(os.path.join(out, "ood.json")))
     for model in ("sdenet", "resnet"):
         for ood in ("photo_patches", "gaussian_noise", "heldout_classes"):

@@ -1,6 +1,7 @@
 """The compiled host loop (odecore._C.host_loop, csrc/loop.cpp): the Python host loop's
 results, bitwise, with the same statistics, errors and gradients; and the cases it leaves
 to the Python loop."""
+
 import math
 
 import pytest
@@ -9,7 +10,9 @@ import torch
 import odecore
 from odecore.solvers import adaptive as adaptive_mod
 
-from .testing import ADAPTIVE_METHODS as ADAPTIVE, forced_rotation as forced, require_fused, van_der_pol_batched
+from .testing import ADAPTIVE_METHODS as ADAPTIVE
+from .testing import forced_rotation as forced
+from .testing import require_fused, van_der_pol_batched
 
 
 @pytest.fixture(autouse=True)
@@ -82,10 +85,18 @@ def test_compiled_loop_equals_python_loop(method, dtype, reverse, loop_calls):
     assert_same(python, compiled)
 
 
-@pytest.mark.parametrize("options", [
-    {"max_step": 0.05}, {"min_step": 0.2}, {"first_step": 1e-3}, {"dtype": torch.float32},
-    {"safety": 0.7, "ifactor": 3.0, "dfactor": 0.5}, {"max_step": 0.3, "min_step": 0.1},
-], ids=["max_step", "min_step", "first_step", "float32_time", "factors", "min_max"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_step": 0.05},
+        {"min_step": 0.2},
+        {"first_step": 1e-3},
+        {"dtype": torch.float32},
+        {"safety": 0.7, "ifactor": 3.0, "dfactor": 0.5},
+        {"max_step": 0.3, "min_step": 0.1},
+    ],
+    ids=["max_step", "min_step", "first_step", "float32_time", "factors", "min_max"],
+)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_compiled_loop_options(options, dtype, loop_calls):
     y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]], dtype=dtype)
@@ -175,7 +186,7 @@ def test_compiled_loop_errors_match():
 
     # blow-up: step-size underflow (or non-finite), reversed time
     def blowup(t, y):
-        return y ** 2
+        return y**2
 
     tb = torch.tensor([0.0, -2.0], dtype=torch.float64)
     a = errors(False, blowup, -y0, tb)
@@ -247,6 +258,7 @@ def test_compiled_loop_reports_host_reads_per_step():
 
 # -- odeint_adjoint's augmented dynamics in C++ (odecore._C.AdjointDynamics) ---------------
 
+
 class _MLP(torch.nn.Module):
     def __init__(self, dim=3, hidden=8, time=False):
         super().__init__()
@@ -293,11 +305,18 @@ def test_native_adjoint_dynamics_equal_python(time, dtype, compiled):
 
 def test_native_adjoint_dynamics_is_used(monkeypatch):
     made = count_calls(monkeypatch, "AdjointDynamics")
-    adjoint_grads(True, _MLP().double(), torch.randn(2, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64))
+    adjoint_grads(
+        True, _MLP().double(), torch.randn(2, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64)
+    )
     assert len(made) == 1  # one per backward pass, made after the first evaluation's checks
     made.clear()
-    adjoint_grads(True, _MLP().double(), torch.randn(2, 3, dtype=torch.float64), torch.linspace(0, 1, 3, dtype=torch.float64),
-                  adjoint_options={"backend": "reference"})
+    adjoint_grads(
+        True,
+        _MLP().double(),
+        torch.randn(2, 3, dtype=torch.float64),
+        torch.linspace(0, 1, 3, dtype=torch.float64),
+        adjoint_options={"backend": "reference"},
+    )
     assert not made  # the reference backend stays pure PyTorch
 
 
@@ -319,12 +338,12 @@ def test_native_adjoint_dynamics_python_autograd_function_and_hooks():
         @staticmethod
         def forward(ctx, x):
             ctx.save_for_backward(x)
-            return x ** 3
+            return x**3
 
         @staticmethod
         def backward(ctx, g):
             (x,) = ctx.saved_tensors
-            return 3 * x ** 2 * g
+            return 3 * x**2 * g
 
     class F(torch.nn.Module):
         def __init__(self):
@@ -373,8 +392,11 @@ def test_native_adjoint_dynamics_errors():
     calls.clear()
     ys = odecore.odeint_adjoint(Bad("shape"), y0, t)
     # the Python dynamics' message, word for word (the C++ dynamics ask it for the error)
-    with pytest.raises(ValueError, match=r"^odeint_adjoint: func returned torch.Size\(\[3, 1\]\) during the backward "
-                                         r"pass, expected a tensor of shape \(3, 2\) and dtype torch.float64$"):
+    with pytest.raises(
+        ValueError,
+        match=r"^odeint_adjoint: func returned torch.Size\(\[3, 1\]\) during the backward "
+        r"pass, expected a tensor of shape \(3, 2\) and dtype torch.float64$",
+    ):
         ys.sum().backward()
 
 
@@ -397,8 +419,9 @@ def test_float32_step_bounds_are_rounded_like_torchdiffeq(loop, monkeypatch):
     differential fuzz test below, which hung)."""
     y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]])
     t = torch.linspace(0, 3, 4)
-    options = dict(_loop_options(loop, monkeypatch), max_step=0.05, dtype=torch.float32, max_num_steps=10000,
-                   return_stats=True)
+    options = dict(
+        _loop_options(loop, monkeypatch), max_step=0.05, dtype=torch.float32, max_num_steps=10000, return_stats=True
+    )
     ys, stats = odecore.odeint(vdp, y0, t, rtol=1e-5, atol=1e-6, options=options)
     assert torch.isfinite(ys).all()
     nfe = stats["nfe_per_sample"].max().item() if "batch_dim" in loop else stats["nfe"]
@@ -414,8 +437,9 @@ def test_float32_step_bounds_match_torchdiffeq():
         return vdp(t, y)
 
     y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]])
-    torchdiffeq.odeint(counted, y0, torch.linspace(0, 3, 4), rtol=1e-5, atol=1e-6,
-                       options=dict(max_step=0.05, dtype=torch.float32))
+    torchdiffeq.odeint(
+        counted, y0, torch.linspace(0, 3, 4), rtol=1e-5, atol=1e-6, options=dict(max_step=0.05, dtype=torch.float32)
+    )
     assert len(calls) == 368
 
 
@@ -430,22 +454,39 @@ def test_float32_time_that_stops_moving_is_an_underflow(loop, monkeypatch):
     if "batch_dim" in loop:
         from odecore.solvers.per_sample import SampleFailure as error
     with pytest.raises(error, match="underflow") as info:
-        odecore.odeint(lambda t, y: y * y, torch.ones(2), torch.tensor([0.0, 2.0]), method="dopri5", rtol=1e-6,
-                       atol=1e-6, options=options)
+        odecore.odeint(
+            lambda t, y: y * y,
+            torch.ones(2),
+            torch.tensor([0.0, 2.0]),
+            method="dopri5",
+            rtol=1e-6,
+            atol=1e-6,
+            options=options,
+        )
     dt = float(str(info.value).split("dt=")[1].split(";")[0].split(",")[0].split(")")[0].strip())
     assert 1e-8 < dt < 1e-6, str(info.value)
 
 
 # -- differential fuzzing: compiled loop vs Python loop ------------------------------------
 
-from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+from hypothesis import HealthCheck, event, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 
 def _outcome(compiled, func, y0, t, method, rtol, atol, options):
     """(solution, stats) or (exception type, message) of one solve."""
     try:
-        return run(compiled, odecore.odeint, func, y0, t, rtol=rtol, atol=atol, method=method,
-                   options=dict(options, return_stats=True))
+        return run(
+            compiled,
+            odecore.odeint,
+            func,
+            y0,
+            t,
+            rtol=rtol,
+            atol=atol,
+            method=method,
+            options=dict(options, return_stats=True),
+        )
     except (RuntimeError, ValueError, TypeError) as err:
         return type(err), str(err)
 
@@ -453,13 +494,14 @@ def _outcome(compiled, func, y0, t, method, rtol, atol, options):
 _FIELDS = {
     "linear": lambda t, y: -0.7 * y + torch.sin(2.0 * t) * y.flip(-1),
     "vdp": vdp,
-    "cubic": lambda t, y: -(y ** 3) + 0.1 * y.flip(-1),
+    "cubic": lambda t, y: -(y**3) + 0.1 * y.flip(-1),
     "blowup": lambda t, y: y * y,
 }
 
 
-@settings(max_examples=150, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     method=st.sampled_from(ADAPTIVE),
     field=st.sampled_from(sorted(_FIELDS)),
@@ -467,16 +509,19 @@ _FIELDS = {
     n_times=st.integers(2, 9),
     span=st.sampled_from([0.3, 1.0, 4.0, -1.0, -3.0]),
     tol=st.sampled_from([(1e-3, 1e-4), (1e-6, 1e-8), (1e-9, 1e-10), (0.0, 1e-5), (1e-5, 0.0)]),
-    options=st.fixed_dictionaries({}, optional={
-        "max_step": st.sampled_from([0.05, 0.25, 1.0]),
-        "min_step": st.sampled_from([0.0, 0.01, 0.3]),
-        "first_step": st.sampled_from([1e-4, 0.1]),
-        "safety": st.sampled_from([0.5, 0.95]),
-        "ifactor": st.sampled_from([2.0, 10.0]),
-        "dfactor": st.sampled_from([0.1, 0.5]),
-        "max_num_steps": st.integers(1, 40),
-        "dtype": st.sampled_from([torch.float32, torch.float64]),
-    }),
+    options=st.fixed_dictionaries(
+        {},
+        optional={
+            "max_step": st.sampled_from([0.05, 0.25, 1.0]),
+            "min_step": st.sampled_from([0.0, 0.01, 0.3]),
+            "first_step": st.sampled_from([1e-4, 0.1]),
+            "safety": st.sampled_from([0.5, 0.95]),
+            "ifactor": st.sampled_from([2.0, 10.0]),
+            "dfactor": st.sampled_from([0.1, 0.5]),
+            "max_num_steps": st.integers(1, 40),
+            "dtype": st.sampled_from([torch.float32, torch.float64]),
+        },
+    ),
     seed=st.integers(0, 3),
 )
 def test_fuzz_compiled_loop_equals_python_loop(method, field, dtype, n_times, span, tol, options, seed):
@@ -495,8 +540,9 @@ def test_fuzz_compiled_loop_equals_python_loop(method, field, dtype, n_times, sp
         assert_same(python, compiled)
 
 
-@settings(max_examples=100, deadline=None, derandomize=True, database=None,
-          suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=100, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(
     method=st.sampled_from(ADAPTIVE),
     field=st.sampled_from(sorted(_FIELDS)),
@@ -504,13 +550,16 @@ def test_fuzz_compiled_loop_equals_python_loop(method, field, dtype, n_times, sp
     n_times=st.integers(2, 7),
     span=st.sampled_from([0.5, 2.0, -1.5]),
     tol=st.sampled_from([(1e-3, 1e-4), (1e-6, 1e-8), (0.0, 1e-5)]),
-    options=st.fixed_dictionaries({}, optional={
-        "max_step": st.sampled_from([0.05, 0.3]),
-        "min_step": st.sampled_from([0.0, 0.02]),
-        "first_step": st.sampled_from([1e-4, 0.1]),
-        "max_num_steps": st.integers(1, 30),
-        "dtype": st.sampled_from([torch.float32, torch.float64]),
-    }),
+    options=st.fixed_dictionaries(
+        {},
+        optional={
+            "max_step": st.sampled_from([0.05, 0.3]),
+            "min_step": st.sampled_from([0.0, 0.02]),
+            "first_step": st.sampled_from([1e-4, 0.1]),
+            "max_num_steps": st.integers(1, 30),
+            "dtype": st.sampled_from([torch.float32, torch.float64]),
+        },
+    ),
     sync_every=st.integers(1, 6),
 )
 def test_fuzz_device_loop_equals_host_loop(method, field, dtype, n_times, span, tol, options, sync_every):

@@ -11,6 +11,7 @@ lands exactly on t = 2 (no dense-output error in the measurement).
 The slope of log(error) vs log(h) must be within 0.3 of the method's order
 (dopri8: >= order - 0.5 with errors kept above 1e-13; tsit5: see below).
 """
+
 import math
 
 import numpy as np
@@ -25,17 +26,17 @@ T_END = 2.0
 EXACT = math.exp(math.sin(T_END))
 
 STEPS = {
-    'euler': [2 ** -6, 2 ** -7, 2 ** -8],
-    'midpoint': [2 ** -5, 2 ** -6, 2 ** -7],
-    'heun2': [2 ** -5, 2 ** -6, 2 ** -7],
-    'heun3': [2 ** -5, 2 ** -6, 2 ** -7],
-    'rk4': [2 ** -5, 2 ** -6, 2 ** -7],
-    'dopri5': [2 ** -2, 2 ** -3, 2 ** -4],
-    'tsit5': [2 ** -3, 2 ** -4, 2 ** -5],
-    'dopri8': [2 ** 0, 2 ** -1, 2 ** -2],
-    'bosh3': [2 ** -3, 2 ** -4, 2 ** -5],
-    'fehlberg2': [2 ** -4, 2 ** -5, 2 ** -6],
-    'adaptive_heun': [2 ** -4, 2 ** -5, 2 ** -6],
+    "euler": [2**-6, 2**-7, 2**-8],
+    "midpoint": [2**-5, 2**-6, 2**-7],
+    "heun2": [2**-5, 2**-6, 2**-7],
+    "heun3": [2**-5, 2**-6, 2**-7],
+    "rk4": [2**-5, 2**-6, 2**-7],
+    "dopri5": [2**-2, 2**-3, 2**-4],
+    "tsit5": [2**-3, 2**-4, 2**-5],
+    "dopri8": [2**0, 2**-1, 2**-2],
+    "bosh3": [2**-3, 2**-4, 2**-5],
+    "fehlberg2": [2**-4, 2**-5, 2**-6],
+    "adaptive_heun": [2**-4, 2**-5, 2**-6],
 }
 
 
@@ -50,16 +51,16 @@ def final_error(method, h, backend):
         options = dict(step_size=h)
     else:
         options = dict(first_step=h, min_step=h, max_step=h)
-    options['backend'] = backend
-    options['return_stats'] = True
+    options["backend"] = backend
+    options["return_stats"] = True
     out, stats = odecore.odeint(f, y0, t, rtol=1e-3, atol=1e-3, method=method, options=options)
     # The step really was h: T_END / h steps, none rejected.
-    assert stats['n_accepted'] == round(T_END / h), stats
-    assert stats['n_rejected'] == 0, stats
+    assert stats["n_accepted"] == round(T_END / h), stats
+    assert stats["n_rejected"] == 0, stats
     return abs(out[-1].item() - EXACT)
 
 
-@pytest.mark.parametrize('method,backend', product(METHODS, backends))
+@pytest.mark.parametrize("method,backend", product(METHODS, backends))
 def test_convergence_order(method, backend):
     require_backend(backend)
     hs = STEPS[method]
@@ -67,9 +68,9 @@ def test_convergence_order(method, backend):
     assert all(e > 1e-13 for e in errs), errs  # still above rounding level
     slope = np.polyfit(np.log(hs), np.log(errs), 1)[0]
     order = ORDERS[method]
-    if method == 'dopri8':
+    if method == "dopri8":
         assert slope >= order - 0.5, (slope, errs)
-    elif method == 'tsit5':
+    elif method == "tsit5":
         # Tsitouras' pair minimises the principal error coefficients, so the
         # 6th-order terms still show at measurable h (local slopes 5.7 -> 5.5
         # here, tending to 5 only below rounding level).  Guard the low side.

@@ -1,5 +1,6 @@
 """CUDA kernels: fused ops vs the CUDA reference vs CPU, full solves vs CPU float64,
 opcheck and gradcheck on the device. Skipped without a GPU and CUDA kernels."""
+
 import pytest
 import torch
 from torch.library import opcheck
@@ -7,8 +8,16 @@ from torch.library import opcheck
 import odecore
 from odecore.ops import get_ops
 
-from .testing import (ADAPTIVE_METHODS, METHODS, dtypes, make_noncontiguous, product, require_cuda, van_der_pol,
-                      van_der_pol_batched)
+from .testing import (
+    ADAPTIVE_METHODS,
+    METHODS,
+    dtypes,
+    make_noncontiguous,
+    product,
+    require_cuda,
+    van_der_pol,
+    van_der_pol_batched,
+)
 
 pytestmark = pytest.mark.cuda
 
@@ -50,7 +59,9 @@ def test_ops_cuda_vs_reference_vs_cpu(dtype, contiguous):
         y1_ref, ratio_ref = ref.rk_finish(y0, k, a, e, dt, rtol, atol, segments)
         torch.testing.assert_close(y1_gpu.cpu(), y1_ref, **tol)
         torch.testing.assert_close(ratio_gpu.cpu(), ratio_ref, rtol=1e-6 if dtype == torch.float32 else 1e-12, atol=0)
-        ratio_known = fused.rk_error_ratio(cuda_args[0], y1_gpu, cuda_args[1], e, dt, rtol.cuda(), atol.cuda(), segments)
+        ratio_known = fused.rk_error_ratio(
+            cuda_args[0], y1_gpu, cuda_args[1], e, dt, rtol.cuda(), atol.cuda(), segments
+        )
         assert ratio_known.item() == pytest.approx(ratio_gpu.item(), rel=1e-12)
 
     poly = [0.1 * (i + 1) for i in range(4 * 3)]
@@ -63,7 +74,9 @@ def test_ratio_nan_on_cuda():
     y0, k = _inputs(torch.float32, True)
     k[1][3, 2] = float("nan")
     one = torch.ones(1, dtype=torch.float64, device="cuda")
-    _, ratio = get_ops("fused", "cuda").rk_finish(y0.cuda(), _to(k, "cuda"), [0.25] * 4, [0.1, -0.1, 0.0, 0.0], 0.1, one, one, [y0.numel()])
+    _, ratio = get_ops("fused", "cuda").rk_finish(
+        y0.cuda(), _to(k, "cuda"), [0.25] * 4, [0.1, -0.1, 0.0, 0.0], 0.1, one, one, [y0.numel()]
+    )
     assert torch.isnan(ratio).item()
 
 
@@ -78,7 +91,10 @@ def test_opcheck_cuda(dtype):
     ops = torch.ops.odecore
     opcheck(ops.rk_stage.default, (y0, k, [0.1, 0.2, 0.3, 0.4], 0.5))
     opcheck(ops.rk_finish.default, (y0, k, [0.1, 0.2, 0.3, 0.4], [0.1, -0.2, 0.05, 0.05], 0.5, r, a, [y0.numel()]))
-    opcheck(ops.rk_error_ratio.default, (y0, y0.detach() * 1.1, k, [0.1, -0.2, 0.05, 0.05], 0.5, r, a, [10, y0.numel() - 10]))
+    opcheck(
+        ops.rk_error_ratio.default,
+        (y0, y0.detach() * 1.1, k, [0.1, -0.2, 0.05, 0.05], 0.5, r, a, [10, y0.numel() - 10]),
+    )
     opcheck(ops.rk_interp.default, (y0, k, [0.1] * 8, 0.5, [0.2, 0.9]))
 
 
@@ -91,7 +107,9 @@ def test_solve_cuda_matches_cpu_float64(method, dtype):
     options = None if method in ADAPTIVE_METHODS else FIXED_OPTIONS
     tol = 1e-8 if dtype == torch.float64 else 1e-5
     truth = odecore.odeint(func, y0, t, rtol=tol, atol=tol, method=method, options=options)
-    got = odecore.odeint(func, y0.to("cuda", dtype), t.to("cuda", dtype), rtol=tol, atol=tol, method=method, options=options)
+    got = odecore.odeint(
+        func, y0.to("cuda", dtype), t.to("cuda", dtype), rtol=tol, atol=tol, method=method, options=options
+    )
     assert got.device.type == "cuda" and got.dtype == dtype
     torch.testing.assert_close(got.cpu().double(), truth, rtol=0, atol=1e-10 if dtype == torch.float64 else 2e-3)
 
@@ -106,12 +124,15 @@ def test_gradcheck_cuda(method):
     options = {"step_size": 0.05} if method == "rk4" else None
 
     def solve(y0, w):
-        return odecore.odeint(lambda t, y: torch.tanh(y @ w), y0, t, rtol=1e-10, atol=1e-10, method=method, options=options)
+        return odecore.odeint(
+            lambda t, y: torch.tanh(y @ w), y0, t, rtol=1e-10, atol=1e-10, method=method, options=options
+        )
 
     assert torch.autograd.gradcheck(solve, (y0, w))
 
 
 # -- the device-resident loop (options={'sync_every': K}, default on CUDA) ----------------
+
 
 def _vdp_batch(n, dtype, device):
     g = torch.Generator().manual_seed(2)
@@ -128,11 +149,15 @@ def test_device_loop_cuda_matches_host_loop(method, dtype):
     require_cuda()
     y0 = _vdp_batch(64, dtype, "cuda")
     t = torch.linspace(0, 4, 9, dtype=dtype, device="cuda")
-    host, hs = odecore.odeint(_vdp, y0, t, rtol=1e-6, atol=1e-6, method=method, options={"sync_every": 0, "return_stats": True})
+    host, hs = odecore.odeint(
+        _vdp, y0, t, rtol=1e-6, atol=1e-6, method=method, options={"sync_every": 0, "return_stats": True}
+    )
     dev, ds = odecore.odeint(_vdp, y0, t, rtol=1e-6, atol=1e-6, method=method, options={"return_stats": True})
     assert hs["loop"] == "host" and ds["loop"] == "device"
     assert abs(hs["n_steps"] - ds["n_steps"]) <= 1
-    torch.testing.assert_close(dev, host, rtol=1e-9 if dtype == torch.float64 else 1e-4, atol=1e-9 if dtype == torch.float64 else 1e-4)
+    torch.testing.assert_close(
+        dev, host, rtol=1e-9 if dtype == torch.float64 else 1e-4, atol=1e-9 if dtype == torch.float64 else 1e-4
+    )
 
 
 @pytest.mark.parametrize("k", [8, 16])
@@ -179,7 +204,9 @@ def test_device_loop_ops_cuda_vs_cpu():
         times = torch.linspace(0, 2, 7, dtype=torch.float64, device=device)
         trace = []
         for r in [0.3, 1.7, 0.9, 0.0, 0.5, 2.5, 0.99, 0.2] * 3:
-            fused.rk_control(state, accept, stage_t, dt, torch.tensor(r, dtype=torch.float64, device=device), times, c, params)
+            fused.rk_control(
+                state, accept, stage_t, dt, torch.tensor(r, dtype=torch.float64, device=device), times, c, params
+            )
             trace.append((state.cpu().clone(), bool(accept), stage_t.cpu().clone()))
         states.append(trace)
     for (sa, aa, ta), (sb, ab, tb) in zip(*states):
@@ -202,8 +229,10 @@ def test_dt_ops_cuda_equal_float_dt(dtype):
     y1, ratio = fused.rk_finish_dt(y0, k, a, e, dt, r, r, [y0.numel()])
     y1f, ratiof = fused.rk_finish(y0, k, a, e, 0.37, r, r, [y0.numel()])
     assert torch.equal(y1, y1f) and torch.equal(ratio, ratiof)
-    assert torch.equal(fused.rk_error_ratio_dt(y0, y1, k, e, dt, r, r, [10, -(y0.numel() - 10)]),
-                       fused.rk_error_ratio(y0, y1, k, e, 0.37, r, r, [10, -(y0.numel() - 10)]))
+    assert torch.equal(
+        fused.rk_error_ratio_dt(y0, y1, k, e, dt, r, r, [10, -(y0.numel() - 10)]),
+        fused.rk_error_ratio(y0, y1, k, e, 0.37, r, r, [10, -(y0.numel() - 10)]),
+    )
     opcheck(torch.ops.odecore.rk_stage_dt.default, (y0, k, a, dt), test_utils=("test_schema", "test_faketensor"))
 
 
@@ -223,13 +252,16 @@ def test_dense_into_cuda_vs_cpu():
     outs = []
     for device in ("cpu", "cuda"):
         out = torch.full((6, *y0.shape), -7.0, dtype=torch.float64, device=device)
-        fused.rk_dense_into(out, times.to(device), state.to(device), y0.to(device), y1.to(device), _to(k, device), tab.dense_flat)
+        fused.rk_dense_into(
+            out, times.to(device), state.to(device), y0.to(device), y1.to(device), _to(k, device), tab.dense_flat
+        )
         outs.append(out.cpu())
     torch.testing.assert_close(outs[1], outs[0], rtol=1e-14, atol=1e-14)
     assert torch.equal(outs[1][4], y1) and (outs[1][5] == -7).all()
 
 
 # -- per-sample solving (options={'batch_dim': 0}) on CUDA -------------------------------
+
 
 @pytest.mark.parametrize("method,dtype", product(["dopri5", "tsit5", "bosh3", "dopri8"], dtypes))
 def test_per_sample_cuda_matches_cpu(method, dtype):
@@ -241,10 +273,18 @@ def test_per_sample_cuda_matches_cpu(method, dtype):
 
     y0 = _vdp_batch(32, torch.float64, "cpu")
     t = torch.linspace(0, 3, 7, dtype=torch.float64)
-    cpu, cs = odecore.odeint(vdp(mu), y0, t, rtol=1e-6, atol=1e-6, method=method,
-                             options={"batch_dim": 0, "return_stats": True})
-    gpu, gs = odecore.odeint(vdp(mu.to("cuda", dtype)), y0.to("cuda", dtype), t.to("cuda", dtype), rtol=1e-6, atol=1e-6,
-                             method=method, options={"batch_dim": 0, "return_stats": True})
+    cpu, cs = odecore.odeint(
+        vdp(mu), y0, t, rtol=1e-6, atol=1e-6, method=method, options={"batch_dim": 0, "return_stats": True}
+    )
+    gpu, gs = odecore.odeint(
+        vdp(mu.to("cuda", dtype)),
+        y0.to("cuda", dtype),
+        t.to("cuda", dtype),
+        rtol=1e-6,
+        atol=1e-6,
+        method=method,
+        options={"batch_dim": 0, "return_stats": True},
+    )
     assert gs["loop"] == "per_sample"
     assert (gs["n_steps"].cpu() - cs["n_steps"]).abs().max() <= (1 if dtype == torch.float64 else 3)
     torch.testing.assert_close(gpu.cpu().double(), cpu, rtol=0, atol=1e-8 if dtype == torch.float64 else 2e-3)
@@ -290,8 +330,15 @@ def test_compiled_loop_cuda_equals_python_loop(method, monkeypatch):
     def run(compiled):
         monkeypatch.setattr(adaptive_mod, "COMPILED_LOOP", compiled)
         p0 = y0.clone().requires_grad_()
-        ys, stats = odecore.odeint(lambda tt, y: torch.tanh(lin(y)) * torch.cos(tt), p0, t, method=method,
-                                   rtol=1e-6, atol=1e-8, options={"return_stats": True})
+        ys, stats = odecore.odeint(
+            lambda tt, y: torch.tanh(lin(y)) * torch.cos(tt),
+            p0,
+            t,
+            method=method,
+            rtol=1e-6,
+            atol=1e-8,
+            options={"return_stats": True},
+        )
         return ys, torch.autograd.grad(ys.pow(2).sum(), [p0, *lin.parameters()]), stats
 
     (ya, ga, sa), (yb, gb, sb) = run(False), run(True)

@@ -2,6 +2,7 @@
 a step), is continuous across steps, is as accurate as each method's dense output against
 the analytic solution, runs in either direction, evaluates many times at once, rejects
 times outside [t0, t1], and matches torchdiffeq 0.2.5's dopri5-only odeint_dense."""
+
 import math
 
 import pytest
@@ -26,8 +27,14 @@ def exact(t):
 # dopri8 interpolate with a quartic fit, so their dense output is less accurate than their steps
 # (measured: dopri5 9e-9, tsit5 2e-9, dopri8 1.1e-5 from 6 steps, bosh3 5e-5, fehlberg2 6e-5,
 # adaptive_heun 6e-6: the global error of the low-order methods grows past their tolerance)
-ADAPTIVE = {"dopri5": (1e-8, 3e-8), "tsit5": (1e-8, 3e-8), "dopri8": (1e-8, 3e-5), "bosh3": (1e-7, 1.5e-4),
-            "fehlberg2": (1e-7, 2e-4), "adaptive_heun": (1e-6, 2e-5)}
+ADAPTIVE = {
+    "dopri5": (1e-8, 3e-8),
+    "tsit5": (1e-8, 3e-8),
+    "dopri8": (1e-8, 3e-5),
+    "bosh3": (1e-7, 1.5e-4),
+    "fehlberg2": (1e-7, 2e-4),
+    "adaptive_heun": (1e-6, 2e-5),
+}
 FIXED = {"euler": (0.01, 5e-2), "midpoint": (0.01, 2e-4), "rk4": (0.01, 5e-9), "implicit_adams": (0.01, 5e-9)}
 
 
@@ -46,7 +53,9 @@ def test_adaptive_methods_agree_with_odeint_and_the_exact_solution(method):
     ends = torch.cat([ends, torch.tensor([3.0], dtype=F64)]) if ends[-1] != 3.0 else ends
     torch.testing.assert_close(sol(ends[:-1]), odecore.odeint(oscillator, y0, ends, **kw)[:-1], rtol=0, atol=0)
     # inside steps: the same polynomial (rounding apart)
-    inside = torch.cat([torch.tensor([0.0], dtype=F64), torch.linspace(0.01, 2.99, 97, dtype=F64), torch.tensor([3.0], dtype=F64)])
+    inside = torch.cat(
+        [torch.tensor([0.0], dtype=F64), torch.linspace(0.01, 2.99, 97, dtype=F64), torch.tensor([3.0], dtype=F64)]
+    )
     torch.testing.assert_close(sol(inside), odecore.odeint(oscillator, y0, inside, **kw), rtol=1e-13, atol=1e-14)
     fine = torch.linspace(0.0, 3.0, 2001, dtype=F64)
     assert (sol(fine) - exact(fine)).abs().max().item() < bound
@@ -54,8 +63,9 @@ def test_adaptive_methods_agree_with_odeint_and_the_exact_solution(method):
 
 @pytest.mark.parametrize("method", ["dopri5", "bosh3", "dopri8"])
 def test_continuous_at_step_boundaries(method):
-    sol = odecore.odeint_dense(oscillator, torch.tensor([0.0, 1.0], dtype=F64), 0.0, 3.0, rtol=1e-7, atol=1e-7,
-                               method=method)
+    sol = odecore.odeint_dense(
+        oscillator, torch.tensor([0.0, 1.0], dtype=F64), 0.0, 3.0, rtol=1e-7, atol=1e-7, method=method
+    )
     inner = sol.ts[1:-1]
     inner = inner[inner < 3.0]
     left = torch.tensor([math.nextafter(v, -math.inf) for v in inner.tolist()], dtype=F64)
@@ -75,12 +85,16 @@ def test_fixed_grid_methods(method, interp):
     sol = odecore.odeint_dense(oscillator, y0, 0.0, 3.0, method=method, options=options)
     assert sol.ts[0].item() == 0.0 and sol.ts[-1].item() == 3.0 and sol.n_steps == 300
     # the grid depends on t[0], t[-1] and step_size only: odeint's outputs are the same interpolant
-    t = torch.cat([torch.tensor([0.0], dtype=F64), torch.linspace(0.005, 2.995, 51, dtype=F64), torch.tensor([3.0], dtype=F64)])
-    torch.testing.assert_close(sol(t), odecore.odeint(oscillator, y0, t, method=method, options=options),
-                               rtol=1e-13, atol=1e-14)
+    t = torch.cat(
+        [torch.tensor([0.0], dtype=F64), torch.linspace(0.005, 2.995, 51, dtype=F64), torch.tensor([3.0], dtype=F64)]
+    )
+    torch.testing.assert_close(
+        sol(t), odecore.odeint(oscillator, y0, t, method=method, options=options), rtol=1e-13, atol=1e-14
+    )
     grid = sol.ts[::7]
-    torch.testing.assert_close(sol(grid), odecore.odeint(oscillator, y0, sol.ts, method=method, options=options)[::7],
-                               rtol=0, atol=0)
+    torch.testing.assert_close(
+        sol(grid), odecore.odeint(oscillator, y0, sol.ts, method=method, options=options)[::7], rtol=0, atol=0
+    )
     if interp == "cubic" or method == "euler":
         fine = torch.linspace(0.0, 3.0, 1001, dtype=F64)
         assert (sol(fine) - exact(fine)).abs().max().item() < max(bound, 5e-6 if interp == "cubic" else 0)
@@ -93,8 +107,12 @@ def test_reverse_direction(method):
     sol = odecore.odeint_dense(oscillator, y0, 3.0, 0.0, rtol=1e-9, atol=1e-9, method=method, options=options)
     assert sol.ts[0].item() == 3.0 and bool((sol.ts[1:] < sol.ts[:-1]).all())
     t = torch.linspace(3.0, 0.0, 41, dtype=F64)
-    torch.testing.assert_close(sol(t), odecore.odeint(oscillator, y0, t, rtol=1e-9, atol=1e-9, method=method,
-                                                      options=options), rtol=1e-13, atol=1e-14)
+    torch.testing.assert_close(
+        sol(t),
+        odecore.odeint(oscillator, y0, t, rtol=1e-9, atol=1e-9, method=method, options=options),
+        rtol=1e-13,
+        atol=1e-14,
+    )
     fine = torch.linspace(0.0, 3.0, 1001, dtype=F64)
     assert (sol(fine) - exact(fine)).abs().max().item() < 1e-6
     # any order of evaluation times
@@ -127,8 +145,14 @@ def test_shapes_tuples_and_batches():
     torch.testing.assert_close(values, y0 * torch.exp(-many)[:, None, None], rtol=1e-7, atol=1e-8)
     assert sol(torch.empty(0, dtype=F64)).shape == (0, 2, 3)
 
-    sol = odecore.odeint_dense(lambda t, y: (y[1][0], -y[0].reshape(1)), (torch.tensor(0.0, dtype=F64), torch.tensor([1.0], dtype=F64)),
-                               0.0, 2.0, rtol=1e-9, atol=1e-9)
+    sol = odecore.odeint_dense(
+        lambda t, y: (y[1][0], -y[0].reshape(1)),
+        (torch.tensor(0.0, dtype=F64), torch.tensor([1.0], dtype=F64)),
+        0.0,
+        2.0,
+        rtol=1e-9,
+        atol=1e-9,
+    )
     a, b = sol(torch.tensor([0.5, 1.0], dtype=F64))
     assert a.shape == (2,) and b.shape == (2, 1)
     torch.testing.assert_close(a, torch.sin(torch.tensor([0.5, 1.0], dtype=F64)), rtol=1e-7, atol=1e-8)
@@ -139,8 +163,9 @@ def test_shapes_tuples_and_batches():
 def test_stats_and_steps_match_odeint():
     y0 = torch.tensor([0.0, 1.0], dtype=F64)
     sol = odecore.odeint_dense(oscillator, y0, 0.0, 3.0, rtol=1e-6, atol=1e-6)
-    _, stats = odecore.odeint(oscillator, y0, torch.tensor([0.0, 3.0], dtype=F64), rtol=1e-6, atol=1e-6,
-                              options={"return_stats": True})
+    _, stats = odecore.odeint(
+        oscillator, y0, torch.tensor([0.0, 3.0], dtype=F64), rtol=1e-6, atol=1e-6, options={"return_stats": True}
+    )
     for key in ("nfe", "n_steps", "n_accepted", "n_rejected"):
         assert sol.stats[key] == stats[key]
     assert sol.n_steps == stats["n_accepted"] == len(sol.ts) - 1
@@ -163,9 +188,11 @@ def test_gradients():
 def test_matches_torchdiffeq_odeint_dense():
     torchdiffeq = pytest.importorskip("torchdiffeq")
     y0 = torch.tensor([0.0, 1.0], dtype=F64)
-    theirs = torchdiffeq.odeint_dense(oscillator, y0, torch.tensor(0.0, dtype=F64), torch.tensor(3.0, dtype=F64),
-                                      rtol=1e-8, atol=1e-8)
-    ours = odecore.odeint_dense(oscillator, y0, torch.tensor(0.0, dtype=F64), torch.tensor(3.0, dtype=F64),
-                                rtol=1e-8, atol=1e-8)
+    theirs = torchdiffeq.odeint_dense(
+        oscillator, y0, torch.tensor(0.0, dtype=F64), torch.tensor(3.0, dtype=F64), rtol=1e-8, atol=1e-8
+    )
+    ours = odecore.odeint_dense(
+        oscillator, y0, torch.tensor(0.0, dtype=F64), torch.tensor(3.0, dtype=F64), rtol=1e-8, atol=1e-8
+    )
     for t in [0.1, 0.77, 1.5, 2.999]:  # torchdiffeq's evaluates one time at a time
         torch.testing.assert_close(ours(t), theirs(torch.tensor(t, dtype=F64)), rtol=1e-13, atol=1e-14)

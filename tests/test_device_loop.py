@@ -1,6 +1,7 @@
 """The device-resident loop (options={'sync_every': K}): the host loop's results without a
 host read per step, and its ops (rk_stage_dt, rk_finish_dt, rk_error_ratio_dt, rk_control,
 rk_dense_into) against their reference twins."""
+
 import math
 
 import pytest
@@ -22,6 +23,7 @@ except ImportError:  # the extension is not built: every test here skips
 @pytest.fixture(autouse=True)
 def _needs_fused():
     require_fused()
+
 
 ADAPTIVE = sorted(name for name, cls in odecore.SOLVERS.items() if issubclass(cls, AdaptiveRKSolver))
 
@@ -61,10 +63,17 @@ def test_device_loop_equals_host_loop(method, dtype, reverse):
     assert device[1]["nfe"] >= host[1]["nfe"]  # wasted attempts after the end count as evaluations
 
 
-@pytest.mark.parametrize("options", [
-    {"max_step": 0.05}, {"min_step": 0.2}, {"first_step": 1e-3}, {"dtype": torch.float32},
-    {"safety": 0.7, "ifactor": 3.0, "dfactor": 0.5},
-], ids=["max_step", "min_step", "first_step", "float32_time", "factors"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"max_step": 0.05},
+        {"min_step": 0.2},
+        {"first_step": 1e-3},
+        {"dtype": torch.float32},
+        {"safety": 0.7, "ifactor": 3.0, "dfactor": 0.5},
+    ],
+    ids=["max_step", "min_step", "first_step", "float32_time", "factors"],
+)
 def test_device_loop_options(options):
     y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]], dtype=torch.float32)
     t = torch.linspace(0, 4, 6)
@@ -139,6 +148,7 @@ def test_reference_backend_device_loop():
 
 # -- errors: the host loop's messages, with the t and dt where the solve stopped ----------
 
+
 def _error(func, y0, t, k, **options):
     with pytest.raises(RuntimeError) as info:
         odecore.odeint(func, y0, t, options=dict(options, sync_every=k))
@@ -158,17 +168,30 @@ def test_device_loop_errors_match_host_loop(k):
     assert _error(nan_later, y0, t, k) == host
 
     def blowup(t, y):
-        return y ** 2
+        return y**2
 
     host = _error(blowup, y0, t, 0)
     assert "underflow" in host or "non-finite" in host
     assert _error(blowup, y0, t, k) == host
 
-    host = _error(vdp, torch.tensor([2.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 50.0], dtype=torch.float64), 0,
-                  max_num_steps=7)
+    host = _error(
+        vdp,
+        torch.tensor([2.0, 0.0], dtype=torch.float64),
+        torch.tensor([0.0, 50.0], dtype=torch.float64),
+        0,
+        max_num_steps=7,
+    )
     assert "max_num_steps" in host
-    assert _error(vdp, torch.tensor([2.0, 0.0], dtype=torch.float64), torch.tensor([0.0, 50.0], dtype=torch.float64), k,
-                  max_num_steps=7) == host
+    assert (
+        _error(
+            vdp,
+            torch.tensor([2.0, 0.0], dtype=torch.float64),
+            torch.tensor([0.0, 50.0], dtype=torch.float64),
+            k,
+            max_num_steps=7,
+        )
+        == host
+    )
 
 
 def test_device_loop_falls_back_to_the_host_loop():
@@ -204,10 +227,14 @@ def test_sync_every_validated(bad):
 
 # -- the ops ----------------------------------------------------------------------------
 
+
 def _stages(dtype, n=37, m=4, contiguous=True):
     g = torch.Generator().manual_seed(3)
-    make = (lambda: torch.randn(n, generator=g, dtype=dtype)) if contiguous else (
-        lambda: torch.randn(2 * n, generator=g, dtype=dtype)[::2])
+    make = (
+        (lambda: torch.randn(n, generator=g, dtype=dtype))
+        if contiguous
+        else (lambda: torch.randn(2 * n, generator=g, dtype=dtype)[::2])
+    )
     return make(), [make() for _ in range(m)]
 
 
@@ -225,8 +252,10 @@ def test_dt_ops_equal_float_dt_ops(dtype, contiguous):
         y1, r = ops.rk_finish_dt(y0, k, a, e, dt_t, rtol, atol, [37])
         y1f, rf = ops.rk_finish(y0, k, a, e, dt, rtol, atol, [37])
         assert torch.equal(y1, y1f) and torch.equal(r, rf)
-        assert torch.equal(ops.rk_error_ratio_dt(y0, y1, k, e, dt_t, rtol, atol, [20, -17]),
-                           ops.rk_error_ratio(y0, y1, k, e, dt, rtol, atol, [20, -17]))
+        assert torch.equal(
+            ops.rk_error_ratio_dt(y0, y1, k, e, dt_t, rtol, atol, [20, -17]),
+            ops.rk_error_ratio(y0, y1, k, e, dt, rtol, atol, [20, -17]),
+        )
     torch.testing.assert_close(fused.rk_stage_dt(y0, k, a, dt_t), reference.rk_stage_dt(y0, k, a, dt_t))
 
 
@@ -263,8 +292,14 @@ def _control_args(dtype, n_times=6, ratio=0.5):
     state[adaptive_mod.T0], state[adaptive_mod.T1], state[adaptive_mod.DT_USED] = 0.0, 0.25, 0.25
     state[adaptive_mod.NEXT_OUT] = 1
     times = torch.linspace(0, 1, n_times, dtype=torch.float64)
-    return (state, torch.zeros((), dtype=torch.bool), torch.zeros(3, dtype=dtype), torch.zeros(1, dtype=torch.float64),
-            torch.tensor(ratio, dtype=torch.float64), times)
+    return (
+        state,
+        torch.zeros((), dtype=torch.bool),
+        torch.zeros(3, dtype=dtype),
+        torch.zeros(1, dtype=torch.float64),
+        torch.tensor(ratio, dtype=torch.float64),
+        times,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -314,7 +349,9 @@ def test_rk_control_statuses():
 def test_rk_control_rejects_bad_arguments():
     state, accept, stage_t, dt, ratio, times = _control_args(torch.float64)
     params = [5.0, 0.9, 10.0, 0.2, 0.0, 1.0, 1e9, 1.0, 0.0, 0.0]
-    with pytest.raises(ValueError, match=r"rk_control: state must be a contiguous tensor of shape \(20,\) or \(B, 20\)"):
+    with pytest.raises(
+        ValueError, match=r"rk_control: state must be a contiguous tensor of shape \(20,\) or \(B, 20\)"
+    ):
         fused.rk_control(state[:10], accept, stage_t, dt, ratio, times, [0.5, 1.0, 1.0], params)
     with pytest.raises(ValueError, match="one element per node"):
         fused.rk_control(state, accept, stage_t, dt, ratio, times, [0.5], params)
@@ -351,20 +388,42 @@ def test_new_ops_opcheck():
     y0, k = _stages(torch.float64)
     dt = torch.tensor(0.1, dtype=torch.float64)
     rtol, atol = torch.tensor(1e-4, dtype=torch.float64), torch.tensor(1e-6, dtype=torch.float64)
-    torch.library.opcheck(torch.ops.odecore.rk_stage_dt.default, (y0, k, [0.1, 0.2, 0.3, 0.4], dt),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.odecore.rk_finish_dt.default, (y0, k, [0.1] * 4, [0.01] * 4, dt, rtol, atol, [37]),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.odecore.rk_stage_dt.default,
+        (y0, k, [0.1, 0.2, 0.3, 0.4], dt),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    torch.library.opcheck(
+        torch.ops.odecore.rk_finish_dt.default,
+        (y0, k, [0.1] * 4, [0.01] * 4, dt, rtol, atol, [37]),
+        test_utils=("test_schema", "test_faketensor"),
+    )
     per_sample = torch.linspace(0.05, 0.1, 37, dtype=torch.float64)  # ratios of shape (37,)
-    torch.library.opcheck(torch.ops.odecore.rk_finish_dt.default, (y0, k, [0.1] * 4, [0.01] * 4, per_sample, rtol, atol, [37]),
-                          test_utils=("test_schema", "test_faketensor"))
-    torch.library.opcheck(torch.ops.odecore.rk_error_ratio_dt.default,
-                          (y0, y0 * 1.1, k, [0.01] * 4, per_sample, rtol, atol, [37]),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.odecore.rk_finish_dt.default,
+        (y0, k, [0.1] * 4, [0.01] * 4, per_sample, rtol, atol, [37]),
+        test_utils=("test_schema", "test_faketensor"),
+    )
+    torch.library.opcheck(
+        torch.ops.odecore.rk_error_ratio_dt.default,
+        (y0, y0 * 1.1, k, [0.01] * 4, per_sample, rtol, atol, [37]),
+        test_utils=("test_schema", "test_faketensor"),
+    )
     state, accept, stage_t, dt, ratio, times = _control_args(torch.float64)
-    torch.library.opcheck(torch.ops.odecore.rk_control.default,
-                          (state, accept, stage_t, dt, ratio, times, [0.2, 0.5, 1.0], [5.0, 0.9, 10.0, 0.2, 0.0, 1.0, 1e9, 1.0, 0.0, 0.0]),
-                          test_utils=("test_schema", "test_faketensor"))
+    torch.library.opcheck(
+        torch.ops.odecore.rk_control.default,
+        (
+            state,
+            accept,
+            stage_t,
+            dt,
+            ratio,
+            times,
+            [0.2, 0.5, 1.0],
+            [5.0, 0.9, 10.0, 0.2, 0.0, 1.0, 1e9, 1.0, 0.0, 0.0],
+        ),
+        test_utils=("test_schema", "test_faketensor"),
+    )
 
 
 @pytest.mark.parametrize("k", [0, 4])
@@ -376,7 +435,11 @@ def test_times_func_keeps_never_change(k):
         seen.append((t, t.item()))
         return -y * torch.cos(t)
 
-    odecore.odeint(func, torch.ones(3, dtype=torch.float64), torch.linspace(0, 3, 4, dtype=torch.float64),
-                   options={"sync_every": k})
+    odecore.odeint(
+        func,
+        torch.ones(3, dtype=torch.float64),
+        torch.linspace(0, 3, 4, dtype=torch.float64),
+        options={"sync_every": k},
+    )
     assert len(seen) > 20
     assert all(t.item() == value for t, value in seen)

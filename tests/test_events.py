@@ -2,6 +2,7 @@
 event times and their implicit-function gradients against closed forms (a bouncing ball,
 exponential decay) and against torchdiffeq 0.2.5's odeint_event; several event functions,
 backwards in time, tuple states, fixed-grid methods, events that never happen, statistics."""
+
 import math
 
 import pytest
@@ -45,7 +46,7 @@ def closed_form_impact(h0=H0, v0=V0, g=G, sign=1.0):
     """The impact time t* = (v0 + sign * D) / g, D = sqrt(v0^2 + 2 g h0) (sign=-1: the root
     in the past), its gradients w.r.t. (h0, v0, g, t0), and the velocity -sign * D there
     with its gradients w.r.t. (h0, v0, g)."""
-    d = math.sqrt(v0 ** 2 + 2 * g * h0)
+    d = math.sqrt(v0**2 + 2 * g * h0)
     t_star = (v0 + sign * d) / g
     dt = (sign / d, (1 + sign * v0 / d) / g, -t_star / g + sign * h0 / (g * d), 1.0)
     dv = (-sign * g / d, -sign * v0 / d, -sign * h0 / d)
@@ -60,12 +61,14 @@ def close(actual, expected, tol=1e-10):
 # The bouncing ball against its closed form
 # --------------------------------------------------------------------------- #
 
+
 @pytest.mark.parametrize("interface", INTERFACES)
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse_time"])
 def test_bouncing_ball_closed_form(interface, reverse):
     func, y0, t0 = ball_inputs()
-    event_t, solution = odecore.odeint_event(func, y0, t0, event_fn=floor, reverse_time=reverse,
-                                             odeint_interface=INTERFACES[interface], **TIGHT)
+    event_t, solution = odecore.odeint_event(
+        func, y0, t0, event_fn=floor, reverse_time=reverse, odeint_interface=INTERFACES[interface], **TIGHT
+    )
     t_star, dt, v_star, dv = closed_form_impact(sign=-1.0 if reverse else 1.0)
     assert solution.shape == (2, 2)
     assert torch.equal(solution[0].detach(), y0.detach())
@@ -118,20 +121,22 @@ def test_plain_odeint_is_at_fixed_event_time_like_torchdiffeq():
 # Several event functions: the first crossing wins
 # --------------------------------------------------------------------------- #
 
+
 @pytest.mark.parametrize("interface", INTERFACES)
 @pytest.mark.parametrize("ceiling", [2.2, 3.0], ids=["hits_ceiling", "hits_floor"])
 def test_first_event_wins(interface, ceiling):
-    apex = H0 + V0 ** 2 / (2 * G)  # 2.459: a ceiling below it is hit on the way up
+    apex = H0 + V0**2 / (2 * G)  # 2.459: a ceiling below it is hit on the way up
     height = torch.tensor(ceiling, dtype=F64, requires_grad=True)
 
     def floor_and_ceiling(t, y):
         return torch.stack([y[0], height - y[0]])
 
     func, y0, t0 = ball_inputs()
-    event_t, solution = odecore.odeint_event(func, y0, t0, event_fn=floor_and_ceiling,
-                                             odeint_interface=INTERFACES[interface], **TIGHT)
+    event_t, solution = odecore.odeint_event(
+        func, y0, t0, event_fn=floor_and_ceiling, odeint_interface=INTERFACES[interface], **TIGHT
+    )
     if ceiling < apex:
-        v_hit = math.sqrt(V0 ** 2 - 2 * G * (ceiling - H0))
+        v_hit = math.sqrt(V0**2 - 2 * G * (ceiling - H0))
         close(event_t.item(), (V0 - v_hit) / G)
         close(solution[1, 0].item(), ceiling)
         # the event function's own parameter: dt*/dH = 1 / v(t*) (torchdiffeq leaves this term out)
@@ -157,8 +162,14 @@ def test_event_at_t0_ends_the_solve_there():
 
 # event time accuracy of y' = -k y crossing 1/2 at tolerance `tol`: limited by each method's
 # dense output (dopri8 and the low-order methods interpolate with a quartic fit)
-DECAY = {"dopri5": (1e-12, 1e-10), "tsit5": (1e-12, 1e-10), "dopri8": (1e-12, 1e-7), "bosh3": (1e-9, 1e-5),
-         "fehlberg2": (1e-9, 1e-6), "adaptive_heun": (1e-7, 1e-5)}
+DECAY = {
+    "dopri5": (1e-12, 1e-10),
+    "tsit5": (1e-12, 1e-10),
+    "dopri8": (1e-12, 1e-7),
+    "bosh3": (1e-9, 1e-5),
+    "fehlberg2": (1e-9, 1e-6),
+    "adaptive_heun": (1e-7, 1e-5),
+}
 
 
 @pytest.mark.parametrize("method", DECAY)
@@ -173,16 +184,25 @@ def test_exponential_decay_every_adaptive_method(method):
     def half(t, y):
         return y[0] - 0.5
 
-    event_t, solution, stats = odecore.odeint_event(func, y0, torch.tensor(0.0, dtype=F64), event_fn=half, method=method,
-                                                    rtol=tol, atol=tol, options={"return_stats": True})
+    event_t, solution, stats = odecore.odeint_event(
+        func,
+        y0,
+        torch.tensor(0.0, dtype=F64),
+        event_fn=half,
+        method=method,
+        rtol=tol,
+        atol=tol,
+        options={"return_stats": True},
+    )
     exact = math.log(2.0) / 0.7  # t* = log(2 y0) / k
     assert event_t.item() == pytest.approx(exact, abs=accuracy)
     grad_k, grad_y0 = torch.autograd.grad(event_t, (k, y0))
     assert grad_k.item() == pytest.approx(-exact / 0.7, abs=3 * accuracy)
     assert grad_y0.item() == pytest.approx(1 / 0.7, rel=1e-10)  # y* is pinned at 1/2 by the event
     if method != "tsit5":  # not in torchdiffeq 0.2.5
-        theirs, _ = torchdiffeq.odeint_event(func, y0.detach(), torch.tensor(0.0, dtype=F64), event_fn=half, method=method,
-                                             rtol=tol, atol=tol)
+        theirs, _ = torchdiffeq.odeint_event(
+            func, y0.detach(), torch.tensor(0.0, dtype=F64), event_fn=half, method=method, rtol=tol, atol=tol
+        )
         # torchdiffeq bisects to atol; its dopri8 takes other steps than odecore's (step control)
         assert event_t.item() == pytest.approx(theirs.item(), abs=accuracy if method == "dopri8" else 4 * tol)
     assert stats["n_accepted"] > 0 and stats["root_iterations"] <= 60
@@ -193,7 +213,9 @@ def test_tuple_state():
         return y[1][0], -G * torch.ones_like(y[1])
 
     y0 = (torch.tensor(H0, dtype=F64, requires_grad=True), torch.tensor([V0], dtype=F64, requires_grad=True))
-    event_t, solution = odecore.odeint_event(func, y0, torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y[0], **TIGHT)
+    event_t, solution = odecore.odeint_event(
+        func, y0, torch.tensor(0.0, dtype=F64), event_fn=lambda t, y: y[0], **TIGHT
+    )
     t_star, dt, v_star, _ = closed_form_impact()
     assert [s.shape for s in solution] == [(2,), (2, 1)]
     close(event_t.item(), t_star)
@@ -228,6 +250,7 @@ def test_fixed_grid_needs_step_size():
 # Errors and statistics
 # --------------------------------------------------------------------------- #
 
+
 def test_event_that_never_happens_stops_at_max_num_steps():
     class Decay(nn.Module):
         def forward(self, t, y):
@@ -236,8 +259,14 @@ def test_event_that_never_happens_stops_at_max_num_steps():
     y0 = torch.tensor([1.0], dtype=F64)
     for interface in INTERFACES.values():  # decay never reaches 2
         with pytest.raises(RuntimeError, match="max_num_steps exceeded .* before event_fn changed sign"):
-            odecore.odeint_event(Decay(), y0, 0.0, event_fn=lambda t, y: y[0] - 2.0, odeint_interface=interface,
-                                 options={"max_num_steps": 20})
+            odecore.odeint_event(
+                Decay(),
+                y0,
+                0.0,
+                event_fn=lambda t, y: y[0] - 2.0,
+                odeint_interface=interface,
+                options={"max_num_steps": 20},
+            )
 
 
 def test_t_must_have_two_times():
@@ -272,7 +301,7 @@ def test_root_finder_is_within_an_ulp_of_bisection_count(name):
         "near_zero": (lambda s: 1e-10 - s, 0.0, 1e-3, 1e-10),
         "large_t": (lambda s: 1e5 + 0.37 - s, 1e5, 1e5 + 1.0, 1e5 + 0.37),
     }[name]
-    eps = 2.0 ** -52
+    eps = 2.0**-52
     s, iterations = events._find_root(h, a, b, h(a), h(b), eps)
     delta = eps * max(abs(a), abs(b), b - a)
     bisections = math.ceil(math.log2((b - a) / (2 * delta)))
@@ -296,7 +325,9 @@ def test_stats_like_odeint(interface):
     y0 = torch.tensor([H0, V0], dtype=F64)
     t = torch.tensor([0.0, 1.0], dtype=F64)
     with torch.no_grad():
-        event_t, solution, stats = INTERFACES[interface](Counted(), y0, t, event_fn=floor, options={"return_stats": True})
+        event_t, solution, stats = INTERFACES[interface](
+            Counted(), y0, t, event_fn=floor, options={"return_stats": True}
+        )
     for key in ("nfe", "n_steps", "n_accepted", "n_rejected", "event_evals", "root_iterations"):
         assert key in stats
     assert stats["nfe"] == calls[0]

@@ -6,6 +6,7 @@ NaN after a while, a solution that overflows to inf. Loops: odeint's host loop, 
 device-resident loop (``sync_every``), the per-sample loop (``batch_dim``), odeint_adjoint's
 backward solves, sdeint (fixed and adaptive steps) and the event search of odeint_event.
 """
+
 import math
 import re
 
@@ -66,8 +67,12 @@ def test_blowup_underflows_with_t_and_dt(loop, method):
 def test_stiffness_is_stopped_by_max_num_steps(loop):
     func = Counting(stiff)
     with pytest.raises(RuntimeError, match=r"max_num_steps exceeded \(50 steps\)") as info:
-        odecore.odeint(func, torch.zeros(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
-                       options=dict(LOOPS[loop], max_num_steps=50))
+        odecore.odeint(
+            func,
+            torch.zeros(2, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            options=dict(LOOPS[loop], max_num_steps=50),
+        )
     t, dt = t_and_dt(str(info.value))
     assert 0 <= t < 1e-4 and 0 < dt < 1e-6
     # the bound holds: 50 attempts of 6 evaluations (+ the initial ones and, in the device
@@ -105,8 +110,12 @@ def test_known_reverse_time_error_reports_solver_time(loop):
 def test_overflow_to_inf_names_t_and_dt(loop):
     # y' = 1e300 y: finite for a step or two, then inf
     with pytest.raises(RuntimeError, match="non-finite|underflow") as info:
-        odecore.odeint(lambda t, y: 1e300 * y, torch.ones(2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
-                       options=dict(LOOPS[loop], first_step=1e-3, max_num_steps=1000))
+        odecore.odeint(
+            lambda t, y: 1e300 * y,
+            torch.ones(2, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            options=dict(LOOPS[loop], first_step=1e-3, max_num_steps=1000),
+        )
     t_and_dt(str(info.value))
 
 
@@ -114,19 +123,31 @@ def test_overflow_to_inf_names_t_and_dt(loop):
 def test_fixed_grid_nan_and_overflow_name_t_and_dt(method):
     t = torch.linspace(0, 1, 5, dtype=F64)
     with pytest.raises(RuntimeError, match="non-finite") as info:
-        odecore.odeint(Counting(lambda t, y: -y, t_nan=0.4), torch.ones(2, dtype=F64), t, method=method,
-                       options={"step_size": 0.05})
+        odecore.odeint(
+            Counting(lambda t, y: -y, t_nan=0.4),
+            torch.ones(2, dtype=F64),
+            t,
+            method=method,
+            options={"step_size": 0.05},
+        )
     t_err, dt = t_and_dt(str(info.value))
     assert 0.4 <= t_err <= 1.0 and dt == pytest.approx(0.05)
     with pytest.raises(RuntimeError, match="non-finite"):
-        odecore.odeint(lambda t, y: 1e200 * y * y, torch.ones(2, dtype=F64), t, method=method, options={"step_size": 0.05})
+        odecore.odeint(
+            lambda t, y: 1e200 * y * y, torch.ones(2, dtype=F64), t, method=method, options={"step_size": 0.05}
+        )
 
 
 @pytest.mark.parametrize("method", ["implicit_euler", "gl4", "radauIIA3"])
 def test_implicit_newton_failure_names_t_and_dt(method):
     with pytest.raises(RuntimeError, match="t=.*dt="):
-        odecore.odeint(Counting(lambda t, y: -y, t_nan=0.3), torch.ones(2, dtype=F64), torch.linspace(0, 1, 3, dtype=F64),
-                       method=method, options={"step_size": 0.1})
+        odecore.odeint(
+            Counting(lambda t, y: -y, t_nan=0.3),
+            torch.ones(2, dtype=F64),
+            torch.linspace(0, 1, 3, dtype=F64),
+            method=method,
+            options={"step_size": 0.1},
+        )
 
 
 # -- per-sample solves ------------------------------------------------------------------ #
@@ -171,8 +192,12 @@ def test_per_sample_max_num_steps_bounds_the_loop():
         return -1e9 * (y - torch.cos(t))
 
     with pytest.raises(SampleFailure, match="max_num_steps"):
-        odecore.odeint(func, torch.zeros(3, 2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64),
-                       options={"batch_dim": 0, "max_num_steps": 30, "sync_every": 8})
+        odecore.odeint(
+            func,
+            torch.zeros(3, 2, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            options={"batch_dim": 0, "max_num_steps": 30, "sync_every": 8},
+        )
     assert len(calls) <= 2 + 6 * (30 + 8)  # one batched evaluation per stage of every attempt
 
 
@@ -209,8 +234,16 @@ class Decay(nn.Module):
 def test_adjoint_backward_max_num_steps():
     func = Decay(rate=-50.0)
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
-    out = odecore.odeint_adjoint(func, y0, torch.tensor([0.0, 1.0], dtype=F64), rtol=1e-3, atol=1e-6,
-                                 adjoint_rtol=1e-12, adjoint_atol=1e-14, adjoint_options={"max_num_steps": 5})
+    out = odecore.odeint_adjoint(
+        func,
+        y0,
+        torch.tensor([0.0, 1.0], dtype=F64),
+        rtol=1e-3,
+        atol=1e-6,
+        adjoint_rtol=1e-12,
+        adjoint_atol=1e-14,
+        adjoint_options={"max_num_steps": 5},
+    )
     with pytest.raises(RuntimeError, match=r"max_num_steps exceeded \(5 steps\)") as info:
         out.sum().backward()
     t, dt = t_and_dt(str(info.value))
@@ -258,8 +291,13 @@ def test_sdeint_nan_and_overflow_name_t_and_dt(method):
 
 def test_sdeint_adaptive_nan_names_t_and_dt():
     with pytest.raises(RuntimeError, match="non-finite") as info:
-        odecore.sdeint(SDE(lambda t, y: -y if float(t) < 0.3 else y * math.nan), torch.ones(2, 3, dtype=F64),
-                       torch.tensor([0.0, 1.0], dtype=F64), dt=0.05, adaptive=True)
+        odecore.sdeint(
+            SDE(lambda t, y: -y if float(t) < 0.3 else y * math.nan),
+            torch.ones(2, 3, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            dt=0.05,
+            adaptive=True,
+        )
     t, dt = t_and_dt(str(info.value))
     assert 0.0 <= t <= 0.3 + 0.2 and dt > 0
 
@@ -268,8 +306,17 @@ def test_sdeint_adaptive_nan_names_t_and_dt():
 def test_sdeint_max_num_steps_bounds_the_loop(adaptive):
     sde = SDE(lambda t, y: -1e4 * y, diffusion=1.0)  # adaptive: a tight tolerance needs tiny steps
     with pytest.raises(RuntimeError, match=r"max_num_steps exceeded \(20 steps\)") as info:
-        odecore.sdeint(sde, torch.ones(2, 2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), dt=1e-3, adaptive=adaptive,
-                       rtol=1e-8, atol=1e-8, dt_min=1e-12, options={"max_num_steps": 20})
+        odecore.sdeint(
+            sde,
+            torch.ones(2, 2, dtype=F64),
+            torch.tensor([0.0, 1.0], dtype=F64),
+            dt=1e-3,
+            adaptive=adaptive,
+            rtol=1e-8,
+            atol=1e-8,
+            dt_min=1e-12,
+            options={"max_num_steps": 20},
+        )
     t_and_dt(str(info.value))
     assert sde.calls <= 3 * 20 + 2  # an adaptive attempt is 3 steps (one of h, two of h / 2)
 
@@ -280,8 +327,13 @@ def test_sdeint_tiny_dt_is_refused_at_once():
         odecore.sdeint(sde, torch.ones(2, 2, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64), dt=1e-300)
     assert sde.calls <= 2 and "dt=1e-300" in str(info.value)
     with pytest.raises(RuntimeError, match="step size underflow") as info:  # t + dt == t
-        odecore.sdeint(sde, torch.ones(2, 2, dtype=F64), torch.tensor([1e6, 1e6 + 1], dtype=F64), dt=1e-12,
-                       options={"max_num_steps": 10 ** 13})
+        odecore.sdeint(
+            sde,
+            torch.ones(2, 2, dtype=F64),
+            torch.tensor([1e6, 1e6 + 1], dtype=F64),
+            dt=1e-12,
+            options={"max_num_steps": 10**13},
+        )
     t_and_dt(str(info.value))
 
 
@@ -300,14 +352,17 @@ def test_sdeint_adjoint_max_num_steps():
             return torch.full_like(y, 0.1)
 
     y0 = torch.ones(2, 2, dtype=F64, requires_grad=True)
-    out = odecore.sdeint_adjoint(Module(), y0, torch.tensor([0.0, 1.0], dtype=F64), dt=0.01,
-                                 adjoint_options={"max_num_steps": 10})
+    out = odecore.sdeint_adjoint(
+        Module(), y0, torch.tensor([0.0, 1.0], dtype=F64), dt=0.01, adjoint_options={"max_num_steps": 10}
+    )
     with pytest.raises(RuntimeError, match="max_num_steps"):
         out.sum().backward()
 
 
 # -- event root finding ----------------------------------------------------------------- #
-pytestmark_event = pytest.mark.skipif(not hasattr(odecore, "odeint_event"), reason="odecore.odeint_event does not exist")
+pytestmark_event = pytest.mark.skipif(
+    not hasattr(odecore, "odeint_event"), reason="odecore.odeint_event does not exist"
+)
 
 
 @pytestmark_event
@@ -315,8 +370,13 @@ pytestmark_event = pytest.mark.skipif(not hasattr(odecore, "odeint_event"), reas
 def test_event_search_bounded_by_max_num_steps():
     func = Counting(lambda t, y: -y)
     with pytest.raises(RuntimeError, match="max_num_steps") as info:
-        odecore.odeint_event(func, torch.ones(2, dtype=F64), torch.tensor(0.0, dtype=F64),
-                             event_fn=lambda t, y: y[0] + 1.0, options={"max_num_steps": 40})  # never crosses
+        odecore.odeint_event(
+            func,
+            torch.ones(2, dtype=F64),
+            torch.tensor(0.0, dtype=F64),
+            event_fn=lambda t, y: y[0] + 1.0,
+            options={"max_num_steps": 40},
+        )  # never crosses
     assert "t=" in str(info.value)
     assert func.calls <= 2 + 7 * 40
 
@@ -325,11 +385,20 @@ def test_event_search_bounded_by_max_num_steps():
 @needs_fused
 def test_event_nan_in_func_or_event_fn_names_t():
     with pytest.raises(RuntimeError, match="t="):
-        odecore.odeint_event(Counting(lambda t, y: -y, t_nan=0.2), torch.ones(2, dtype=F64), torch.tensor(0.0, dtype=F64),
-                             event_fn=lambda t, y: y[0] - 0.1, options={"max_num_steps": 200})
+        odecore.odeint_event(
+            Counting(lambda t, y: -y, t_nan=0.2),
+            torch.ones(2, dtype=F64),
+            torch.tensor(0.0, dtype=F64),
+            event_fn=lambda t, y: y[0] - 0.1,
+            options={"max_num_steps": 200},
+        )
     with pytest.raises(RuntimeError, match="event_fn returned NaN at t="):
-        odecore.odeint_event(lambda t, y: -y, torch.ones(2, dtype=F64), torch.tensor(0.0, dtype=F64),
-                             event_fn=lambda t, y: y[0] - 0.5 if float(t) < 0.3 else y[0] * math.nan)
+        odecore.odeint_event(
+            lambda t, y: -y,
+            torch.ones(2, dtype=F64),
+            torch.tensor(0.0, dtype=F64),
+            event_fn=lambda t, y: y[0] - 0.5 if float(t) < 0.3 else y[0] * math.nan,
+        )
 
 
 @pytestmark_event
@@ -344,7 +413,8 @@ def test_event_root_finder_is_bounded():
         calls.append(1)
         return torch.where(t < 0.3, torch.tensor(1.0, dtype=F64), torch.tensor(-1.0, dtype=F64))
 
-    event_t, _ = odecore.odeint_event(lambda t, y: -y, torch.ones(2, dtype=F64), torch.tensor(0.0, dtype=F64),
-                                      event_fn=event_fn)
+    event_t, _ = odecore.odeint_event(
+        lambda t, y: -y, torch.ones(2, dtype=F64), torch.tensor(0.0, dtype=F64), event_fn=event_fn
+    )
     assert abs(float(event_t) - 0.3) < 1e-12
     assert len(calls) < 200 + events.MAX_ROOT_ITERS

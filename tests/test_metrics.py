@@ -1,4 +1,5 @@
 """Detection metrics, exact by sorting, against scikit-learn and hand-computed cases."""
+
 import numpy as np
 import pytest
 

@@ -5,6 +5,7 @@ fixed-grid arithmetic), the three gradient modes against each other and against 
 differences, the Table 1 parameter counts, the classifiers (forward/backward at MNIST and
 digits size, torchdiffeq-compatible state dicts), the spiral data (shapes, seeds, noise,
 curves) and the latent ODE (ELBO against torch.distributions, training)."""
+
 import math
 
 import numpy as np
@@ -41,7 +42,8 @@ def param_grads(module):
 # ConcatConv2d
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize('dtype,transpose', product(dtypes, [False, True]))
+
+@pytest.mark.parametrize("dtype,transpose", product(dtypes, [False, True]))
 def test_concat_conv2d_matches_hand_built_convolution(dtype, transpose):
     torch.manual_seed(0)
     layer = onn.ConcatConv2d(3, 5, ksize=3, stride=2, padding=1, transpose=transpose).to(dtype)
@@ -74,7 +76,7 @@ def test_concat_conv2d_per_sample_times_and_bad_t():
     out = layer(torch.tensor([0.0, 1.0], dtype=torch.float64), x)
     assert max_abs_err(out[:1], layer(0.0, x[:1])) < 1e-12
     assert max_abs_err(out[1:], layer(1.0, x[1:])) < 1e-12
-    with pytest.raises(ValueError, match='one time per sample'):
+    with pytest.raises(ValueError, match="one time per sample"):
         layer(torch.zeros(3, dtype=torch.float64), x)
 
 
@@ -82,7 +84,8 @@ def test_concat_conv2d_per_sample_times_and_bad_t():
 # ODEFunc, ODEBlock: shapes and counters
 # --------------------------------------------------------------------------- #
 
-@pytest.mark.parametrize('dim', [4, 64])
+
+@pytest.mark.parametrize("dim", [4, 64])
 def test_odefunc_layout_shape_and_nfe(dim):
     torch.manual_seed(0)
     f = onn.ODEFunc(dim)
@@ -100,10 +103,10 @@ def test_odefunc_layout_shape_and_nfe(dim):
     assert groups.mean(-1).abs().max().item() < 1e-5
 
 
-@pytest.mark.parametrize('gradient,method', product(GRADIENTS, ['dopri5', 'rk4']))
+@pytest.mark.parametrize("gradient,method", product(GRADIENTS, ["dopri5", "rk4"]))
 def test_odeblock_forward_and_nfe_counters(gradient, method):
     f = smooth_func()
-    options = dict(step_size=0.25) if method == 'rk4' else None
+    options = dict(step_size=0.25) if method == "rk4" else None
     block = onn.ODEBlock(f, method=method, rtol=1e-6, atol=1e-6, gradient=gradient, options=options)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
 
@@ -111,23 +114,30 @@ def test_odeblock_forward_and_nfe_counters(gradient, method):
     assert out.shape == x.shape and out.dtype == x.dtype
     # independent solve of the same problem
     with torch.no_grad():
-        ref, stats = odecore.odeint(f, x, torch.tensor([0., 1.], dtype=torch.float64), rtol=1e-6, atol=1e-6,
-                                    method=method, options=dict(options or {}, return_stats=True))
+        ref, stats = odecore.odeint(
+            f,
+            x,
+            torch.tensor([0.0, 1.0], dtype=torch.float64),
+            rtol=1e-6,
+            atol=1e-6,
+            method=method,
+            options=dict(options or {}, return_stats=True),
+        )
     assert max_abs_err(out, ref[-1]) < 1e-12
     f.nfe = 0  # the reference solve's calls
 
     # forward nfe: the solver's own count; rk4 with 4 steps of 0.25 is 4 x 4 evaluations
-    assert block.forward_nfe == block.last_stats['nfe'] == stats['nfe']
-    if method == 'rk4':
+    assert block.forward_nfe == block.last_stats["nfe"] == stats["nfe"]
+    if method == "rk4":
         assert block.forward_nfe == 16
     assert block.backward_nfe == 0
 
-    (out ** 2).sum().backward()
+    (out**2).sum().backward()
     assert f.nfe == block.backward_nfe  # every call after forward was made by backward
-    if gradient == 'direct':
+    if gradient == "direct":
         assert block.backward_nfe == 0  # backprop through the graph evaluates nothing
-    elif gradient == 'adjoint':
-        assert block.backward_nfe == block.last_stats['backward_nfe'] > 0
+    elif gradient == "adjoint":
+        assert block.backward_nfe == block.last_stats["backward_nfe"] > 0
     else:  # the checkpointed replay re-evaluates the steps
         assert 0 < block.backward_nfe <= block.forward_nfe
     assert x.grad is not None and all(p.grad is not None for p in f.parameters())
@@ -143,34 +153,34 @@ def test_odeblock_forward_and_nfe_counters(gradient, method):
 
 def test_odeblock_settings_time_interval_and_dtype():
     f = smooth_func()
-    block = onn.ODEBlock(f, t=(1.0, 0.25), rtol=1e-8, atol=1e-8, gradient='direct')
+    block = onn.ODEBlock(f, t=(1.0, 0.25), rtol=1e-8, atol=1e-8, gradient="direct")
     x = torch.randn(1, 4, 3, 3, dtype=torch.float64)
     ref = odecore.odeint(f, x, torch.tensor([1.0, 0.25], dtype=torch.float64), rtol=1e-8, atol=1e-8)[-1]
     assert max_abs_err(block(x), ref) < 1e-12
     # settable between calls
-    block.method, block.options = 'euler', dict(step_size=0.25)
+    block.method, block.options = "euler", dict(step_size=0.25)
     block.reset_nfe()
     block(x)
     assert block.forward_nfe == 3
-    with pytest.raises(ValueError, match='gradient must be one of'):
-        block.gradient = 'rk'
-    with pytest.raises(ValueError, match='gradient must be one of'):
-        onn.ODEBlock(f, gradient='backprop')
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        block.gradient = "rk"
+    with pytest.raises(ValueError, match="gradient must be one of"):
+        onn.ODEBlock(f, gradient="backprop")
     # float32 module on float32 input: the integration times follow the input's dtype
     block32 = onn.ODEBlock(onn.ODEFunc(4))
     assert block32(torch.randn(1, 4, 3, 3)).dtype == torch.float32
-    assert 'integration_time' not in block32.state_dict()
+    assert "integration_time" not in block32.state_dict()
 
 
 def test_odeblock_matches_torchdiffeq():
-    torchdiffeq = pytest.importorskip('torchdiffeq')
+    torchdiffeq = pytest.importorskip("torchdiffeq")
     f = smooth_func(seed=1)
     x = torch.randn(2, 4, 5, 5, dtype=torch.float64)
-    block = onn.ODEBlock(f, rtol=1e-7, atol=1e-7, gradient='direct')
+    block = onn.ODEBlock(f, rtol=1e-7, atol=1e-7, gradient="direct")
     with torch.no_grad():
         out = block(x)
         f.nfe = 0
-        ref = torchdiffeq.odeint(f, x, torch.tensor([0., 1.], dtype=torch.float64), rtol=1e-7, atol=1e-7)[-1]
+        ref = torchdiffeq.odeint(f, x, torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1e-7, atol=1e-7)[-1]
     assert max_abs_err(out, ref) < 1e-10
     assert block.forward_nfe == f.nfe
 
@@ -179,23 +189,24 @@ def test_odeblock_matches_torchdiffeq():
 # Gradient modes
 # --------------------------------------------------------------------------- #
 
+
 def block_gradients(func, x, gradient, tol, **kwargs):
     block = onn.ODEBlock(func, rtol=tol, atol=tol, gradient=gradient, **kwargs)
     func.zero_grad()
     x = x.clone().requires_grad_(True)
     out = block(x)
-    (out ** 2).sum().backward()
+    (out**2).sum().backward()
     return param_grads(func), x.grad.clone(), block
 
 
-@pytest.mark.parametrize('tol', [1e-8, 1e-10])
+@pytest.mark.parametrize("tol", [1e-8, 1e-10])
 def test_gradient_modes_agree(tol):
     f = smooth_func()
     x = torch.randn(2, 4, 4, 4, dtype=torch.float64)
-    g_direct, x_direct, _ = block_gradients(f, x, 'direct', tol)
-    g_adj, x_adj, block = block_gradients(f, x, 'adjoint', tol)
-    g_ckpt, x_ckpt, ckpt_block = block_gradients(f, x, 'checkpoint', tol, checkpoints=3)
-    assert ckpt_block.last_stats['checkpoints'] <= 3 < ckpt_block.last_stats['n_steps']
+    g_direct, x_direct, _ = block_gradients(f, x, "direct", tol)
+    g_adj, x_adj, block = block_gradients(f, x, "adjoint", tol)
+    g_ckpt, x_ckpt, ckpt_block = block_gradients(f, x, "checkpoint", tol, checkpoints=3)
+    assert ckpt_block.last_stats["checkpoints"] <= 3 < ckpt_block.last_stats["n_steps"]
 
     scale = max(1.0, g_direct.abs().max().item())
     # the adjoint is the continuous gradient, to about the backward solve's tolerance
@@ -212,8 +223,8 @@ def test_checkpoint_equals_direct_on_the_paper_odefunc():
     torch.manual_seed(0)
     f = onn.ODEFunc(8).double()
     x = torch.randn(2, 8, 4, 4, dtype=torch.float64)
-    g_direct, x_direct, _ = block_gradients(f, x, 'direct', 1e-6)
-    g_ckpt, x_ckpt, _ = block_gradients(f, x, 'checkpoint', 1e-6, checkpoints=2)
+    g_direct, x_direct, _ = block_gradients(f, x, "direct", 1e-6)
+    g_ckpt, x_ckpt, _ = block_gradients(f, x, "checkpoint", 1e-6, checkpoints=2)
     assert max_abs_err(g_ckpt, g_direct) < 1e-10 * max(1.0, g_direct.abs().max().item())
     assert max_abs_err(x_ckpt, x_direct) < 1e-10 * max(1.0, x_direct.abs().max().item())
 
@@ -221,7 +232,7 @@ def test_checkpoint_equals_direct_on_the_paper_odefunc():
 def test_direct_gradient_matches_finite_differences():
     # fixed-grid rk4: the computed solution is a smooth function of the parameters
     f = smooth_func(dim=2)
-    block = onn.ODEBlock(f, method='rk4', options=dict(step_size=0.25), gradient='direct')
+    block = onn.ODEBlock(f, method="rk4", options=dict(step_size=0.25), gradient="direct")
     x = torch.randn(1, 2, 3, 3, dtype=torch.float64)
     f.zero_grad()
     (block(x) ** 2).sum().backward()
@@ -247,16 +258,18 @@ def test_direct_gradient_matches_finite_differences():
 # hand counts: conv stem 640 + 2 x (128 + 65,600); res stem 640 + 2 x (2 x (128 + 36,864) + 4,096);
 # ODE block 3 x 128 + 2 x (65 x 64 x 9 + 64); ResBlock 2 x (128 + 36,864); head 128 + 650
 EXPECTED_PARAMS = {
-    ('conv', 'ode'): 132096 + 75392 + 778, ('conv', 'res'): 132096 + 6 * 73984 + 778,
-    ('res', 'ode'): 156800 + 75392 + 778, ('res', 'res'): 156800 + 6 * 73984 + 778,
+    ("conv", "ode"): 132096 + 75392 + 778,
+    ("conv", "res"): 132096 + 6 * 73984 + 778,
+    ("res", "ode"): 156800 + 75392 + 778,
+    ("res", "res"): 156800 + 6 * 73984 + 778,
 }
 
 
-@pytest.mark.parametrize('downsampling', DOWNSAMPLINGS)
+@pytest.mark.parametrize("downsampling", DOWNSAMPLINGS)
 def test_parameter_counts_table_1(downsampling):
     ode, res = onn.ODENet(downsampling=downsampling), onn.ResNet(downsampling=downsampling)
-    assert n_params(ode) == EXPECTED_PARAMS[downsampling, 'ode']
-    assert n_params(res) == EXPECTED_PARAMS[downsampling, 'res']
+    assert n_params(ode) == EXPECTED_PARAMS[downsampling, "ode"]
+    assert n_params(res) == EXPECTED_PARAMS[downsampling, "res"]
     assert n_params(onn.RKNet(downsampling=downsampling)) == n_params(ode)
     # Chen et al. 2018, Table 1: ODE-Net / RK-Net 0.22M, ResNet 0.60M
     assert abs(n_params(ode) / 0.22e6 - 1) < 0.1
@@ -265,24 +278,24 @@ def test_parameter_counts_table_1(downsampling):
 
 def test_default_configuration():
     net = onn.ODENet()
-    assert net.downsampling == 'res' and onn.ResNet().downsampling == 'res'
+    assert net.downsampling == "res" and onn.ResNet().downsampling == "res"
     block = net.ode_block
     assert isinstance(block, onn.ODEBlock) and isinstance(block.odefunc, onn.ODEFunc)
-    assert (block.method, block.rtol, block.atol, block.gradient) == ('dopri5', 1e-3, 1e-3, 'adjoint')
+    assert (block.method, block.rtol, block.atol, block.gradient) == ("dopri5", 1e-3, 1e-3, "adjoint")
     # the defaults meet Table 1
     assert abs(n_params(net) / 0.22e6 - 1) < 0.1 and abs(n_params(onn.ResNet()) / 0.60e6 - 1) < 0.1
 
 
 # spatial size of the ODE block's state: 3x3 valid conv, then two stride-2 halvings
-STEM_SIZE = {('res', 28): 7, ('conv', 28): 6, ('res', 8): 2, ('conv', 8): 1}
+STEM_SIZE = {("res", 28): 7, ("conv", 28): 6, ("res", 8): 2, ("conv", 8): 1}
 
 
-@pytest.mark.parametrize('downsampling,size', product(DOWNSAMPLINGS, [28, 8]))
+@pytest.mark.parametrize("downsampling,size", product(DOWNSAMPLINGS, [28, 8]))
 def test_odenet_forward_backward(downsampling, size):
     torch.manual_seed(0)
     net = onn.ODENet(downsampling=downsampling)
     x = torch.randn(2, 1, size, size)
-    stem = net[:net.stem_length]
+    stem = net[: net.stem_length]
     assert type(stem) is nn.Sequential and len(stem) == len(onn.downsampling_layers(1, 64, downsampling))
     hw = STEM_SIZE[downsampling, size]
     assert stem(x).shape == (2, 64, hw, hw)
@@ -297,7 +310,7 @@ def test_odenet_forward_backward(downsampling, size):
         return
     F.cross_entropy(logits, torch.tensor([3, 7])).backward()
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in net.parameters())
-    assert net.ode_block.backward_nfe == net.ode_block.last_stats['backward_nfe'] > 0
+    assert net.ode_block.backward_nfe == net.ode_block.last_stats["backward_nfe"] > 0
     net.reset_nfe()
     assert net.ode_block.nfe == 0
     net.eval()
@@ -308,18 +321,18 @@ def test_odenet_forward_backward(downsampling, size):
 def test_rknet_is_direct_backprop():
     torch.manual_seed(0)
     rk = onn.RKNet(in_channels=3, num_classes=4, dim=8)
-    assert rk.ode_block.gradient == 'direct' and isinstance(rk, onn.ODENet)
+    assert rk.ode_block.gradient == "direct" and isinstance(rk, onn.ODENet)
     x = torch.randn(2, 3, 12, 12)
     rk(x).sum().backward()
     assert rk.ode_block.backward_nfe == 0 and rk.ode_block.forward_nfe > 0
     # the same weights in an ODENet with direct gradients: identical gradients
-    ode = onn.ODENet(in_channels=3, num_classes=4, dim=8, gradient='direct')
+    ode = onn.ODENet(in_channels=3, num_classes=4, dim=8, gradient="direct")
     ode.load_state_dict(rk.state_dict())
     ode(x).sum().backward()
     for p, q in zip(rk.parameters(), ode.parameters()):
         assert torch.equal(p.grad, q.grad)
-    with pytest.raises(ValueError, match='direct'):
-        onn.RKNet(gradient='adjoint')
+    with pytest.raises(ValueError, match="direct"):
+        onn.RKNet(gradient="adjoint")
 
 
 def test_resnet_forward_and_resblock():
@@ -336,40 +349,48 @@ def test_resnet_forward_and_resblock():
     h = F.relu(F.group_norm(h, 16, block.norm2.weight, block.norm2.bias))
     h = F.conv2d(h, block.conv2.weight, padding=1)
     assert max_abs_err(block(x), x + h) < 1e-12
-    with pytest.raises(ValueError, match='downsampling'):
-        onn.ResNet(downsampling='pool')
+    with pytest.raises(ValueError, match="downsampling"):
+        onn.ResNet(downsampling="pool")
 
 
 def test_state_dict_layout_is_torchdiffeqs():
     # examples/odenet_mnist.py: nn.Sequential(*downsampling, ODEBlock(ODEfunc(64)), *head)
-    keys = list(onn.ODENet(downsampling='conv').state_dict())
-    ode = ['7.odefunc.%s.%s' % (layer, k) for layer in ('norm1', 'conv1._layer', 'norm2', 'conv2._layer', 'norm3')
-           for k in ('weight', 'bias')]
-    expected = ['%d.%s' % (i, k) for i in (0, 1, 3, 4, 6) for k in ('weight', 'bias')] + ode + \
-               ['8.weight', '8.bias', '12.weight', '12.bias']
+    keys = list(onn.ODENet(downsampling="conv").state_dict())
+    ode = [
+        "7.odefunc.%s.%s" % (layer, k)
+        for layer in ("norm1", "conv1._layer", "norm2", "conv2._layer", "norm3")
+        for k in ("weight", "bias")
+    ]
+    expected = (
+        ["%d.%s" % (i, k) for i in (0, 1, 3, 4, 6) for k in ("weight", "bias")]
+        + ode
+        + ["8.weight", "8.bias", "12.weight", "12.bias"]
+    )
     assert sorted(keys) == sorted(expected)
     res_keys = set(onn.ResNet().state_dict())
-    assert {'1.downsample.weight', '2.conv2.weight', '8.norm2.bias', '9.weight', '13.weight'} <= res_keys
+    assert {"1.downsample.weight", "2.conv2.weight", "8.norm2.bias", "9.weight", "13.weight"} <= res_keys
 
 
 # --------------------------------------------------------------------------- #
 # Spiral data
 # --------------------------------------------------------------------------- #
 
+
 def curves(ts, stop, a, b):
     """The two spirals, written out independently (ts: float64 tensor)."""
-    th = stop + 1. - ts
-    r = a + 50. * b / th
-    cw = torch.stack([r * torch.cos(th) - 5., r * torch.sin(th)], 1)
+    th = stop + 1.0 - ts
+    r = a + 50.0 * b / th
+    cw = torch.stack([r * torch.cos(th) - 5.0, r * torch.sin(th)], 1)
     r = a + b * ts
-    cc = torch.stack([r * torch.cos(ts) + 5., r * torch.sin(ts)], 1)
+    cc = torch.stack([r * torch.cos(ts) + 5.0, r * torch.sin(ts)], 1)
     return cw, cc
 
 
 def test_spirals_shapes_curves_and_directions():
-    stop, a, b = 6 * math.pi, 0., .3
-    orig, samp, orig_ts, samp_ts = onn.generate_spiral2d(nspiral=200, ntotal=100, nsample=20, stop=stop, a=a, b=b,
-                                                         noise_std=0., seed=0, dtype=torch.float64)
+    stop, a, b = 6 * math.pi, 0.0, 0.3
+    orig, samp, orig_ts, samp_ts = onn.generate_spiral2d(
+        nspiral=200, ntotal=100, nsample=20, stop=stop, a=a, b=b, noise_std=0.0, seed=0, dtype=torch.float64
+    )
     assert orig.shape == (200, 100, 2) and samp.shape == (200, 20, 2)
     assert orig_ts.shape == (100,) and samp_ts.shape == (20,) and orig.dtype == torch.float64
     assert torch.equal(samp_ts, orig_ts[:20])
@@ -380,14 +401,14 @@ def test_spirals_shapes_curves_and_directions():
     assert bool((is_cc ^ is_cw).all())
     assert 0.35 < is_cc.double().mean().item() < 0.65
     # rotation sense around each spiral's centre
-    for traj, centre, sign in ((cc, 5., 1.), (cw, -5., -1.)):
-        rel = traj - torch.tensor([centre, 0.], dtype=torch.float64)
+    for traj, centre, sign in ((cc, 5.0, 1.0), (cw, -5.0, -1.0)):
+        rel = traj - torch.tensor([centre, 0.0], dtype=torch.float64)
         cross = rel[:-1, 0] * rel[1:, 1] - rel[:-1, 1] * rel[1:, 0]
         assert bool((sign * cross[1:] > 0).all())  # (cc starts at its centre: cross[0] = 0)
     # noise-free samples are windows of the curve, started away from both ends
     starts = []
     for i in range(200):
-        d = torch.stack([(orig[i, k:k + 20] - samp[i]).abs().max() for k in range(81)])
+        d = torch.stack([(orig[i, k : k + 20] - samp[i]).abs().max() for k in range(81)])
         k = int(d.argmin())
         assert d[k].item() < 1e-12
         starts.append(k)
@@ -395,7 +416,7 @@ def test_spirals_shapes_curves_and_directions():
 
 
 def test_spirals_reproducible_and_noise_level():
-    kwargs = dict(nspiral=100, ntotal=60, nsample=15, stop=6 * math.pi, b=.3, noise_std=.2)
+    kwargs = dict(nspiral=100, ntotal=60, nsample=15, stop=6 * math.pi, b=0.3, noise_std=0.2)
     first = onn.generate_spiral2d(seed=7, **kwargs)
     again = onn.generate_spiral2d(seed=7, **kwargs)
     other = onn.generate_spiral2d(seed=8, **kwargs)
@@ -412,9 +433,9 @@ def test_spirals_reproducible_and_noise_level():
     orig, samp = first[0].double(), first[1].double()
     residuals = []
     for i in range(len(samp)):
-        d = torch.stack([((orig[i, k:k + 15] - samp[i]) ** 2).sum() for k in range(60 - 15 + 1)])
+        d = torch.stack([((orig[i, k : k + 15] - samp[i]) ** 2).sum() for k in range(60 - 15 + 1)])
         k = int(d.argmin())
-        residuals.append(samp[i] - orig[i, k:k + 15])
+        residuals.append(samp[i] - orig[i, k : k + 15])
     res = torch.stack(residuals)
     assert abs(res.std().item() / 0.2 - 1) < 0.1 and abs(res.mean().item()) < 0.03
 
@@ -423,19 +444,21 @@ def test_spirals_reproducible_and_noise_level():
 # Latent ODE
 # --------------------------------------------------------------------------- #
 
+
 def test_log_normal_pdf_and_kl_against_torch_distributions():
     torch.manual_seed(0)
     x, m1, m2 = torch.randn(3, 5, dtype=torch.float64).unbind(0)
     lv1, lv2 = torch.randn(2, 5, dtype=torch.float64).unbind(0)
-    d1 = torch.distributions.Normal(m1, torch.exp(.5 * lv1))
-    d2 = torch.distributions.Normal(m2, torch.exp(.5 * lv2))
+    d1 = torch.distributions.Normal(m1, torch.exp(0.5 * lv1))
+    d2 = torch.distributions.Normal(m2, torch.exp(0.5 * lv2))
     assert max_abs_err(onn.log_normal_pdf(x, m1, lv1), d1.log_prob(x)) < 1e-12
     assert max_abs_err(onn.normal_kl(m1, lv1, m2, lv2), torch.distributions.kl_divergence(d1, d2)) < 1e-12
 
 
 def tiny_spirals(n=6):
-    orig, samp, orig_ts, samp_ts = onn.generate_spiral2d(nspiral=n, ntotal=40, nsample=10, stop=6 * math.pi, b=.3,
-                                                         noise_std=.1, seed=0)
+    orig, samp, orig_ts, samp_ts = onn.generate_spiral2d(
+        nspiral=n, ntotal=40, nsample=10, stop=6 * math.pi, b=0.3, noise_std=0.1, seed=0
+    )
     return samp, samp_ts
 
 
@@ -452,9 +475,9 @@ def test_latent_ode_forward_and_elbo():
     # the ELBO against an independent computation with torch.distributions
     pred, (mean, logvar) = model(samp, samp_ts, sample=False, return_posterior=True)
     logpx = torch.distributions.Normal(pred, 0.3).log_prob(samp).sum((1, 2))
-    q = torch.distributions.Normal(mean, torch.exp(.5 * logvar))
-    kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0., 1.)).sum(-1)
-    per_traj = model.elbo(samp, samp_ts, sample=False, reduction='none')
+    q = torch.distributions.Normal(mean, torch.exp(0.5 * logvar))
+    kl = torch.distributions.kl_divergence(q, torch.distributions.Normal(0.0, 1.0)).sum(-1)
+    per_traj = model.elbo(samp, samp_ts, sample=False, reduction="none")
     assert per_traj.shape == (6,)
     assert max_abs_err(per_traj, logpx - kl) < 1e-3
     value = model.elbo(samp, samp_ts)  # one reparameterised sample

@@ -2,6 +2,7 @@
 section 5.2) on scikit-learn's bundled diabetes data, out-of-distribution rows from its
 breast cancer (or wine) data. The loaders, the command's files, its argument errors, and that
 the trained SDE-Net is more uncertain out of distribution than in it."""
+
 import json
 import math
 import os
@@ -87,20 +88,39 @@ def test_train_sdenet_diabetes_writes_the_table(tmp_path, capsys):
 
 def test_train_sdenet_diabetes_against_wine(tmp_path):
     out = str(tmp_path / "wine")
-    main(["train", "sdenet", "--data", "diabetes", "--ood", "wine", "--epochs", "1", "--passes", "2", "--limit", "50",
-          "--out", out])
+    main(
+        [
+            "train",
+            "sdenet",
+            "--data",
+            "diabetes",
+            "--ood",
+            "wine",
+            "--epochs",
+            "1",
+            "--passes",
+            "2",
+            "--limit",
+            "50",
+            "--out",
+            out,
+        ]
+    )
     summary = json.load(open(os.path.join(out, "ood.json")))
     assert summary["ood_data"] == "wine" and summary["n_test"] == 50 and summary["n_ood"] == 178
     assert set(summary["sdenet"]["wine"]) == set(summary["mlp"]["wine"]) == METRICS
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["--data", "mnist"], "argument --data: invalid choice: 'mnist'"),
-    (["--data", "diabetes", "--ood", "iris"], "argument --ood: invalid choice: 'iris'"),
-    (["--data", "diabetes", "--passes", "1"], "--passes >= 2"),
-    (["--data", "diabetes", "--epochs", "0"], "must be positive"),
-    (["--threads", "0"], "--threads must be positive"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--data", "mnist"], "argument --data: invalid choice: 'mnist'"),
+        (["--data", "diabetes", "--ood", "iris"], "argument --ood: invalid choice: 'iris'"),
+        (["--data", "diabetes", "--passes", "1"], "--passes >= 2"),
+        (["--data", "diabetes", "--epochs", "0"], "must be positive"),
+        (["--threads", "0"], "--threads must be positive"),
+    ],
+)
 def test_bad_arguments_are_clear_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as error:
         main(["train", "sdenet"] + argv)
@@ -125,8 +145,16 @@ def test_defaults_depend_on_the_data(monkeypatch):
         expected = dict(ood.DEFAULTS[name], epochs=7) if name == "diabetes" else ood.DEFAULTS[name]
         assert {key: getattr(seen[name][0], key) for key in expected} == expected
     # the digits path keeps its former defaults
-    assert ood.DEFAULTS["digits"] == {"epochs": 10, "batch_size": 128, "lr": 3e-3, "lr_diffusion": 1e-3, "dim": 64,
-                                      "layer_depth": 4, "sigma_max": 1.0, "threads": None}
+    assert ood.DEFAULTS["digits"] == {
+        "epochs": 10,
+        "batch_size": 128,
+        "lr": 3e-3,
+        "lr_diffusion": 1e-3,
+        "dim": 64,
+        "layer_depth": 4,
+        "sigma_max": 1.0,
+        "threads": None,
+    }
 
 
 def test_predictions_and_gaussian_nll():
@@ -143,13 +171,13 @@ def test_predictions_and_gaussian_nll():
     torch.testing.assert_close(var, v.detach())
     # the reported NLL is the exact Gaussian NLL in original units
     r = ood.evaluate_regression(quiet, x, y, torch.randn(5, 10), "other", 2, 10.0, "variance")
-    sd = (10.0 ** 2 * v.detach()).sqrt()
+    sd = (10.0**2 * v.detach()).sqrt()
     expected = -torch.distributions.Normal(10.0 * m.detach(), sd).log_prob(10.0 * y).mean().item()
     assert abs(r["nll"] - expected) < 1e-4
     assert abs(r["rmse"] - 10.0 * (m.detach() - y).pow(2).mean().sqrt().item()) < 1e-4
     noisy = SDENetRegression(10, hidden=8, sigma_max=5.0)
     mean, var, spread = ood.predict_regression(noisy, x, passes=4)
-    assert bool((spread > 0).all()) and bool((var >= spread ** 2).all())
+    assert bool((spread > 0).all()) and bool((var >= spread**2).all())
 
 
 def args_for_test(**kw):

@@ -1,5 +1,6 @@
 """Per-sample solving (options={'batch_dim': d}): each sample's own t, dt, error norm,
 accept/reject and status inside the fused kernels; results equal solving each sample alone."""
+
 import math
 
 import pytest
@@ -38,8 +39,17 @@ def forced(t, y):
 def solo_solves(func_for, y0, t_for, method, rtol=1e-6, atol=1e-6, **options):
     out = []
     for b in range(y0.shape[0]):
-        out.append(odecore.odeint(func_for(b), y0[b], t_for(b), rtol=rtol, atol=atol, method=method,
-                                  options=dict(options, return_stats=True)))
+        out.append(
+            odecore.odeint(
+                func_for(b),
+                y0[b],
+                t_for(b),
+                rtol=rtol,
+                atol=atol,
+                method=method,
+                options=dict(options, return_stats=True),
+            )
+        )
     return out
 
 
@@ -58,8 +68,15 @@ def test_equals_solving_each_sample_alone(method, dtype):
     mu = torch.tensor([1.0, 4.0, 9.0, 16.0, 25.0], dtype=dtype)
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.5, -1.0], [2.0, 0.5], [-1.5, 0.0]], dtype=dtype)
     t = torch.linspace(0, 4, 9, dtype=dtype)
-    ys, stats = odecore.odeint(VdP(mu.view(5)[:, None][..., 0]), y0, t, rtol=1e-6, atol=1e-6, method=method,
-                               options={"batch_dim": 0, "return_stats": True})
+    ys, stats = odecore.odeint(
+        VdP(mu.view(5)[:, None][..., 0]),
+        y0,
+        t,
+        rtol=1e-6,
+        atol=1e-6,
+        method=method,
+        options={"batch_dim": 0, "return_stats": True},
+    )
     assert ys.shape == (9, 5, 2) and stats["loop"] == "per_sample"
     check_equal_to_solo(ys, stats, solo_solves(lambda b: VdP(mu[b]), y0, lambda b: t, method))
 
@@ -136,7 +153,9 @@ def test_max_num_steps_per_sample():
     mu = torch.tensor([1.0, 1000.0], dtype=torch.float64)
     y0 = torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
     with pytest.raises(SampleFailure, match="sample 1: max_num_steps exceeded") as info:
-        odecore.odeint(VdP(mu), y0, torch.tensor([0.0, 3.0], dtype=torch.float64), options={"batch_dim": 0, "max_num_steps": 200})
+        odecore.odeint(
+            VdP(mu), y0, torch.tensor([0.0, 3.0], dtype=torch.float64), options={"batch_dim": 0, "max_num_steps": 200}
+        )
     assert info.value.failed == [1]
 
 
@@ -144,17 +163,24 @@ def test_max_num_steps_per_sample():
 def test_host_reads_at_most_steps_over_k(k):
     mu = torch.linspace(1, 5, 8, dtype=torch.float64)
     y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64).repeat(8, 1)
-    _, stats = odecore.odeint(VdP(mu), y0, torch.linspace(0, 10, 3, dtype=torch.float64),
-                              options={"batch_dim": 0, "return_stats": True, "sync_every": k})
+    _, stats = odecore.odeint(
+        VdP(mu),
+        y0,
+        torch.linspace(0, 10, 3, dtype=torch.float64),
+        options={"batch_dim": 0, "return_stats": True, "sync_every": k},
+    )
     most = int(stats["n_steps"].max())
     assert most > 50
     assert stats["host_reads"] <= math.ceil(most / k) + 2
 
 
-@pytest.mark.parametrize("options,error,match", [
-    ({"batch_dim": 2}, ValueError, "batch_dim"),
-    ({"batch_dim": 0, "norm": lambda x: x.abs().max()}, ValueError, "norm"),
-])
+@pytest.mark.parametrize(
+    "options,error,match",
+    [
+        ({"batch_dim": 2}, ValueError, "batch_dim"),
+        ({"batch_dim": 0, "norm": lambda x: x.abs().max()}, ValueError, "norm"),
+    ],
+)
 def test_bad_arguments(options, error, match):
     with pytest.raises(error, match=match):
         odecore.odeint(lambda t, y: -y, torch.ones(3, 2), torch.linspace(0, 1, 3), options=options)
@@ -164,7 +190,9 @@ def test_reference_backend_equals_fused():
     mu = torch.tensor([1.0, 5.0, 12.0], dtype=torch.float64)
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.5, -1.0]], dtype=torch.float64)
     t = torch.linspace(0, 2, 4, dtype=torch.float64)
-    ref, ref_stats = odecore.odeint(VdP(mu), y0, t, options={"batch_dim": 0, "backend": "reference", "return_stats": True})
+    ref, ref_stats = odecore.odeint(
+        VdP(mu), y0, t, options={"batch_dim": 0, "backend": "reference", "return_stats": True}
+    )
     fused, fused_stats = odecore.odeint(VdP(mu), y0, t, options={"batch_dim": 0, "return_stats": True})
     assert torch.equal(ref_stats["n_steps"], fused_stats["n_steps"])
     torch.testing.assert_close(ref, fused, rtol=1e-12, atol=1e-12)
@@ -172,13 +200,19 @@ def test_reference_backend_equals_fused():
 
 def test_bad_method_state_and_times():
     with pytest.raises(ValueError, match="adaptive Runge-Kutta"):
-        odecore.odeint(lambda t, y: -y, torch.ones(3, 2), torch.linspace(0, 1, 3), method="rk4", options={"batch_dim": 0})
+        odecore.odeint(
+            lambda t, y: -y, torch.ones(3, 2), torch.linspace(0, 1, 3), method="rk4", options={"batch_dim": 0}
+        )
     with pytest.raises(TypeError, match="one tensor"):
-        odecore.odeint(lambda t, y: y, (torch.ones(3), torch.ones(3)), torch.linspace(0, 1, 3), options={"batch_dim": 0})
+        odecore.odeint(
+            lambda t, y: y, (torch.ones(3), torch.ones(3)), torch.linspace(0, 1, 3), options={"batch_dim": 0}
+        )
     with pytest.raises(ValueError, match=r"shape \(T,\) or \(batch, T\)"):
         odecore.odeint(lambda t, y: -y, torch.ones(3, 2), torch.zeros(2, 4), options={"batch_dim": 0})
     with pytest.raises(ValueError, match="one direction"):
-        odecore.odeint(lambda t, y: -y, torch.ones(2, 2), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), options={"batch_dim": 0})
+        odecore.odeint(
+            lambda t, y: -y, torch.ones(2, 2), torch.tensor([[0.0, 1.0], [1.0, 0.0]]), options={"batch_dim": 0}
+        )
 
 
 def test_odeint_adjoint_per_sample_forward_gradients():
@@ -199,8 +233,9 @@ def test_odeint_adjoint_per_sample_forward_gradients():
     y0 = torch.randn(6, 2, dtype=torch.float64)
     t = torch.linspace(0, 1.5, 4, dtype=torch.float64)
     y0a = y0.clone().requires_grad_()
-    ys, stats = odecore.odeint_adjoint(func, y0a, t, rtol=1e-9, atol=1e-9,
-                                       options={"batch_dim": 0, "return_stats": True})
+    ys, stats = odecore.odeint_adjoint(
+        func, y0a, t, rtol=1e-9, atol=1e-9, options={"batch_dim": 0, "return_stats": True}
+    )
     assert stats["loop"] == "per_sample" and stats["n_steps"].shape == (6,)
     ys.pow(2).sum().backward()
     grads = [y0a.grad] + [q.grad.clone() for q in net.parameters()]

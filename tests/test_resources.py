@@ -5,6 +5,7 @@ Memory on the CPU is watched two ways: tracemalloc (Python objects) and the numb
 tensors found by the garbage collector (tensor storage itself is not seen by tracemalloc).
 On CUDA, torch.cuda.memory_allocated.
 """
+
 import gc
 import threading
 import tracemalloc
@@ -129,9 +130,22 @@ def failing_per_sample():
     raise AssertionError("expected a SampleFailure")
 
 
-SOLVES = {f.__name__: f for f in (solve_host, solve_device_loop, solve_per_sample, solve_fixed_grid, solve_direct_backward,
-                                  solve_adjoint_backward, solve_checkpointed_backward, solve_sde, solve_sde_adjoint,
-                                  failing_solve, failing_per_sample)}
+SOLVES = {
+    f.__name__: f
+    for f in (
+        solve_host,
+        solve_device_loop,
+        solve_per_sample,
+        solve_fixed_grid,
+        solve_direct_backward,
+        solve_adjoint_backward,
+        solve_checkpointed_backward,
+        solve_sde,
+        solve_sde_adjoint,
+        failing_solve,
+        failing_per_sample,
+    )
+}
 
 
 def live_tensors():
@@ -167,14 +181,23 @@ def test_repeated_solves_do_not_grow_memory(name):
             tracemalloc.stop()
         tensors_after = live_tensors()
     assert tensors_after <= tensors_before, "%s: %d live tensors before, %d after %d solves" % (
-        name, tensors_before, tensors_after, ITERATIONS + 20)
+        name,
+        tensors_before,
+        tensors_after,
+        ITERATIONS + 20,
+    )
     assert end - start < 1024 * ITERATIONS, "%s: Python memory grew by %d bytes over %d solves" % (
-        name, end - start, ITERATIONS)
+        name,
+        end - start,
+        ITERATIONS,
+    )
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(not torch.cuda.is_available() or not odecore.backend_info()["cuda"],
-                    reason="needs a CUDA device and the CUDA kernels")
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or not odecore.backend_info()["cuda"],
+    reason="needs a CUDA device and the CUDA kernels",
+)
 @pytest.mark.parametrize("loop", [{"sync_every": 0}, {"sync_every": 16}, {"batch_dim": 0}, "adjoint"])
 def test_repeated_cuda_solves_do_not_grow_memory(loop):
     func = Field().cuda()
@@ -198,7 +221,9 @@ def test_repeated_cuda_solves_do_not_grow_memory(loop):
         solve()
     torch.cuda.synchronize()
     assert torch.cuda.memory_allocated() <= before, "CUDA memory grew from %d to %d bytes" % (
-        before, torch.cuda.memory_allocated())
+        before,
+        torch.cuda.memory_allocated(),
+    )
 
 
 # -- KeyboardInterrupt ------------------------------------------------------------------- #
@@ -218,9 +243,15 @@ class Interrupting(nn.Module):
 
 
 def global_state():
-    return dict(backend=odecore.get_backend(), grad=torch.is_grad_enabled(), threads=torch.get_num_threads(),
-                default_dtype=torch.get_default_dtype(), anomaly=torch.is_anomaly_enabled(),
-                inference=torch.is_inference_mode_enabled(), backend_info=odecore.backend_info()["backend"])
+    return dict(
+        backend=odecore.get_backend(),
+        grad=torch.is_grad_enabled(),
+        threads=torch.get_num_threads(),
+        default_dtype=torch.get_default_dtype(),
+        anomaly=torch.is_anomaly_enabled(),
+        inference=torch.is_inference_mode_enabled(),
+        backend_info=odecore.backend_info()["backend"],
+    )
 
 
 def _no_grad(fn, *args, **kwargs):
@@ -234,7 +265,9 @@ INTERRUPTED = {
     "per_sample": lambda f, y0: _no_grad(odecore.odeint, f, y0, T, options={"batch_dim": 0}),
     "fixed_grid": lambda f, y0: odecore.odeint(f, y0, T, method="rk4", options={"step_size": 0.1}),
     "implicit": lambda f, y0: odecore.odeint(f, y0, T, method="gl4", options={"step_size": 0.25}),
-    "checkpoint_backward": lambda f, y0: odecore.odeint(f, y0.requires_grad_(), T, options={"checkpoint": 2}).sum().backward(),
+    "checkpoint_backward": lambda f, y0: (
+        odecore.odeint(f, y0.requires_grad_(), T, options={"checkpoint": 2}).sum().backward()
+    ),
     "adjoint_backward": lambda f, y0: odecore.odeint_adjoint(f, y0.requires_grad_(), T).sum().backward(),
 }
 
@@ -291,13 +324,21 @@ def test_keyboard_interrupt_in_sdeint_leaves_no_broken_state():
 # -- threads ----------------------------------------------------------------------------- #
 THREADED = {
     "odeint": lambda backend, i: odecore.odeint(Field(), y0_batch() * (1 + i), T, options={"backend": backend}),
-    "device_loop": lambda backend, i: odecore.odeint(Field(), y0_batch() * (1 + i), T,
-                                                     options={"backend": backend, "sync_every": 4}),
-    "rk4": lambda backend, i: odecore.odeint(Field(), y0_batch() * (1 + i), T, method="rk4",
-                                             options={"backend": backend, "step_size": 0.1}),
+    "device_loop": lambda backend, i: odecore.odeint(
+        Field(), y0_batch() * (1 + i), T, options={"backend": backend, "sync_every": 4}
+    ),
+    "rk4": lambda backend, i: odecore.odeint(
+        Field(), y0_batch() * (1 + i), T, method="rk4", options={"backend": backend, "step_size": 0.1}
+    ),
     "adjoint": lambda backend, i: _adjoint_grad(backend, i),
-    "sdeint": lambda backend, i: odecore.sdeint(SDE(), y0_batch() * (1 + i), T, dt=0.05, options={"backend": backend},
-                                                bm=BrownianInterval(0.0, 1.0, size=(3, 4), dtype=F64, entropy=i)),
+    "sdeint": lambda backend, i: odecore.sdeint(
+        SDE(),
+        y0_batch() * (1 + i),
+        T,
+        dt=0.05,
+        options={"backend": backend},
+        bm=BrownianInterval(0.0, 1.0, size=(3, 4), dtype=F64, entropy=i),
+    ),
 }
 
 

@@ -6,6 +6,7 @@ gradients through odeint_adjoint (the backward augmented system solved by scipy 
 against direct backprop through dopri5 at tight tolerances and against torchdiffeq, and the
 option, warning and statistics semantics.
 """
+
 import math
 import warnings
 
@@ -14,10 +15,10 @@ import torch
 
 import odecore
 
-scipy_integrate = pytest.importorskip('scipy.integrate')
-torchdiffeq = pytest.importorskip('torchdiffeq')
+scipy_integrate = pytest.importorskip("scipy.integrate")
+torchdiffeq = pytest.importorskip("torchdiffeq")
 
-SCIPY_METHODS = ['RK45', 'RK23', 'DOP853', 'Radau', 'BDF', 'LSODA']
+SCIPY_METHODS = ["RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"]
 
 
 def van_der_pol(t, y):
@@ -34,17 +35,26 @@ def scipy_direct(f, y0, t, rtol, atol, solver):
             return f(tt, torch.tensor(y).to(y0.dtype).reshape(shape)).numpy().reshape(-1)
 
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')  # scipy's "min_step has no effect" for the RK methods
-        sol = scipy_integrate.solve_ivp(fun, [t.min(), t.max()], y0.numpy().reshape(-1), t_eval=t.numpy(),
-                                        method=solver, rtol=rtol, atol=atol, min_step=0, max_step=math.inf)
+        warnings.simplefilter("ignore")  # scipy's "min_step has no effect" for the RK methods
+        sol = scipy_integrate.solve_ivp(
+            fun,
+            [t.min(), t.max()],
+            y0.numpy().reshape(-1),
+            t_eval=t.numpy(),
+            method=solver,
+            rtol=rtol,
+            atol=atol,
+            min_step=0,
+            max_step=math.inf,
+        )
     assert sol.success
     return torch.tensor(sol.y).T.to(y0.dtype).reshape(-1, *shape)
 
 
 def solve(lib, f, y0, t, **kwargs):
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        return lib.odeint(f, y0, t, method='scipy_solver', **kwargs)
+        warnings.simplefilter("ignore")
+        return lib.odeint(f, y0, t, method="scipy_solver", **kwargs)
 
 
 def torchdiffeq_bound(solver, dtype):
@@ -52,15 +62,15 @@ def torchdiffeq_bound(solver, dtype):
     float, which that rounds to float32 (the default dtype) before the cast to y's dtype, so
     with a float64 state torchdiffeq's LSODA evaluates func at slightly wrong times. odecore
     passes the exact time (and agrees with scipy called directly)."""
-    return 1e-5 if solver == 'LSODA' and dtype == torch.float64 else 1e-10
+    return 1e-5 if solver == "LSODA" and dtype == torch.float64 else 1e-10
 
 
-@pytest.mark.parametrize('solver', SCIPY_METHODS)
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
+@pytest.mark.parametrize("solver", SCIPY_METHODS)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_matches_scipy_and_torchdiffeq(solver, dtype):
     y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]], dtype=dtype)
     t = torch.tensor([0.0, 0.3, 1.1, 2.5], dtype=dtype)
-    opts = {'solver': solver}
+    opts = {"solver": solver}
     out = solve(odecore, van_der_pol, y0, t, rtol=1e-7, atol=1e-9, options=opts)
     assert out.dtype == dtype and out.shape == (4, 2, 2) and not out.requires_grad
     direct = scipy_direct(van_der_pol, y0, t, 1e-7, 1e-9, solver)
@@ -69,16 +79,16 @@ def test_matches_scipy_and_torchdiffeq(solver, dtype):
     assert (out.double() - td.double()).abs().max().item() <= torchdiffeq_bound(solver, dtype)
 
 
-@pytest.mark.parametrize('solver', ['RK45', 'LSODA'])
+@pytest.mark.parametrize("solver", ["RK45", "LSODA"])
 def test_decreasing_time_and_tuple_state(solver):
     y0 = (torch.tensor([2.0], dtype=torch.float64), torch.tensor([[0.0]], dtype=torch.float64))
     t = torch.tensor([1.0, 0.2, -0.7], dtype=torch.float64)
 
     def f(tt, y):
         a, b = y
-        return b.reshape(1), (1 - a ** 2) * b - a.reshape(1, 1) * torch.cos(tt)
+        return b.reshape(1), (1 - a**2) * b - a.reshape(1, 1) * torch.cos(tt)
 
-    kwargs = dict(rtol=1e-8, atol=1e-10, options={'solver': solver})
+    kwargs = dict(rtol=1e-8, atol=1e-10, options={"solver": solver})
     out = solve(odecore, f, y0, t, **kwargs)
     td = solve(torchdiffeq, f, y0, t, **kwargs)
     assert isinstance(out, tuple) and out[0].shape == (3, 1) and out[1].shape == (3, 1, 1)
@@ -95,10 +105,10 @@ def test_rtol_atol_pass_through():
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     t = torch.linspace(0, 3, 4, dtype=torch.float64)
     atol = torch.tensor([1e-6, 1e-10], dtype=torch.float64)
-    out = solve(odecore, van_der_pol, y0, t, rtol=1e-5, atol=atol, options={'solver': 'RK45'})
-    td = solve(torchdiffeq, van_der_pol, y0, t, rtol=1e-5, atol=atol, options={'solver': 'RK45'})
+    out = solve(odecore, van_der_pol, y0, t, rtol=1e-5, atol=atol, options={"solver": "RK45"})
+    td = solve(torchdiffeq, van_der_pol, y0, t, rtol=1e-5, atol=atol, options={"solver": "RK45"})
     assert (out - td).abs().max().item() <= 1e-12
-    loose = solve(odecore, van_der_pol, y0, t, rtol=1e-5, atol=1e-6, options={'solver': 'RK45'})
+    loose = solve(odecore, van_der_pol, y0, t, rtol=1e-5, atol=1e-6, options={"solver": "RK45"})
     assert (out - loose).abs().max().item() > 0
 
 
@@ -112,17 +122,17 @@ def robertson(t, y):
     return torch.stack([-r1 + r2, r1 - r2 - r3, r3])
 
 
-@pytest.mark.parametrize('solver', ['Radau', 'BDF', 'LSODA'])
+@pytest.mark.parametrize("solver", ["Radau", "BDF", "LSODA"])
 def test_stiff_robertson(solver):
     y0 = torch.tensor([1.0, 0.0, 0.0], dtype=torch.float64)
     t = torch.tensor([0.0, 40.0], dtype=torch.float64)
-    out, st = solve(odecore, robertson, y0, t, rtol=1e-8, atol=1e-12, options={'solver': solver, 'return_stats': True})
+    out, st = solve(odecore, robertson, y0, t, rtol=1e-8, atol=1e-12, options={"solver": solver, "return_stats": True})
     ref = torch.tensor(ROBERTSON_T40, dtype=torch.float64)
     assert ((out[-1] - ref).abs() / ref).max().item() <= 1e-5
     assert abs(out[-1].sum().item() - 1.0) <= 1e-9  # mass is conserved
-    assert st['n_accepted'] < 1000  # an explicit method needs ~1e5 steps here
-    td = solve(torchdiffeq, robertson, y0, t, rtol=1e-8, atol=1e-12, options={'solver': solver})
-    assert (out - td).abs().max().item() <= (1e-6 if solver == 'LSODA' else 1e-10)
+    assert st["n_accepted"] < 1000  # an explicit method needs ~1e5 steps here
+    td = solve(torchdiffeq, robertson, y0, t, rtol=1e-8, atol=1e-12, options={"solver": solver})
+    assert (out - td).abs().max().item() <= (1e-6 if solver == "LSODA" else 1e-10)
 
 
 def test_stiff_linear_radau_vs_closed_form():
@@ -134,9 +144,9 @@ def test_stiff_linear_radau_vs_closed_form():
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     t = torch.linspace(0, 2, 5, dtype=torch.float64)
     exact = torch.cos(t)[:, None] + (y0 - 1) * torch.exp(-lam * t)[:, None]
-    out, st = solve(odecore, f, y0, t, rtol=1e-8, atol=1e-10, options={'solver': 'Radau', 'return_stats': True})
+    out, st = solve(odecore, f, y0, t, rtol=1e-8, atol=1e-10, options={"solver": "Radau", "return_stats": True})
     assert (out - exact).abs().max().item() <= 1e-6
-    assert st['n_accepted'] < 500 and st['njev'] >= 1 and st['nlu'] >= 1
+    assert st["n_accepted"] < 500 and st["njev"] >= 1 and st["nlu"] >= 1
 
 
 class MLP(torch.nn.Module):
@@ -154,21 +164,21 @@ def _gradients(lib, fn, func, **kwargs):
     y0 = torch.tensor([[1.0, 0.5], [0.2, -0.3]], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 0.5, 1.2], dtype=torch.float64, requires_grad=True)
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
+        warnings.simplefilter("ignore")
         out = getattr(lib, fn)(func, y0, t, **kwargs)
-    loss = (out ** 2).sum() + out[1].sin().sum()
+    loss = (out**2).sum() + out[1].sin().sum()
     grads = torch.autograd.grad(loss, (y0, t) + tuple(func.parameters()))
     return torch.cat([g.reshape(-1) for g in grads])
 
 
-@pytest.mark.parametrize('solver', ['RK45', 'DOP853', 'Radau', 'LSODA'])
+@pytest.mark.parametrize("solver", ["RK45", "DOP853", "Radau", "LSODA"])
 def test_adjoint_gradients(solver):
     func = MLP().double()
-    ref = _gradients(odecore, 'odeint', func, method='dopri5', rtol=1e-12, atol=1e-12)
-    kwargs = dict(method='scipy_solver', rtol=1e-10, atol=1e-10, options={'solver': solver})
-    grads = _gradients(odecore, 'odeint_adjoint', func, **kwargs)
-    td = _gradients(torchdiffeq, 'odeint_adjoint', func, **kwargs)
-    bound = 2e-9 if solver == 'LSODA' else 2e-10
+    ref = _gradients(odecore, "odeint", func, method="dopri5", rtol=1e-12, atol=1e-12)
+    kwargs = dict(method="scipy_solver", rtol=1e-10, atol=1e-10, options={"solver": solver})
+    grads = _gradients(odecore, "odeint_adjoint", func, **kwargs)
+    td = _gradients(torchdiffeq, "odeint_adjoint", func, **kwargs)
+    bound = 2e-9 if solver == "LSODA" else 2e-10
     assert (grads - ref).abs().max().item() <= bound
     assert (grads - td).abs().max().item() <= bound
 
@@ -178,14 +188,14 @@ def test_adjoint_gradient_finite_differences():
     func = MLP().double()
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     y0 = torch.tensor([0.3, -0.8], dtype=torch.float64)
-    kwargs = dict(method='scipy_solver', rtol=1e-11, atol=1e-12, options={'solver': 'DOP853'})
+    kwargs = dict(method="scipy_solver", rtol=1e-11, atol=1e-12, options={"solver": "DOP853"})
 
     def loss(y):
-        return (solve(odecore, func, y, t, **{k: v for k, v in kwargs.items() if k != 'method'})[-1] ** 2).sum()
+        return (solve(odecore, func, y, t, **{k: v for k, v in kwargs.items() if k != "method"})[-1] ** 2).sum()
 
     y = y0.clone().requires_grad_()
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
+        warnings.simplefilter("ignore")
         out = odecore.odeint_adjoint(func, y, t, **kwargs)
     (grad,) = torch.autograd.grad((out[-1] ** 2).sum(), y)
     eps = 1e-5
@@ -196,11 +206,28 @@ def test_adjoint_gradient_finite_differences():
 def test_adjoint_with_another_backward_method():
     """scipy forward, dopri5 backward (and the reverse): gradients agree with direct backprop."""
     func = MLP().double()
-    ref = _gradients(odecore, 'odeint', func, method='dopri5', rtol=1e-12, atol=1e-12)
-    a = _gradients(odecore, 'odeint_adjoint', func, method='scipy_solver', rtol=1e-10, atol=1e-10,
-                   options={'solver': 'RK45'}, adjoint_method='dopri5', adjoint_options={})
-    b = _gradients(odecore, 'odeint_adjoint', func, method='dopri5', rtol=1e-10, atol=1e-10,
-                   adjoint_method='scipy_solver', adjoint_options={'solver': 'DOP853'})
+    ref = _gradients(odecore, "odeint", func, method="dopri5", rtol=1e-12, atol=1e-12)
+    a = _gradients(
+        odecore,
+        "odeint_adjoint",
+        func,
+        method="scipy_solver",
+        rtol=1e-10,
+        atol=1e-10,
+        options={"solver": "RK45"},
+        adjoint_method="dopri5",
+        adjoint_options={},
+    )
+    b = _gradients(
+        odecore,
+        "odeint_adjoint",
+        func,
+        method="dopri5",
+        rtol=1e-10,
+        atol=1e-10,
+        adjoint_method="scipy_solver",
+        adjoint_options={"solver": "DOP853"},
+    )
     assert (a - ref).abs().max().item() <= 1e-8
     assert (b - ref).abs().max().item() <= 1e-8
 
@@ -216,30 +243,41 @@ def test_stats():
 
     for solver in SCIPY_METHODS:
         calls.clear()
-        _, st = solve(odecore, f, y0, t, options={'solver': solver, 'return_stats': True})
-        assert st['nfe'] == len(calls) > 0
-        assert st['n_accepted'] > 0 and st['final_dt'] > 0
-        if solver in ('RK23', 'RK45', 'DOP853'):
-            assert st['n_steps'] == st['n_accepted'] + st['n_rejected'] and st['n_rejected'] >= 0
+        _, st = solve(odecore, f, y0, t, options={"solver": solver, "return_stats": True})
+        assert st["nfe"] == len(calls) > 0
+        assert st["n_accepted"] > 0 and st["final_dt"] > 0
+        if solver in ("RK23", "RK45", "DOP853"):
+            assert st["n_steps"] == st["n_accepted"] + st["n_rejected"] and st["n_rejected"] >= 0
         else:  # scipy does not expose the rejected attempts of these
-            assert st['n_steps'] is None and st['n_rejected'] is None
+            assert st["n_steps"] is None and st["n_rejected"] is None
     # a too-large first attempt of RK45 shows as a rejection (max_step bounds nothing here)
-    _, st = solve(odecore, lambda tt, y: -50 * y, torch.ones(1, dtype=torch.float64),
-                  torch.tensor([0.0, 1.0], dtype=torch.float64), rtol=1e-3, atol=1e-6,
-                  options={'solver': 'RK45', 'return_stats': True})
-    assert st['n_steps'] == st['n_accepted'] + st['n_rejected']
+    _, st = solve(
+        odecore,
+        lambda tt, y: -50 * y,
+        torch.ones(1, dtype=torch.float64),
+        torch.tensor([0.0, 1.0], dtype=torch.float64),
+        rtol=1e-3,
+        atol=1e-6,
+        options={"solver": "RK45", "return_stats": True},
+    )
+    assert st["n_steps"] == st["n_accepted"] + st["n_rejected"]
 
 
 def test_adjoint_stats_with_unknown_rejections():
     func = MLP().double()
     y0 = torch.tensor([1.0, 0.5], dtype=torch.float64, requires_grad=True)
     with warnings.catch_warnings():
-        warnings.simplefilter('ignore')
-        out, st = odecore.odeint_adjoint(func, y0, torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64),
-                                         method='scipy_solver', options={'solver': 'LSODA', 'return_stats': True})
+        warnings.simplefilter("ignore")
+        out, st = odecore.odeint_adjoint(
+            func,
+            y0,
+            torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64),
+            method="scipy_solver",
+            options={"solver": "LSODA", "return_stats": True},
+        )
     out.sum().backward()
-    assert st['backward_nfe'] > 0 and st['backward_n_accepted'] > 0 and st['backward_final_dt'] > 0
-    assert st['backward_n_rejected'] is None and st['backward_n_steps'] is None
+    assert st["backward_nfe"] > 0 and st["backward_n_accepted"] > 0 and st["backward_final_dt"] > 0
+    assert st["backward_n_rejected"] is None and st["backward_n_steps"] is None
 
 
 def test_options_and_warnings():
@@ -247,34 +285,40 @@ def test_options_and_warnings():
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
     f = lambda tt, y: -y  # noqa: E731
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter('always')
-        odecore.odeint(f, y0, t, method='scipy_solver', options={'solver': 'LSODA', 'norm': None, 'grid_points': 1,
-                                                                  'eps': 0.1})
+        warnings.simplefilter("always")
+        odecore.odeint(
+            f, y0, t, method="scipy_solver", options={"solver": "LSODA", "norm": None, "grid_points": 1, "eps": 0.1}
+        )
     assert not caught  # norm, grid_points and eps are ignored silently, as in torchdiffeq
     with pytest.warns(UserWarning, match=r"ScipyWrapperODESolver: Unexpected arguments \{'foo': 1\}"):
-        odecore.odeint(f, y0, t, method='scipy_solver', options={'foo': 1})
-    with pytest.raises(ValueError, match='solver'):
-        odecore.odeint(f, y0, t, method='scipy_solver', options={'solver': 'nope'})
-    with pytest.raises(ValueError, match='checkpoint'):
-        odecore.odeint(f, y0.clone().requires_grad_(), t, method='scipy_solver', options={'checkpoint': 4})
+        odecore.odeint(f, y0, t, method="scipy_solver", options={"foo": 1})
+    with pytest.raises(ValueError, match="solver"):
+        odecore.odeint(f, y0, t, method="scipy_solver", options={"solver": "nope"})
+    with pytest.raises(ValueError, match="checkpoint"):
+        odecore.odeint(f, y0.clone().requires_grad_(), t, method="scipy_solver", options={"checkpoint": 4})
     # an OdeSolver subclass is accepted, as solve_ivp accepts it
-    out = odecore.odeint(f, y0, t, method='scipy_solver', options={'solver': scipy_integrate.LSODA})
+    out = odecore.odeint(f, y0, t, method="scipy_solver", options={"solver": scipy_integrate.LSODA})
     assert abs(out[-1].item() - math.exp(-1)) < 1e-6
     # one output time: y0 back, no solve
-    out = odecore.odeint(f, y0, t[:1], method='scipy_solver')
+    out = odecore.odeint(f, y0, t[:1], method="scipy_solver")
     assert out.shape == (1, 1) and out[0].item() == 1.0
 
 
 def test_solver_failure_raises():
     # blows up at t = 1: scipy stops with a step size too small
-    with pytest.raises(RuntimeError, match='scipy_solver'):
-        solve(odecore, lambda tt, y: y ** 2, torch.ones(1, dtype=torch.float64),
-              torch.tensor([0.0, 2.0], dtype=torch.float64), options={'solver': 'RK45'})
+    with pytest.raises(RuntimeError, match="scipy_solver"):
+        solve(
+            odecore,
+            lambda tt, y: y**2,
+            torch.ones(1, dtype=torch.float64),
+            torch.tensor([0.0, 2.0], dtype=torch.float64),
+            options={"solver": "RK45"},
+        )
 
 
 def test_no_gradient_through_odeint():
     """As torchdiffeq: scipy's result is a constant for autograd (use odeint_adjoint)."""
     y0 = torch.tensor([1.0], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64, requires_grad=True)
-    out = odecore.odeint(lambda tt, y: -y, y0, t, method='scipy_solver')
+    out = odecore.odeint(lambda tt, y: -y, y0, t, method="scipy_solver")
     assert not out.requires_grad

@@ -1,5 +1,6 @@
 """sdeint: strong and weak orders against closed forms, agreement with torchsde on the same
 Brownian path, fused vs reference, gradients, and bad input."""
+
 import math
 
 import numpy as np
@@ -32,7 +33,7 @@ class GBM:
         return self.sigma * y if self.noise_type == "diagonal" else (self.sigma * y).unsqueeze(-1)
 
     def exact(self, y0, t, w):
-        ito_shift = -0.5 * self.sigma ** 2 if self.sde_type == "ito" else 0.0
+        ito_shift = -0.5 * self.sigma**2 if self.sde_type == "ito" else 0.0
         return y0 * torch.exp((self.mu + ito_shift) * t + self.sigma * w)
 
 
@@ -55,16 +56,21 @@ def slope(hs, errors):
     return np.polyfit(np.log(hs), np.log(errors), 1)[0]
 
 
-HS = [2.0 ** -k for k in range(3, 8)]
+HS = [2.0**-k for k in range(3, 8)]
 
 
-@pytest.mark.parametrize("method,expected,backend", [("euler", 0.5, b) for b in backends] + [("milstein", 1.0, b) for b in backends])
+@pytest.mark.parametrize(
+    "method,expected,backend", [("euler", 0.5, b) for b in backends] + [("milstein", 1.0, b) for b in backends]
+)
 def test_strong_order_on_gbm(method, expected, backend):
     require_backend(backend)
     sde, y0, ts = GBM(), torch.ones(2000, 1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
     bm = BrownianInterval(t0=0.0, t1=1.0, size=(2000, 1), dtype=F64, entropy=7)
     exact = sde.exact(y0, 1.0, bm(0.0, 1.0))
-    errors = [(sdeint(sde, y0, ts, bm=bm, dt=h, method=method, options=dict(backend=backend))[-1] - exact).abs().mean().item() for h in HS]
+    errors = [
+        (sdeint(sde, y0, ts, bm=bm, dt=h, method=method, options=dict(backend=backend))[-1] - exact).abs().mean().item()
+        for h in HS
+    ]
     assert abs(slope(HS, errors) - expected) <= 0.15, errors
 
 
@@ -72,7 +78,7 @@ def test_strong_order_of_euler_on_ornstein_uhlenbeck():
     sde, n = OU(), 2000
     y0, ts = torch.ones(n, 1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
     bm = BrownianInterval(t0=0.0, t1=1.0, size=(n, 1), dtype=F64, entropy=3)
-    fine = 2.0 ** -12  # the stochastic integral, on a much finer grid of the same path
+    fine = 2.0**-12  # the stochastic integral, on a much finer grid of the same path
     grid = torch.arange(0, 1.0 + fine / 2, fine, dtype=F64).tolist()
     integral = sum(math.exp(-sde.theta * (1 - s)) * bm(s, s + fine) for s in grid[:-1])
     exact = math.exp(-sde.theta) * y0 + sde.sigma * integral
@@ -103,11 +109,19 @@ def test_weak_order_of_euler():
 
 
 @pytest.mark.skipif(torchsde is None, reason="torchsde not installed")
-@pytest.mark.parametrize("method,sde_type,noise_type", [
-    ("euler", "ito", "diagonal"), ("euler", "ito", "scalar"), ("euler", "ito", "general"), ("milstein", "ito", "diagonal"),
-    ("milstein", "stratonovich", "diagonal"), ("heun", "stratonovich", "diagonal"), ("midpoint", "stratonovich", "diagonal"),
-    ("midpoint", "stratonovich", "general"),
-])
+@pytest.mark.parametrize(
+    "method,sde_type,noise_type",
+    [
+        ("euler", "ito", "diagonal"),
+        ("euler", "ito", "scalar"),
+        ("euler", "ito", "general"),
+        ("milstein", "ito", "diagonal"),
+        ("milstein", "stratonovich", "diagonal"),
+        ("heun", "stratonovich", "diagonal"),
+        ("midpoint", "stratonovich", "diagonal"),
+        ("midpoint", "stratonovich", "general"),
+    ],
+)
 def test_matches_torchsde_on_the_same_path(method, sde_type, noise_type):
     torch.manual_seed(0)
     d, m, batch = 3, 2, 16

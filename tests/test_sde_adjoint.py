@@ -5,6 +5,7 @@ sdeint_adjoint (to rounding), constant memory, parameters, and bad input.
 Backpropagation through sdeint is the exact gradient of the discrete solution; the adjoint
 gradient is the continuous adjoint SDE solved backwards, so the two agree only as dt -> 0.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -66,8 +67,10 @@ def gradients(solve, net, y0):
     ys = solve()
     w = torch.linspace(-1, 1, ys.numel(), dtype=ys.dtype).view_as(ys)
     (ys * w).sum().backward()
-    return torch.cat([y0.grad.reshape(-1)] + [torch.zeros(p.numel(), dtype=p.dtype) if p.grad is None
-                                              else p.grad.reshape(-1) for p in net.parameters()])
+    return torch.cat(
+        [y0.grad.reshape(-1)]
+        + [torch.zeros(p.numel(), dtype=p.dtype) if p.grad is None else p.grad.reshape(-1) for p in net.parameters()]
+    )
 
 
 def relative_error(a, b):
@@ -88,7 +91,7 @@ CASES = [
     ("stratonovich", "scalar", "midpoint", None),
     ("stratonovich", "general", "midpoint", None),
 ]
-DTS = [2.0 ** -k for k in range(3, 7)]
+DTS = [2.0**-k for k in range(3, 7)]
 
 
 @pytest.mark.parametrize("sde_type,noise_type,method,adjoint_method", CASES)
@@ -99,8 +102,9 @@ def test_matches_backprop_with_error_shrinking_like_dt(sde_type, noise_type, met
     bm = BrownianInterval(0.0, 1.0, size=bm_size(noise_type, batch), dtype=F64, entropy=5)
     errors = []
     for dt in DTS:
-        adjoint = gradients(lambda: sdeint_adjoint(net, y0, ts, bm=bm, method=method, adjoint_method=adjoint_method,
-                                                   dt=dt), net, y0)
+        adjoint = gradients(
+            lambda: sdeint_adjoint(net, y0, ts, bm=bm, method=method, adjoint_method=adjoint_method, dt=dt), net, y0
+        )
         backprop = gradients(lambda: sdeint(net, y0, ts, bm=bm, method=method, dt=dt), net, y0)
         errors.append(relative_error(adjoint, backprop))
     # Strong order 1 in every case here (diagonal/scalar noise is commutative): the error
@@ -112,10 +116,12 @@ def test_matches_backprop_with_error_shrinking_like_dt(sde_type, noise_type, met
     assert errors[-1] < (1.5e-2 if method in ("euler", "milstein") else 3e-4), errors
 
 
-@pytest.mark.parametrize("sde_type,noise_type,method,tol", [
-    ("ito", "diagonal", "milstein", 2e-3), ("stratonovich", "diagonal", "midpoint", 2e-5)])
+@pytest.mark.parametrize(
+    "sde_type,noise_type,method,tol",
+    [("ito", "diagonal", "milstein", 2e-3), ("stratonovich", "diagonal", "midpoint", 2e-5)],
+)
 def test_small_error_at_small_dt(sde_type, noise_type, method, tol):
-    batch, dt = 8, 2.0 ** -9
+    batch, dt = 8, 2.0**-9
     net, y0 = Net(sde_type, noise_type), make_y0(batch)
     ts = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
     bm = BrownianInterval(0.0, 1.0, size=bm_size(noise_type, batch), dtype=F64, entropy=6)
@@ -125,12 +131,20 @@ def test_small_error_at_small_dt(sde_type, noise_type, method, tol):
 
 
 @pytest.mark.skipif(torchsde is None, reason="torchsde not installed")
-@pytest.mark.parametrize("sde_type,noise_type,method", [
-    ("ito", "diagonal", "euler"), ("ito", "diagonal", "milstein"), ("ito", "additive", "euler"), ("ito", "scalar", "euler"),
-    ("stratonovich", "diagonal", "midpoint"), ("stratonovich", "diagonal", "heun"),
-    ("stratonovich", "diagonal", "milstein"), ("stratonovich", "scalar", "midpoint"),
-    ("stratonovich", "general", "midpoint"),
-])
+@pytest.mark.parametrize(
+    "sde_type,noise_type,method",
+    [
+        ("ito", "diagonal", "euler"),
+        ("ito", "diagonal", "milstein"),
+        ("ito", "additive", "euler"),
+        ("ito", "scalar", "euler"),
+        ("stratonovich", "diagonal", "midpoint"),
+        ("stratonovich", "diagonal", "heun"),
+        ("stratonovich", "diagonal", "milstein"),
+        ("stratonovich", "scalar", "midpoint"),
+        ("stratonovich", "general", "midpoint"),
+    ],
+)
 def test_matches_torchsde_sdeint_adjoint_on_the_same_path(sde_type, noise_type, method):
     """Same discretisation of the same adjoint SDE on the same path (one torchsde
     BrownianInterval queried by both), default adjoint methods on both sides, and an output
@@ -193,7 +207,7 @@ def test_plain_object_sde_with_adjoint_params():
     bm = BrownianInterval(0.0, 1.0, size=(64, 1), dtype=F64, entropy=9)
     with pytest.raises(ValueError, match="nn.Module"):
         sdeint_adjoint(GBM(), y0, ts, bm=bm)
-    ys = sdeint_adjoint(GBM(), y0, ts, bm=bm, dt=2 ** -8, adjoint_params=(theta,))
+    ys = sdeint_adjoint(GBM(), y0, ts, bm=bm, dt=2**-8, adjoint_params=(theta,))
     ys[-1].sum().backward()
     # Stratonovich GBM: Y(1) = y0 exp(mu + sigma W(1)), so dY/dmu = Y, dY/dsigma = W(1) Y, dY/dy0 = Y / y0.
     # Measured relative errors at this dt: 3.8e-4, 2.0e-3 and 5.6e-4 (backprop through
@@ -221,8 +235,8 @@ def test_memory_is_constant_in_the_number_of_steps():
     net, y0 = Net("ito", "diagonal"), make_y0(8)
     ts = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
     bm = BrownianInterval(0.0, 1.0, size=(8, D), dtype=F64, entropy=2)
-    adjoint = [saved_bytes(lambda: sdeint_adjoint(net, y0, ts, bm=bm, dt=dt)) for dt in (2 ** -4, 2 ** -5)]
-    backprop = [saved_bytes(lambda: sdeint(net, y0, ts, bm=bm, dt=dt, method="milstein")) for dt in (2 ** -4, 2 ** -5)]
+    adjoint = [saved_bytes(lambda: sdeint_adjoint(net, y0, ts, bm=bm, dt=dt)) for dt in (2**-4, 2**-5)]
+    backprop = [saved_bytes(lambda: sdeint(net, y0, ts, bm=bm, dt=dt, method="milstein")) for dt in (2**-4, 2**-5)]
     # the adjoint saves the outputs (3 x 8 x 3 float64) and the parameters, whatever dt
     assert adjoint[0] == adjoint[1] == 8 * (3 * 8 * D + sum(p.numel() for p in net.parameters()))
     assert backprop[1] > 1.8 * backprop[0] > 10 * adjoint[0]
@@ -252,7 +266,7 @@ def test_gradcheck_against_the_discrete_forward_at_fine_dt():
             def g(self, t, y):
                 return sigma * torch.cos(y)
 
-        return sdeint_adjoint(Tiny(), y0, ts, bm=bm, dt=2 ** -6, adjoint_params=(theta, sigma))
+        return sdeint_adjoint(Tiny(), y0, ts, bm=bm, dt=2**-6, adjoint_params=(theta, sigma))
 
     inputs = tuple(x.clone().requires_grad_() for x in (y0, theta, sigma))
     assert torch.autograd.gradcheck(solve, inputs, eps=1e-6, atol=1e-3, rtol=1e-3)
@@ -268,18 +282,23 @@ def test_float32_and_reference_backend():
     g64 = gradients(lambda: sdeint_adjoint(net64, y64, ts.double(), bm=bm, dt=0.1), net64, y64)
     g32 = gradients(lambda: sdeint_adjoint(net32, y32, ts, bm=bm32, dt=0.1), net32, y32)
     torch.testing.assert_close(g32.double(), g64, rtol=1e-4, atol=1e-5)
-    ref = gradients(lambda: sdeint_adjoint(net64, y64, ts.double(), bm=bm, dt=0.1, options={"backend": "reference"}),
-                    net64, y64)
+    ref = gradients(
+        lambda: sdeint_adjoint(net64, y64, ts.double(), bm=bm, dt=0.1, options={"backend": "reference"}), net64, y64
+    )
     torch.testing.assert_close(ref, g64, rtol=1e-12, atol=1e-14)
 
 
 def test_unsupported_options_and_bad_input():
     net, y0 = Net("ito", "diagonal"), make_y0(2)
     ts = torch.tensor([0.0, 1.0], dtype=F64)
-    for kwargs, name in [(dict(adaptive=True), "adaptive"), (dict(adjoint_adaptive=True), "adjoint_adaptive"),
-                         (dict(logqp=True), "logqp"), (dict(extra=True), "extra"),
-                         (dict(extra_solver_state=(y0,)), "extra_solver_state"),
-                         (dict(adjoint_method="srk"), "srk")]:
+    for kwargs, name in [
+        (dict(adaptive=True), "adaptive"),
+        (dict(adjoint_adaptive=True), "adjoint_adaptive"),
+        (dict(logqp=True), "logqp"),
+        (dict(extra=True), "extra"),
+        (dict(extra_solver_state=(y0,)), "extra_solver_state"),
+        (dict(adjoint_method="srk"), "srk"),
+    ]:
         with pytest.raises(NotImplementedError, match=name):
             sdeint_adjoint(net, y0, ts, **kwargs)
     with pytest.raises(NotImplementedError, match="general noise"):
@@ -338,14 +357,17 @@ def test_state_independent_noise_names_and_y0_without_grad(noise_type):
     names = {"drift": "drift", "diffusion": "diffusion"}
     y0 = torch.randn(batch, 2, dtype=F64, generator=torch.Generator().manual_seed(2))
     ts = torch.tensor([0.0, 0.5, 1.0], dtype=F64)
-    bm = BrownianInterval(0.0, 1.0, size=(batch, 2 if noise_type == "diagonal" else 1),
-                          dtype=F64, entropy=4)
+    bm = BrownianInterval(0.0, 1.0, size=(batch, 2 if noise_type == "diagonal" else 1), dtype=F64, entropy=4)
     grads = []
     for solve in (sdeint_adjoint, sdeint):
         net.zero_grad(set_to_none=True)
-        ys = solve(net, y0, ts, bm=bm, dt=2 ** -7, names=names)
-        (ys ** 2).sum().backward()
-        grads.append(torch.cat([net.theta.grad, torch.zeros(1, dtype=F64) if net.sigma.grad is None else net.sigma.grad.reshape(1)]))
+        ys = solve(net, y0, ts, bm=bm, dt=2**-7, names=names)
+        (ys**2).sum().backward()
+        grads.append(
+            torch.cat(
+                [net.theta.grad, torch.zeros(1, dtype=F64) if net.sigma.grad is None else net.sigma.grad.reshape(1)]
+            )
+        )
     assert grads[0][2] != 0 if noise_type == "scalar" else grads[0][2] == 0
     # measured relative differences 4.4e-3 and 1.3e-2 for theta (halving with dt), 1e-15 for sigma
     torch.testing.assert_close(grads[0], grads[1], rtol=3e-2, atol=1e-6)

@@ -8,6 +8,7 @@ SRID2 / SRA1 with the space-time Levy area), logqp=True and adaptive=True.
 * adaptive: against torchsde on one path, against a fine fixed-step solution, the step size
   follows the drift, dt_min is respected.
 """
+
 import math
 import warnings
 
@@ -110,14 +111,15 @@ def noise_size(noise_type, batch, d=3, m=2):
 # srk: strong order
 # --------------------------------------------------------------------------- #
 
+
 def test_srk_strong_order_on_gbm():
     """SRID2 on diagonal noise: strong order 1.5 (Roessler's SRI schemes reach 1.5 for scalar
     and diagonal noise; torchsde's SRK.strong_order is 1.5). Measured slope ~1.45."""
     n = 1000
     sde, y0, ts = GBM(), torch.ones(n, 1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
     bm = st_bm((n, 1), entropy=7)
-    exact = y0 * torch.exp((sde.mu - sde.sigma ** 2 / 2) + sde.sigma * bm(0.0, 1.0))
-    hs = [2.0 ** -k for k in range(2, 7)]
+    exact = y0 * torch.exp((sde.mu - sde.sigma**2 / 2) + sde.sigma * bm(0.0, 1.0))
+    hs = [2.0**-k for k in range(2, 7)]
     errors = [(sdeint(sde, y0, ts, bm=bm, dt=h, method="srk")[-1] - exact).abs().mean().item() for h in hs]
     assert abs(slope(hs, errors) - 1.5) <= 0.15, errors
     # and far below Milstein's (order 1.0) at the same step
@@ -134,14 +136,14 @@ def test_srk_strong_order_on_ornstein_uhlenbeck():
     # int_0^1 phi dW, phi(s) = e^-theta(1-s), on a fine grid with W and U of each piece:
     # int_a^b phi dW = phi(b) W_ab - int_a^b phi' (W_s - W_a) ds ~ phi(b) W_ab - theta phi(a) U_ab
     # (error O(fine^2) in all, ~1e-6)
-    fine = 2.0 ** -10
+    fine = 2.0**-10
     integral = torch.zeros(n, 1, dtype=F64)
     for i in range(int(1 / fine)):
         a, b = i * fine, (i + 1) * fine
         w, u = bm(a, b, return_U=True)
         integral += math.exp(-sde.theta * (1 - b)) * w - sde.theta * math.exp(-sde.theta * (1 - a)) * u
     exact = math.exp(-sde.theta) * y0 + sde.sigma * integral
-    hs = [2.0 ** -k for k in range(1, 6)]
+    hs = [2.0**-k for k in range(1, 6)]
     errors = [(sdeint(sde, y0, ts, bm=bm, dt=h, method="srk")[-1] - exact).abs().mean().item() for h in hs]
     assert abs(slope(hs, errors) - 2.0) <= 0.15, errors
     euler = [(sdeint(sde, y0, ts, bm=bm, dt=h, method="euler")[-1] - exact).abs().mean().item() for h in hs]
@@ -154,8 +156,8 @@ def test_srk_strong_order_on_nonlinear_additive_noise():
     n = 500
     sde, y0, ts = NonlinearAdditive(), torch.ones(n, 1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
     bm = st_bm((n, 1), entropy=7)
-    reference = sdeint(sde, y0, ts, bm=bm, dt=2.0 ** -11, method="srk")[-1]
-    hs = [2.0 ** -k for k in range(3, 8)]
+    reference = sdeint(sde, y0, ts, bm=bm, dt=2.0**-11, method="srk")[-1]
+    hs = [2.0**-k for k in range(3, 8)]
     errors = [(sdeint(sde, y0, ts, bm=bm, dt=h, method="srk")[-1] - reference).abs().mean().item() for h in hs]
     assert abs(slope(hs, errors) - 1.5) <= 0.15, errors
 
@@ -163,6 +165,7 @@ def test_srk_strong_order_on_nonlinear_additive_noise():
 # --------------------------------------------------------------------------- #
 # srk: agreement with torchsde, arguments
 # --------------------------------------------------------------------------- #
+
 
 @needs_torchsde
 @pytest.mark.parametrize("noise_type", ["diagonal", "scalar", "additive"])
@@ -186,6 +189,7 @@ def test_srk_default_brownian_motion_float32_and_gradients():
     y0 = torch.full((8, 3), 0.5, requires_grad=True)
     ts = torch.linspace(0, 1, 4)
     for noise_type in ["diagonal", "scalar"]:
+
         class Sde(GBM):
             def g(self, t, y):
                 return 0.3 * y if noise_type == "diagonal" else (0.3 * y).unsqueeze(-1)
@@ -213,8 +217,9 @@ def test_srk_bad_inputs():
     for levy in ["davie", "foster"]:  # torchsde's srk accepts these too (it uses only U)
         bm = BrownianInterval(0.0, 1.0, size=(4, 2), dtype=F64, entropy=0, levy_area_approximation=levy)
         same = st_bm((4, 2), entropy=0)
-        assert torch.equal(sdeint(GBM(), y0, ts, bm=bm, method="srk", dt=0.1),
-                           sdeint(GBM(), y0, ts, bm=same, method="srk", dt=0.1))
+        assert torch.equal(
+            sdeint(GBM(), y0, ts, bm=bm, method="srk", dt=0.1), sdeint(GBM(), y0, ts, bm=same, method="srk", dt=0.1)
+        )
     with pytest.raises(ValueError, match="general"):
         sdeint(net("general", d=2), y0, ts, method="srk")
     strat = GBM()
@@ -227,11 +232,19 @@ def test_srk_bad_inputs():
 # logqp
 # --------------------------------------------------------------------------- #
 
+
 @needs_torchsde
-@pytest.mark.parametrize("method,noise_type", [
-    ("srk", "diagonal"), ("euler", "diagonal"), ("milstein", "diagonal"), ("srk", "scalar"), ("euler", "general"),
-    ("srk", "additive"),
-])
+@pytest.mark.parametrize(
+    "method,noise_type",
+    [
+        ("srk", "diagonal"),
+        ("euler", "diagonal"),
+        ("milstein", "diagonal"),
+        ("srk", "scalar"),
+        ("euler", "general"),
+        ("srk", "additive"),
+    ],
+)
 def test_logqp_matches_torchsde_on_the_same_path(method, noise_type):
     batch, d = 16, 3
     size = noise_size(noise_type, batch)
@@ -275,12 +288,19 @@ def test_logqp_closed_form_and_names():
     bm = st_bm((batch, d), entropy=1)  # d channels: padded with a zero channel for the log-ratio
     ys, log_ratio = sdeint(Sde(), y0, ts, bm=bm, dt=0.05, method="srk", logqp=True, names={"prior_drift": "prior"})
     t = ts.tolist()
-    expected = torch.tensor([d * (b ** 3 - a ** 3) / (6 * sigma ** 2) for a, b in zip(t[:-1], t[1:])], dtype=F64)
+    expected = torch.tensor([d * (b**3 - a**3) / (6 * sigma**2) for a, b in zip(t[:-1], t[1:])], dtype=F64)
     torch.testing.assert_close(log_ratio, expected.unsqueeze(1).expand(3, batch), rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(ys, sdeint(Sde(), y0, ts, bm=bm, dt=0.05, method="srk"), rtol=0, atol=1e-14)
     # Euler's left-point rule: error O(dt)
-    _, log_ratio_euler = sdeint(Sde(), y0, ts, bm=BrownianInterval(0.0, 1.0, size=(batch, d), dtype=F64, entropy=1),
-                                dt=1e-3, logqp=True, names={"prior_drift": "prior"})
+    _, log_ratio_euler = sdeint(
+        Sde(),
+        y0,
+        ts,
+        bm=BrownianInterval(0.0, 1.0, size=(batch, d), dtype=F64, entropy=1),
+        dt=1e-3,
+        logqp=True,
+        names={"prior_drift": "prior"},
+    )
     # (left-point error ~ dt / 2 times the integrand's change: 1.4e-3 on the last interval)
     torch.testing.assert_close(log_ratio_euler, expected.unsqueeze(1).expand(3, batch), rtol=0, atol=2e-3)
     with pytest.raises(TypeError, match="prior drift"):
@@ -307,7 +327,7 @@ def test_logqp_gbm_constant_ratio_and_default_motion():
     y0 = torch.ones(5, 2, dtype=F64)
     for method in ["euler", "milstein", "srk"]:
         ys, log_ratio = sdeint(Sde(), y0, ts, dt=0.01, method=method, logqp=True)
-        expected = torch.tensor([0.25, 0.75], dtype=F64).unsqueeze(1) * (2 * (a - b) ** 2 / (2 * s ** 2))
+        expected = torch.tensor([0.25, 0.75], dtype=F64).unsqueeze(1) * (2 * (a - b) ** 2 / (2 * s**2))
         torch.testing.assert_close(log_ratio, expected.expand(2, 5), rtol=1e-10, atol=1e-12)
         assert ys.shape == (3, 5, 2)
 
@@ -316,13 +336,14 @@ def test_logqp_gbm_constant_ratio_and_default_motion():
 # adaptive
 # --------------------------------------------------------------------------- #
 
+
 class Bump:
     """A drift that is large only around t = 0.5."""
 
     noise_type, sde_type = "diagonal", "ito"
 
     def f(self, t, y):
-        return 20 * torch.exp(-((t - 0.5) / 0.05) ** 2) * torch.cos(3 * y)
+        return 20 * torch.exp(-(((t - 0.5) / 0.05) ** 2)) * torch.cos(3 * y)
 
     def g(self, t, y):
         return 0.2 * torch.sin(y) + 0.3
@@ -345,9 +366,15 @@ class Recorder:
 
 
 @needs_torchsde
-@pytest.mark.parametrize("method,sde_type,noise_type", [
-    ("srk", "ito", "diagonal"), ("srk", "ito", "scalar"), ("srk", "ito", "additive"), ("euler", "ito", "additive"),
-])
+@pytest.mark.parametrize(
+    "method,sde_type,noise_type",
+    [
+        ("srk", "ito", "diagonal"),
+        ("srk", "ito", "scalar"),
+        ("srk", "ito", "additive"),
+        ("euler", "ito", "additive"),
+    ],
+)
 def test_adaptive_matches_torchsde_on_the_same_path(method, sde_type, noise_type):
     """Same accept/reject decisions and step sizes as torchsde. Only for methods whose step
     arithmetic is torchsde's bit for bit: elsewhere (the fused Milstein / midpoint updates) a
@@ -359,10 +386,20 @@ def test_adaptive_matches_torchsde_on_the_same_path(method, sde_type, noise_type
     y0 = torch.randn(batch, 3, dtype=F64, generator=torch.Generator().manual_seed(3))
     ts = torch.linspace(0, 1, 4, dtype=F64)
     kw = dict(dt=0.1, method=method, adaptive=True, rtol=1e-3, atol=1e-3, dt_min=1e-4)
-    ours = sdeint(net(noise_type, sde_type), y0, ts, bm=st_bm(size, 6) if levy != "none" else
-                  BrownianInterval(0.0, 1.0, size=size, dtype=F64, entropy=6), **kw)
-    theirs = torchsde.sdeint(net(noise_type, sde_type), y0, ts, bm=BrownianInterval(
-        0.0, 1.0, size=size, dtype=F64, entropy=6, levy_area_approximation=levy), **kw)
+    ours = sdeint(
+        net(noise_type, sde_type),
+        y0,
+        ts,
+        bm=st_bm(size, 6) if levy != "none" else BrownianInterval(0.0, 1.0, size=size, dtype=F64, entropy=6),
+        **kw,
+    )
+    theirs = torchsde.sdeint(
+        net(noise_type, sde_type),
+        y0,
+        ts,
+        bm=BrownianInterval(0.0, 1.0, size=size, dtype=F64, entropy=6, levy_area_approximation=levy),
+        **kw,
+    )
     torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-12)
 
 
@@ -371,7 +408,7 @@ def test_adaptive_is_accurate_and_follows_the_drift(method):
     n = 64
     y0, ts = torch.zeros(n, 1, dtype=F64), torch.tensor([0.0, 1.0], dtype=F64)
     bm = st_bm((n, 1), entropy=3)
-    fine = sdeint(Bump(), y0, ts, bm=bm, dt=2.0 ** -10, method=method)[-1]
+    fine = sdeint(Bump(), y0, ts, bm=bm, dt=2.0**-10, method=method)[-1]
     coarse = sdeint(Bump(), y0, ts, bm=bm, dt=0.05, method=method)[-1]
     rec = Recorder(bm)
     adaptive = sdeint(Bump(), y0, ts, bm=rec, dt=0.05, method=method, adaptive=True, rtol=1e-3, atol=1e-3)[-1]

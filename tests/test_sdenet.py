@@ -1,6 +1,7 @@
 """SDE-Net (Kong et al. 2020): shapes, the Euler-Maruyama block against a hand-written loop,
 fused vs reference, and that the alternating training separates in- from out-of-distribution
 inputs through the diffusion."""
+
 import math
 
 import pytest
@@ -29,7 +30,10 @@ def test_euler_maruyama_matches_a_hand_written_loop(backend):
     require_backend(backend)
     torch.manual_seed(0)
     w = torch.randn(4, 4, dtype=torch.float64)
-    drift = lambda t, x: torch.tanh(x @ w) * (1 + t)
+
+    def drift(t, x):
+        return torch.tanh(x @ w) * (1 + t)
+
     x0, g = torch.randn(6, 4, dtype=torch.float64), torch.rand(6, 1, dtype=torch.float64)
     torch.manual_seed(1)
     got = euler_maruyama(drift, x0, g, layer_depth=4, horizon=2.0, ops=get_ops(backend))

@@ -10,9 +10,10 @@ style), e.g.::
 
     @pytest.mark.parametrize('method,dtype', product(METHODS, dtypes))
 """
+
+import itertools
 import math
 import os
-import itertools
 
 import pytest
 import torch
@@ -23,64 +24,75 @@ import odecore
 # Parametrisation lists
 # --------------------------------------------------------------------------- #
 
+
 def product(*iterables):
     """itertools.product as a list (pytest wants a collection)."""
     return list(itertools.product(*iterables))
 
 
 dtypes = [torch.float32, torch.float64]
-backends = ['reference', 'fused']
+backends = ["reference", "fused"]
 
-ADAPTIVE_METHODS = ['dopri5', 'dopri8', 'tsit5', 'bosh3', 'fehlberg2', 'adaptive_heun']
-FIXED_METHODS = ['euler', 'midpoint', 'heun2', 'heun3', 'rk4']
+ADAPTIVE_METHODS = ["dopri5", "dopri8", "tsit5", "bosh3", "fehlberg2", "adaptive_heun"]
+FIXED_METHODS = ["euler", "midpoint", "heun2", "heun3", "rk4"]
 METHODS = ADAPTIVE_METHODS + FIXED_METHODS
 ORDERS = {
-    'dopri5': 5, 'dopri8': 8, 'tsit5': 5, 'bosh3': 3, 'fehlberg2': 2, 'adaptive_heun': 2,
-    'euler': 1, 'midpoint': 2, 'heun2': 2, 'heun3': 3, 'rk4': 4,
+    "dopri5": 5,
+    "dopri8": 8,
+    "tsit5": 5,
+    "bosh3": 3,
+    "fehlberg2": 2,
+    "adaptive_heun": 2,
+    "euler": 1,
+    "midpoint": 2,
+    "heun2": 2,
+    "heun3": 3,
+    "rk4": 4,
 }
 # Methods that also exist in torchdiffeq 0.2.5 (tsit5 does not).
-TORCHDIFFEQ_METHODS = [m for m in METHODS if m != 'tsit5']
+TORCHDIFFEQ_METHODS = [m for m in METHODS if m != "tsit5"]
 
 # Environment switch used by CI: fused kernels *must* be present.
-REQUIRE_EXTENSION = os.environ.get('ODECORE_REQUIRE_EXTENSION', '') == '1'
+REQUIRE_EXTENSION = os.environ.get("ODECORE_REQUIRE_EXTENSION", "") == "1"
 
 
 def _cuda_available():
     try:
-        return bool(torch.cuda.is_available() and odecore.backend_info()['cuda'])
+        return bool(torch.cuda.is_available() and odecore.backend_info()["cuda"])
     except Exception:  # pragma: no cover - backend_info itself is tested elsewhere
         return False
 
 
-devices = ['cpu'] + (['cuda'] if _cuda_available() else [])
+devices = ["cpu"] + (["cuda"] if _cuda_available() else [])
 
 
-def require_fused(device='cpu'):
+def require_fused(device="cpu"):
     """Skip (or, with ODECORE_REQUIRE_EXTENSION=1, fail) when the fused kernels
     for ``device`` are not importable."""
-    key = 'cuda' if str(device).startswith('cuda') else 'cpu'
+    key = "cuda" if str(device).startswith("cuda") else "cpu"
     if not odecore.backend_info()[key]:
-        msg = 'odecore fused {} kernels are not available'.format(key)
+        msg = "odecore fused {} kernels are not available".format(key)
         if REQUIRE_EXTENSION:
-            pytest.fail(msg + ' but ODECORE_REQUIRE_EXTENSION=1')
+            pytest.fail(msg + " but ODECORE_REQUIRE_EXTENSION=1")
         pytest.skip(msg)
 
 
-def require_backend(backend, device='cpu'):
+def require_backend(backend, device="cpu"):
     """Gate for tests parametrised over ``backends``."""
     assert backend in backends, backend
-    if backend == 'fused':
+    if backend == "fused":
         require_fused(device)
 
 
 def require_cuda():
-    if 'cuda' not in devices:
-        pytest.skip('CUDA not available')
+    if "cuda" not in devices:
+        pytest.skip("CUDA not available")
 
 
 # --------------------------------------------------------------------------- #
 # Tolerances
 # --------------------------------------------------------------------------- #
+
 
 def solver_tol(dtype):
     """rtol=atol used for adaptive solves in the analytic tests."""
@@ -107,13 +119,14 @@ def max_rel_err(a, b, floor=1.0):
 # t0 and any direction of time, so they serve for forward and backward solves.
 # --------------------------------------------------------------------------- #
 
+
 class Problem:
     name = None
 
     def func(self, t, y):
         raise NotImplementedError
 
-    def y0(self, dtype, device='cpu'):
+    def y0(self, dtype, device="cpu"):
         raise NotImplementedError
 
     def exact(self, t, y0):
@@ -124,7 +137,8 @@ class Problem:
 
 class Constant(Problem):
     """y' = c"""
-    name = 'constant'
+
+    name = "constant"
 
     def __init__(self):
         self.c = torch.tensor([1.5, -0.5, 0.25], dtype=torch.float64)
@@ -132,7 +146,7 @@ class Constant(Problem):
     def func(self, t, y):
         return self.c.to(y) + 0 * y
 
-    def y0(self, dtype, device='cpu'):
+    def y0(self, dtype, device="cpu"):
         return torch.tensor([0.5, 1.0, -2.0], dtype=dtype, device=device)
 
     def exact(self, t, y0):
@@ -143,7 +157,8 @@ class Constant(Problem):
 
 class Exponential(Problem):
     """y' = lam * y, elementwise, y of shape (2, 3)"""
-    name = 'exponential'
+
+    name = "exponential"
 
     def __init__(self):
         self.lam = torch.tensor([[-1.0, -0.5, 0.3], [0.8, -2.0, 0.1]], dtype=torch.float64)
@@ -151,7 +166,7 @@ class Exponential(Problem):
     def func(self, t, y):
         return self.lam.to(y) * y
 
-    def y0(self, dtype, device='cpu'):
+    def y0(self, dtype, device="cpu"):
         return torch.tensor([[1.0, 2.0, -1.0], [0.5, 1.5, 3.0]], dtype=dtype, device=device)
 
     def exact(self, t, y0):
@@ -163,7 +178,8 @@ class Exponential(Problem):
 
 class Sine(Problem):
     """y' = a * cos(t)  (non-autonomous)"""
-    name = 'sine'
+
+    name = "sine"
 
     def __init__(self):
         self.a = torch.tensor([1.0, -2.0], dtype=torch.float64)
@@ -171,7 +187,7 @@ class Sine(Problem):
     def func(self, t, y):
         return self.a.to(y) * torch.cos(t)
 
-    def y0(self, dtype, device='cpu'):
+    def y0(self, dtype, device="cpu"):
         return torch.tensor([0.0, 1.0], dtype=dtype, device=device)
 
     def exact(self, t, y0):
@@ -182,17 +198,16 @@ class Sine(Problem):
 
 class Linear(Problem):
     """y' = A y, solution via the matrix exponential."""
-    name = 'linear'
+
+    name = "linear"
 
     def __init__(self):
-        self.A = torch.tensor([[-0.5, 1.0, 0.0],
-                               [-1.0, -0.3, 0.4],
-                               [0.2, 0.0, -0.8]], dtype=torch.float64)
+        self.A = torch.tensor([[-0.5, 1.0, 0.0], [-1.0, -0.3, 0.4], [0.2, 0.0, -0.8]], dtype=torch.float64)
 
     def func(self, t, y):
         return self.A.to(y) @ y
 
-    def y0(self, dtype, device='cpu'):
+    def y0(self, dtype, device="cpu"):
         return torch.tensor([1.0, 0.5, -0.7], dtype=dtype, device=device)
 
     def exact(self, t, y0):
@@ -209,24 +224,28 @@ def get_problem(name):
     return {p.name: p for p in PROBLEMS}[name]
 
 
-def time_grid(direction, dtype, device='cpu', n=4, a=0.3, b=1.8):
+def time_grid(direction, dtype, device="cpu", n=4, a=0.3, b=1.8):
     """Output times: forward [a..b] or backward [b..a]."""
     t = torch.linspace(a, b, n, dtype=dtype, device=device)
-    return t if direction == 'forward' else t.flip(0)
+    return t if direction == "forward" else t.flip(0)
 
 
 # Non-linear problems (no closed form; scipy is the truth there).
 
+
 def van_der_pol(mu=1.0):
     def f(t, y):
         return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
+
     return f
 
 
 def van_der_pol_batched(mu=1.0):
     """Van der Pol on a batch of states (..., 2) (van_der_pol takes (2, ...): rows x, v)."""
+
     def f(t, y):
         return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+
     return f
 
 
@@ -238,6 +257,7 @@ def forced_rotation(t, y):
 def lotka_volterra(a=1.5, b=1.0, c=3.0, d=1.0):
     def f(t, y):
         return torch.stack([a * y[0] - b * y[0] * y[1], -c * y[1] + d * y[0] * y[1]])
+
     return f
 
 
@@ -245,7 +265,8 @@ def spiral():
     A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
 
     def f(t, y):
-        return (A.to(y) @ (y ** 3).unsqueeze(-1)).squeeze(-1)
+        return (A.to(y) @ (y**3).unsqueeze(-1)).squeeze(-1)
+
     return f
 
 
@@ -274,6 +295,7 @@ class CountingFunc:
 # Independent oracles for the fused operators (plain float64 loops).
 # --------------------------------------------------------------------------- #
 
+
 def oracle_stage(y0, k, a, dt):
     out = y0.double().clone()
     for a_j, k_j in zip(a, k):
@@ -292,7 +314,7 @@ def oracle_ratio(y0, y1, err, rtol, atol, segments):
     ratios = []
     start = 0
     for n in segments:
-        seg = r[start:start + n]
+        seg = r[start : start + n]
         ratios.append(seg.pow(2).mean().sqrt().item())
         start += n
     return max(ratios)
@@ -322,7 +344,7 @@ def make_noncontiguous(x):
     if big is None:
         return x
     big[..., ::2] = x
-    big[..., 1::2] = float('nan')  # garbage in the gaps must never be read
+    big[..., 1::2] = float("nan")  # garbage in the gaps must never be read
     out = big[..., ::2]
     assert out.shape == x.shape
     if x.numel() > 1:
@@ -346,18 +368,20 @@ def sqrt_mean_square(x):
 # Gradient tests (direct backprop and adjoint)
 # --------------------------------------------------------------------------- #
 
-GRAD_METHODS = ['dopri5', 'tsit5', 'rk4']
+GRAD_METHODS = ["dopri5", "tsit5", "rk4"]
 
 
 def method_options(method, backend, step_size=0.1):
     opts = dict(backend=backend)
-    if method == 'rk4':
-        opts['step_size'] = step_size
+    if method == "rk4":
+        opts["step_size"] = step_size
     return opts
 
 
 def make_func(p):
     """A small non-linear, non-autonomous system with a parameter vector p."""
+
     def f(t, y):
         return torch.stack([p[0] * y[1], -y[0] + p[1] * torch.sin(y[1]) * y[0] + 0.1 * torch.cos(t)])
+
     return f

@@ -15,18 +15,41 @@ Differential Equations", NeurIPS 2018, on odecore's solvers.
 
 ``import odecore.nn`` (``import odecore`` does not import it).
 """
+
 from .classifiers import DOWNSAMPLING, ODENet, ResBlock, ResNet, RKNet, downsampling_layers, head_layers
 from .conv import ConcatConv2d, time_channel
 from .latent_ode import Decoder, LatentODE, LatentODEfunc, RecognitionRNN, elbo, log_normal_pdf, normal_kl
 from .odeblock import GRADIENT_MODES, ODEBlock
 from .odefunc import ODEFunc, norm
 from .sdenet import SDENet, SDENetRegression, euler_maruyama, sdenet_train_step
-from .spirals import generate_spiral2d, spiral_curves
+from .spirals import SpiralFunc, generate_spiral2d, spiral_curves
 
 __all__ = [
-    "ConcatConv2d", "time_channel", "ODEFunc", "norm", "ODEBlock", "GRADIENT_MODES",
-    "ResBlock", "ODENet", "RKNet", "ResNet", "downsampling_layers", "head_layers", "DOWNSAMPLING",
-    "RecognitionRNN", "LatentODEfunc", "Decoder", "LatentODE", "elbo", "log_normal_pdf", "normal_kl",
-    "generate_spiral2d", "spiral_curves",
-    "SDENet", "SDENetRegression", "euler_maruyama", "sdenet_train_step",
+    "ConcatConv2d",
+    "time_channel",
+    "ODEFunc",
+    "norm",
+    "ODEBlock",
+    "GRADIENT_MODES",
+    "ResBlock",
+    "ODENet",
+    "RKNet",
+    "ResNet",
+    "downsampling_layers",
+    "head_layers",
+    "DOWNSAMPLING",
+    "RecognitionRNN",
+    "LatentODEfunc",
+    "Decoder",
+    "LatentODE",
+    "elbo",
+    "log_normal_pdf",
+    "normal_kl",
+    "SpiralFunc",
+    "generate_spiral2d",
+    "spiral_curves",
+    "SDENet",
+    "SDENetRegression",
+    "euler_maruyama",
+    "sdenet_train_step",
 ]

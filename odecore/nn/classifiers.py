@@ -22,6 +22,7 @@ Downsampling (``downsampling=``):
 Both are within 10% of Table 1; ``'res'`` is the default because it reproduces the paper's
 ResNet count and is closer overall.
 """
+
 from collections import OrderedDict
 
 from torch import nn
@@ -80,9 +81,11 @@ def downsampling_layers(in_channels=1, dim=64, downsampling="res"):
     if downsampling == "conv":
         return [
             nn.Conv2d(in_channels, dim, 3, 1),
-            norm(dim), nn.ReLU(inplace=True),
+            norm(dim),
+            nn.ReLU(inplace=True),
             nn.Conv2d(dim, dim, 4, 2, 1),
-            norm(dim), nn.ReLU(inplace=True),
+            norm(dim),
+            nn.ReLU(inplace=True),
             nn.Conv2d(dim, dim, 4, 2, 1),
         ]
     raise ValueError("downsampling must be one of %s, got %r" % (", ".join(map(repr, DOWNSAMPLING)), downsampling))
@@ -117,11 +120,29 @@ class ODENet(_Sequential):
     too).
     """
 
-    def __init__(self, in_channels=1, num_classes=10, dim=64, downsampling="res", method="dopri5", rtol=1e-3,
-                 atol=1e-3, gradient="adjoint", checkpoints=8, options=None):
+    def __init__(
+        self,
+        in_channels=1,
+        num_classes=10,
+        dim=64,
+        downsampling="res",
+        method="dopri5",
+        rtol=1e-3,
+        atol=1e-3,
+        gradient="adjoint",
+        checkpoints=8,
+        options=None,
+    ):
         stem = downsampling_layers(in_channels, dim, downsampling)
-        block = ODEBlock(ODEFunc(dim), method=method, rtol=rtol, atol=atol, gradient=gradient,
-                         checkpoints=checkpoints, options=options)
+        block = ODEBlock(
+            ODEFunc(dim),
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            gradient=gradient,
+            checkpoints=checkpoints,
+            options=options,
+        )
         super().__init__(*stem, block, *head_layers(dim, num_classes))
         self.downsampling = downsampling
         self.stem_length = len(stem)
@@ -139,13 +160,33 @@ class RKNet(ODENet):
     backpropagating directly through the Runge-Kutta solver's operations
     (``gradient='direct'``) rather than with the adjoint method."""
 
-    def __init__(self, in_channels=1, num_classes=10, dim=64, downsampling="res", method="dopri5", rtol=1e-3,
-                 atol=1e-3, options=None, gradient="direct"):
+    def __init__(
+        self,
+        in_channels=1,
+        num_classes=10,
+        dim=64,
+        downsampling="res",
+        method="dopri5",
+        rtol=1e-3,
+        atol=1e-3,
+        options=None,
+        gradient="direct",
+    ):
         if gradient != "direct":
-            raise ValueError("RKNet backpropagates through the solver (gradient='direct'); use ODENet for %r"
-                             % (gradient,))
-        super().__init__(in_channels, num_classes, dim, downsampling, method=method, rtol=rtol, atol=atol,
-                         gradient="direct", options=options)
+            raise ValueError(
+                "RKNet backpropagates through the solver (gradient='direct'); use ODENet for %r" % (gradient,)
+            )
+        super().__init__(
+            in_channels,
+            num_classes,
+            dim,
+            downsampling,
+            method=method,
+            rtol=rtol,
+            atol=atol,
+            gradient="direct",
+            options=options,
+        )
 
 
 class ResNet(_Sequential):

@@ -5,6 +5,7 @@ NeurIPS 2018, section 3: the dynamics f(h(t), t, theta) of an ODE-Net may depend
 As in the paper's MNIST experiments (and torchdiffeq's examples/odenet_mnist.py), the
 time enters each convolution as one extra, constant input channel.
 """
+
 import torch
 from torch import nn
 
@@ -23,8 +24,9 @@ def time_channel(t, x):
     elif t.dim() == 1 and t.numel() == x.shape[0]:
         t = t.reshape(-1, 1, 1, 1)
     else:
-        raise ValueError("t must be a scalar or hold one time per sample (%d), got shape %s"
-                         % (x.shape[0], tuple(t.shape)))
+        raise ValueError(
+            "t must be a scalar or hold one time per sample (%d), got shape %s" % (x.shape[0], tuple(t.shape))
+        )
     return t.expand(x.shape[0], 1, x.shape[2], x.shape[3])
 
 
@@ -38,13 +40,20 @@ class ConcatConv2d(nn.Module):
     :class:`torch.nn.ConvTranspose2d` (``transpose=True``).
     """
 
-    def __init__(self, dim_in, dim_out, ksize=3, stride=1, padding=0, dilation=1, groups=1, bias=True,
-                 transpose=False):
+    def __init__(self, dim_in, dim_out, ksize=3, stride=1, padding=0, dilation=1, groups=1, bias=True, transpose=False):
         super().__init__()
         module = nn.ConvTranspose2d if transpose else nn.Conv2d
         self.dim_in, self.dim_out, self.transpose = dim_in, dim_out, transpose
-        self._layer = module(dim_in + 1, dim_out, kernel_size=ksize, stride=stride, padding=padding,
-                             dilation=dilation, groups=groups, bias=bias)
+        self._layer = module(
+            dim_in + 1,
+            dim_out,
+            kernel_size=ksize,
+            stride=stride,
+            padding=padding,
+            dilation=dilation,
+            groups=groups,
+            bias=bias,
+        )
 
     def forward(self, t, x):
         return self._layer(torch.cat([time_channel(t, x), x], dim=1))

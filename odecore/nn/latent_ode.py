@@ -11,6 +11,7 @@ standard normal prior on z_t0. Sizes and defaults follow torchdiffeq's
 examples/latent_ode.py (4 latent dimensions, 25 RNN hidden units, 20 hidden units in the
 dynamics and the decoder, observation noise 0.3).
 """
+
 import math
 
 import torch
@@ -21,19 +22,19 @@ from ..api import odeint
 
 __all__ = ["RecognitionRNN", "LatentODEfunc", "Decoder", "LatentODE", "log_normal_pdf", "normal_kl", "elbo"]
 
-_LOG_2PI = math.log(2. * math.pi)
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def log_normal_pdf(x, mean, logvar):
     """Elementwise log N(x; mean, exp(logvar))."""
     logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
-    return -.5 * (_LOG_2PI + logvar + (x - mean) ** 2 / torch.exp(logvar))
+    return -0.5 * (_LOG_2PI + logvar + (x - mean) ** 2 / torch.exp(logvar))
 
 
 def normal_kl(mu1, lv1, mu2, lv2):
     """Elementwise KL(N(mu1, exp(lv1)) || N(mu2, exp(lv2))) of diagonal Gaussians."""
     v1, v2 = torch.exp(lv1), torch.exp(lv2)
-    return .5 * (lv2 - lv1) + (v1 + (mu1 - mu2) ** 2) / (2. * v2) - .5
+    return 0.5 * (lv2 - lv1) + (v1 + (mu1 - mu2) ** 2) / (2.0 * v2) - 0.5
 
 
 def _reduce(value, reduction):
@@ -46,7 +47,7 @@ def _reduce(value, reduction):
     raise ValueError("reduction must be 'mean', 'sum' or 'none', got %r" % (reduction,))
 
 
-def elbo(samp_trajs, pred_x, qz0_mean, qz0_logvar, noise_std=.3, reduction="mean"):
+def elbo(samp_trajs, pred_x, qz0_mean, qz0_logvar, noise_std=0.3, reduction="mean"):
     """The evidence lower bound of Chen et al. 2018, section 5, per trajectory:
     ``sum_t log N(x_t; pred_x_t, noise_std^2) - KL(q(z_t0 | x) || N(0, I))``.
 
@@ -54,7 +55,7 @@ def elbo(samp_trajs, pred_x, qz0_mean, qz0_logvar, noise_std=.3, reduction="mean
     (B, latent_dim). ``reduction``: 'mean' (default; the negative is torchdiffeq's
     latent_ode training loss), 'sum' or 'none' (shape (B,)).
     """
-    noise_logvar = 2. * math.log(noise_std)
+    noise_logvar = 2.0 * math.log(noise_std)
     logpx = log_normal_pdf(samp_trajs, pred_x, noise_logvar).sum(-1).sum(-1)
     kl = normal_kl(qz0_mean, qz0_logvar, torch.zeros_like(qz0_mean), torch.zeros_like(qz0_logvar)).sum(-1)
     return _reduce(logpx - kl, reduction)
@@ -105,9 +106,12 @@ class RecognitionRNN(nn.Module):
         """Zero hidden state (nbatch or self.nbatch, nhidden), on the parameters' device
         and dtype unless given."""
         weight = self.i2h.weight
-        return torch.zeros(self.nbatch if nbatch is None else nbatch, self.nhidden,
-                           dtype=weight.dtype if dtype is None else dtype,
-                           device=weight.device if device is None else device)
+        return torch.zeros(
+            self.nbatch if nbatch is None else nbatch,
+            self.nhidden,
+            dtype=weight.dtype if dtype is None else dtype,
+            device=weight.device if device is None else device,
+        )
 
     initHidden = init_hidden  # torchdiffeq's name
 
@@ -118,7 +122,7 @@ class RecognitionRNN(nn.Module):
         h = self.init_hidden(samp_trajs.shape[0], samp_trajs.dtype, samp_trajs.device)
         for i in reversed(range(samp_trajs.shape[1])):
             out, h = self(samp_trajs[:, i], h)
-        return out[:, :self.latent_dim], out[:, self.latent_dim:]
+        return out[:, : self.latent_dim], out[:, self.latent_dim :]
 
 
 class Decoder(nn.Module):
@@ -153,8 +157,19 @@ class LatentODE(nn.Module):
     (extrapolation) or, decreasing, before them.
     """
 
-    def __init__(self, latent_dim=4, obs_dim=2, nhidden=20, rnn_nhidden=25, noise_std=.3, method="dopri5",
-                 rtol=1e-7, atol=1e-9, options=None, adjoint=False):
+    def __init__(
+        self,
+        latent_dim=4,
+        obs_dim=2,
+        nhidden=20,
+        rnn_nhidden=25,
+        noise_std=0.3,
+        method="dopri5",
+        rtol=1e-7,
+        atol=1e-9,
+        options=None,
+        adjoint=False,
+    ):
         super().__init__()
         self.latent_dim = latent_dim
         self.func = LatentODEfunc(latent_dim, nhidden)
@@ -172,7 +187,7 @@ class LatentODE(nn.Module):
         """z0 = mean + exp(logvar / 2) * eps, eps ~ N(0, I) (the mean when ``sample`` is false)."""
         if not sample:
             return qz0_mean
-        return qz0_mean + torch.exp(.5 * qz0_logvar) * torch.randn_like(qz0_mean)
+        return qz0_mean + torch.exp(0.5 * qz0_logvar) * torch.randn_like(qz0_mean)
 
     def decode(self, z0, ts):
         """Integrates the latent state z0 (B, latent_dim), at time ts[0], to every time of
@@ -187,8 +202,9 @@ class LatentODE(nn.Module):
         ``samp_ts``) from the observations ``samp_trajs`` (B, len(samp_ts), obs_dim).
         With ``return_posterior`` also returns ``(qz0_mean, qz0_logvar)``."""
         if samp_trajs.dim() != 3 or samp_trajs.shape[1] != len(samp_ts):
-            raise ValueError("samp_trajs must be (batch, len(samp_ts)=%d, obs_dim), got %s"
-                             % (len(samp_ts), tuple(samp_trajs.shape)))
+            raise ValueError(
+                "samp_trajs must be (batch, len(samp_ts)=%d, obs_dim), got %s" % (len(samp_ts), tuple(samp_trajs.shape))
+            )
         qz0_mean, qz0_logvar = self.encode(samp_trajs)
         z0 = self.sample_z0(qz0_mean, qz0_logvar, sample)
         pred_x = self.decode(z0, samp_ts if ts is None else ts)

@@ -4,6 +4,7 @@ Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations"
 NeurIPS 2018: section 2 (the adjoint method), section 3 and Table 1 (ODE-Net, trained with
 the adjoint, against RK-Net, trained by backpropagating through the Runge-Kutta solver).
 """
+
 import torch
 from torch import nn
 
@@ -73,8 +74,20 @@ class ODEBlock(nn.Module):
     ``'backward_nfe'`` etc. once backward has run).
     """
 
-    def __init__(self, odefunc, t=(0., 1.), method="dopri5", rtol=1e-3, atol=1e-3, gradient="adjoint",
-                 checkpoints=8, options=None, adjoint_rtol=None, adjoint_atol=None, adjoint_options=None):
+    def __init__(
+        self,
+        odefunc,
+        t=(0.0, 1.0),
+        method="dopri5",
+        rtol=1e-3,
+        atol=1e-3,
+        gradient="adjoint",
+        checkpoints=8,
+        options=None,
+        adjoint_rtol=None,
+        adjoint_atol=None,
+        adjoint_options=None,
+    ):
         super().__init__()
         self.odefunc = odefunc
         t = torch.as_tensor(t, dtype=torch.float64).detach().clone()
@@ -130,10 +143,19 @@ class ODEBlock(nn.Module):
                 if self.adjoint_options is not None:
                     adjoint_options = dict(self.adjoint_options)
                     adjoint_options["return_stats"] = True
-                out, stats = odeint_adjoint(func, x, t, rtol=self.rtol, atol=self.atol, method=self.method,
-                                            options=options, adjoint_rtol=self.adjoint_rtol,
-                                            adjoint_atol=self.adjoint_atol, adjoint_options=adjoint_options,
-                                            adjoint_params=tuple(self.odefunc.parameters()))
+                out, stats = odeint_adjoint(
+                    func,
+                    x,
+                    t,
+                    rtol=self.rtol,
+                    atol=self.atol,
+                    method=self.method,
+                    options=options,
+                    adjoint_rtol=self.adjoint_rtol,
+                    adjoint_atol=self.adjoint_atol,
+                    adjoint_options=adjoint_options,
+                    adjoint_params=tuple(self.odefunc.parameters()),
+                )
             else:
                 if self.gradient == "checkpoint":
                     options["checkpoint"] = self.checkpoints
@@ -145,4 +167,9 @@ class ODEBlock(nn.Module):
 
     def extra_repr(self):
         return "t=%s, method=%r, rtol=%g, atol=%g, gradient=%r" % (
-            self.integration_time.tolist(), self.method, self.rtol, self.atol, self.gradient)
+            self.integration_time.tolist(),
+            self.method,
+            self.rtol,
+            self.atol,
+            self.gradient,
+        )

@@ -1,4 +1,5 @@
 """The convolutional dynamics function of the ODE-Net (Chen et al. 2018, section 3)."""
+
 from torch import nn
 
 from .conv import ConcatConv2d

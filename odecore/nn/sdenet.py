@@ -9,6 +9,7 @@ stochastic forward passes measures epistemic uncertainty. Each step's update is 
 fused ``sde_step`` op. Layouts follow the paper's code: :class:`SDENet` for images (MNIST
 layout) and :class:`SDENetRegression` (MLP, mean and variance heads).
 """
+
 import math
 
 import torch
@@ -28,8 +29,9 @@ class Diffusion(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.conv1 = ConcatConv2d(dim, dim, 3, 1, 1)
         self.conv2 = ConcatConv2d(dim, dim, 3, 1, 1)
-        self.head = nn.Sequential(norm(dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                  nn.Linear(dim, 1), nn.Sigmoid())
+        self.head = nn.Sequential(
+            norm(dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, 1), nn.Sigmoid()
+        )
 
     def forward(self, t, x):
         out = self.conv1(t, self.relu(self.norm1(x)))
@@ -57,20 +59,38 @@ class SDENet(nn.Module):
     in/out-of-distribution training. ``sigma_max`` scales the diffusion (500 in the paper's
     MNIST runs), ``horizon`` is T (6)."""
 
-    def __init__(self, in_channels=1, num_classes=10, dim=64, layer_depth=6, sigma_max=500.0, horizon=6.0, backend=None,
-                 image_size=28):
+    def __init__(
+        self,
+        in_channels=1,
+        num_classes=10,
+        dim=64,
+        layer_depth=6,
+        sigma_max=500.0,
+        horizon=6.0,
+        backend=None,
+        image_size=28,
+    ):
         super().__init__()
         self.layer_depth, self.sigma_max, self.horizon, self.backend = layer_depth, sigma_max, horizon, backend
         if image_size >= 16:  # the paper's stem: 28x28 -> 6x6
             self.downsampling = nn.Sequential(
-                nn.Conv2d(in_channels, dim, 3, 1), norm(dim), nn.ReLU(inplace=True),
-                nn.Conv2d(dim, dim, 4, 2, 1), norm(dim), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 4, 2, 1))
+                nn.Conv2d(in_channels, dim, 3, 1),
+                norm(dim),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(dim, dim, 4, 2, 1),
+                norm(dim),
+                nn.ReLU(inplace=True),
+                nn.Conv2d(dim, dim, 4, 2, 1),
+            )
         else:  # small images (8x8 digits) keep a 4x4 map
             self.downsampling = nn.Sequential(
-                nn.Conv2d(in_channels, dim, 3, 1, 1), norm(dim), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 4, 2, 1))
+                nn.Conv2d(in_channels, dim, 3, 1, 1), norm(dim), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 4, 2, 1)
+            )
         self.drift = ODEFunc(dim)
         self.diffusion = Diffusion(dim)
-        self.head = nn.Sequential(norm(dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, num_classes))
+        self.head = nn.Sequential(
+            norm(dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, num_classes)
+        )
 
     def forward(self, x, training_diffusion=False):
         out = self.downsampling(x)
@@ -95,7 +115,9 @@ class SDENetRegression(nn.Module):
         self.layer_depth, self.sigma_max, self.horizon, self.backend = layer_depth, sigma_max, horizon, backend
         self.downsampling = nn.Linear(in_features, hidden)
         self.drift_net = nn.Sequential(nn.Linear(hidden + 1, hidden), nn.ReLU(inplace=True))
-        self.diffusion_net = nn.Sequential(nn.Linear(hidden, 100), nn.ReLU(inplace=True), nn.Linear(100, 1), nn.Sigmoid())
+        self.diffusion_net = nn.Sequential(
+            nn.Linear(hidden, 100), nn.ReLU(inplace=True), nn.Linear(100, 1), nn.Sigmoid()
+        )
         self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(hidden, 2))
 
     def drift(self, t, x):

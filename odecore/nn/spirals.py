@@ -6,13 +6,15 @@ observed at ``nsample`` equally spaced times from a random starting point, with 
 observation noise. The curves follow torchdiffeq's examples/latent_ode.py, so a model
 trained on either generator sees the same distribution.
 """
+
 import numpy as np
 import torch
+from torch import nn
 
-__all__ = ["generate_spiral2d", "spiral_curves"]
+__all__ = ["SpiralFunc", "generate_spiral2d", "spiral_curves"]
 
 
-def spiral_curves(ts, stop=1., a=0., b=1.):
+def spiral_curves(ts, stop=1.0, a=0.0, b=1.0):
     """The two noise-free curves at the times ``ts`` (a numpy array), each (len(ts), 2):
 
     - counter-clockwise, centred at (5, 0): the Archimedean spiral r = a + b theta with
@@ -21,17 +23,28 @@ def spiral_curves(ts, stop=1., a=0., b=1.):
       angle falls with t, from stop + 1 at t = 0, so theta >= 1 for t in [0, stop]).
     """
     ts = np.asarray(ts, dtype=np.float64)
-    theta_cw = stop + 1. - ts
-    r_cw = a + 50. * b / theta_cw
-    clockwise = np.stack([r_cw * np.cos(theta_cw) - 5., r_cw * np.sin(theta_cw)], axis=1)
+    theta_cw = stop + 1.0 - ts
+    r_cw = a + 50.0 * b / theta_cw
+    clockwise = np.stack([r_cw * np.cos(theta_cw) - 5.0, r_cw * np.sin(theta_cw)], axis=1)
     theta_cc = ts
     r_cc = a + b * theta_cc
-    counter_clockwise = np.stack([r_cc * np.cos(theta_cc) + 5., r_cc * np.sin(theta_cc)], axis=1)
+    counter_clockwise = np.stack([r_cc * np.cos(theta_cc) + 5.0, r_cc * np.sin(theta_cc)], axis=1)
     return clockwise, counter_clockwise
 
 
-def generate_spiral2d(nspiral=1000, ntotal=500, nsample=100, start=0., stop=1, noise_std=.1, a=0., b=1.,
-                      savefig=False, seed=None, dtype=torch.float32):
+def generate_spiral2d(
+    nspiral=1000,
+    ntotal=500,
+    nsample=100,
+    start=0.0,
+    stop=1,
+    noise_std=0.1,
+    a=0.0,
+    b=1.0,
+    savefig=False,
+    seed=None,
+    dtype=torch.float32,
+):
     """Noisy clockwise / counter-clockwise spirals (Chen et al. 2018, section 5.1).
 
     The time grid ``orig_ts`` has ``ntotal`` points from ``start`` to ``stop``; each spiral
@@ -58,7 +71,7 @@ def generate_spiral2d(nspiral=1000, ntotal=500, nsample=100, start=0., stop=1, n
         raise ValueError("need 1 <= nsample <= ntotal, got nsample=%d, ntotal=%d" % (nsample, ntotal))
     if noise_std < 0:
         raise ValueError("noise_std must be non-negative, got %r" % (noise_std,))
-    if stop + 1. - start <= 0:
+    if stop + 1.0 - start <= 0:
         raise ValueError("the clockwise spiral needs stop + 1 - t > 0 on [start, stop]")
     if seed is None:
         rng = np.random  # the global RandomState, through its module-level functions
@@ -73,7 +86,7 @@ def generate_spiral2d(nspiral=1000, ntotal=500, nsample=100, start=0., stop=1, n
 
     low, high = (nsample, ntotal - nsample) if ntotal - nsample > nsample else (0, ntotal - nsample + 1)
     first = integers(low, high, size=nspiral)
-    is_cc = uniform(nspiral) > .5
+    is_cc = uniform(nspiral) > 0.5
     orig_trajs = np.where(is_cc[:, None, None], counter_clockwise[None], clockwise[None])
     window = first[:, None] + np.arange(nsample)[None, :]
     samp_trajs = orig_trajs[np.arange(nspiral)[:, None], window]
@@ -91,6 +104,7 @@ def generate_spiral2d(nspiral=1000, ntotal=500, nsample=100, start=0., stop=1, n
 def _plot(clockwise, counter_clockwise, samp_trajs):  # pragma: no cover - optional dependency
     try:
         import matplotlib
+
         matplotlib.use("agg")
         import matplotlib.pyplot as plt
     except ImportError as e:
@@ -104,3 +118,19 @@ def _plot(clockwise, counter_clockwise, samp_trajs):  # pragma: no cover - optio
     plt.savefig("./ground_truth.png", dpi=500)
     plt.close()
     print("Saved ground truth spiral at {}".format("./ground_truth.png"))
+
+
+class SpiralFunc(nn.Module):
+    """torchdiffeq examples/ode_demo.py's model: Linear(2, hidden) -> tanh -> Linear(hidden, 2)
+    applied to y^3, weights N(0, 0.1), biases 0."""
+
+    def __init__(self, hidden=50):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 2))
+        for m in self.net.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, mean=0, std=0.1)
+                nn.init.constant_(m.bias, val=0)
+
+    def forward(self, t, y):
+        return self.net(y**3)

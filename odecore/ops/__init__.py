@@ -22,6 +22,7 @@ The ops (``y0`` and every ``k[j]`` share shape, dtype and device):
 * ``rk_interp(y0, k, poly, dt, x)`` -> dense output of shape ``(len(x), *y0.shape)``:
   ``y0 + dt * sum_j P_j(x) k[j]`` with ``P_j(x) = sum_d poly[j * D + d] * x**(d + 1)``.
 """
+
 import threading
 
 from .._extension import _C, has_fused

@@ -4,6 +4,7 @@ The solver calls them through odecore._C's direct entry points, which enter the 
 dispatcher (autograd, fake tensors, CPU/CUDA kernels) as ``torch.ops.odecore.<op>`` but
 skip its boxed argument conversion; use ``torch.ops.odecore.*`` under torch.compile.
 """
+
 import torch
 
 from .._extension import _C
@@ -26,8 +27,14 @@ AdjointDynamics = _C.AdjointDynamics
 def _check_terms(op, y0, k, n_coeffs):
     torch._check(len(k) == n_coeffs, lambda: "%s: got %d stage tensors but %d coefficients" % (op, len(k), n_coeffs))
     for j, kj in enumerate(k):
-        torch._check(kj.shape == y0.shape, lambda: "%s: k[%d] has shape %s but y0 has %s" % (op, j, kj.shape, y0.shape))
-        torch._check(kj.dtype == y0.dtype, lambda: "%s: k[%d] has dtype %s but y0 has %s" % (op, j, kj.dtype, y0.dtype))
+        torch._check(
+            kj.shape == y0.shape,
+            lambda j=j, kj=kj: "%s: k[%d] has shape %s but y0 has %s" % (op, j, kj.shape, y0.shape),
+        )
+        torch._check(
+            kj.dtype == y0.dtype,
+            lambda j=j, kj=kj: "%s: k[%d] has dtype %s but y0 has %s" % (op, j, kj.dtype, y0.dtype),
+        )
 
 
 def _ratio_like(y0, dt):
@@ -40,6 +47,7 @@ def _stage_fake(op):
     def fake(y0, k, a, dt):
         _check_terms(op, y0, k, len(a))
         return torch.empty_like(y0, memory_format=torch.contiguous_format)
+
     return fake
 
 
@@ -47,6 +55,7 @@ def _finish_fake(op):
     def fake(y0, k, b, e, dt, rtol, atol, segments):
         _check_terms(op, y0, k, len(e))
         return torch.empty_like(y0, memory_format=torch.contiguous_format), _ratio_like(y0, dt)
+
     return fake
 
 
@@ -54,6 +63,7 @@ def _error_ratio_fake(op):
     def fake(y0, y1, k, e, dt, rtol, atol, segments):
         _check_terms(op, y0, k, len(e))
         return _ratio_like(y0, dt)
+
     return fake
 
 

@@ -3,6 +3,7 @@
 It is the oracle the kernels are tested against and the path odecore takes when the
 extension is not built. Sums are formed in the same order as in the kernels.
 """
+
 import math
 
 import torch
@@ -31,7 +32,9 @@ def _error_ratio(y0, y1, k, e, dt, rtol, atol, segments):
         y0d = y0.detach().to(torch.float64).reshape(-1)
         y1d = y1.detach().to(torch.float64).reshape(-1)
         err = torch.zeros_like(y0d) if err is None else err.reshape(-1)
-        tol = atol.to(torch.float64).reshape(-1) + rtol.to(torch.float64).reshape(-1) * torch.maximum(y0d.abs(), y1d.abs())
+        tol = atol.to(torch.float64).reshape(-1) + rtol.to(torch.float64).reshape(-1) * torch.maximum(
+            y0d.abs(), y1d.abs()
+        )
         sq = torch.where(torch.isfinite(y1d), (err / tol) ** 2, torch.full_like(y0d, float("nan")))
         ratio = torch.zeros((), dtype=torch.float64, device=y0.device)
         for length, chunk in zip(segments, torch.split(sq, [abs(n) for n in segments])):
@@ -81,6 +84,7 @@ def sde_step(y0, f, g, dw, gdg, dt, correction):
 # tensor; the control state is a float64 tensor of 20 slots (csrc/include/odecore/rk_math.h).
 # --------------------------------------------------------------------------- #
 
+
 def _check_dt(op, dt, y0):
     n = dt.numel()
     if dt.dtype != torch.float64 or dt.device != y0.device or not (n == 1 or (n > 1 and y0.numel() % n == 0)):
@@ -97,17 +101,23 @@ def rk_stage_dt(y0, k, a, dt):
     samples, per = _per_sample("rk_stage_dt", y0, dt)
     if samples == 1:
         return rk_stage(y0, k, a, dt.item())
-    flat = [rk_stage(y0.reshape(-1)[b * per:(b + 1) * per], [kj.reshape(-1)[b * per:(b + 1) * per] for kj in k], a, d)
-            for b, d in enumerate(dt.tolist())]
+    flat = [
+        rk_stage(y0.reshape(-1)[b * per : (b + 1) * per], [kj.reshape(-1)[b * per : (b + 1) * per] for kj in k], a, d)
+        for b, d in enumerate(dt.tolist())
+    ]
     return torch.cat(flat).view(y0.shape)
 
 
 def _ratios(y0, y1, k, e, dt, rtol, atol, per):
     def part(x, b):
-        return x.reshape(-1)[b * per:(b + 1) * per] if x.numel() > 1 else x
+        return x.reshape(-1)[b * per : (b + 1) * per] if x.numel() > 1 else x
 
-    return torch.stack([_error_ratio(part(y0, b), part(y1, b), [part(kj, b) for kj in k], e, d, part(rtol, b),
-                                     part(atol, b), [per]) for b, d in enumerate(dt.tolist())])
+    return torch.stack(
+        [
+            _error_ratio(part(y0, b), part(y1, b), [part(kj, b) for kj in k], e, d, part(rtol, b), part(atol, b), [per])
+            for b, d in enumerate(dt.tolist())
+        ]
+    )
 
 
 def rk_finish_dt(y0, k, b, e, dt, rtol, atol, segments):
@@ -125,8 +135,25 @@ def rk_error_ratio_dt(y0, y1, k, e, dt, rtol, atol, segments):
     return _ratios(y0, y1, k, e, dt, rtol, atol, per)
 
 
-(_T, _DT, _STATUS, _N_STEPS, _N_ACCEPTED, _STEPS_HERE, _NEXT_OUT, _FIRST_OUT, _T0, _T1, _DT_USED, _RATIO, _ERR_T, _ERR_DT,
- _OUT_T0, _OUT_T1, _OUT_DT) = range(17)
+(
+    _T,
+    _DT,
+    _STATUS,
+    _N_STEPS,
+    _N_ACCEPTED,
+    _STEPS_HERE,
+    _NEXT_OUT,
+    _FIRST_OUT,
+    _T0,
+    _T1,
+    _DT_USED,
+    _RATIO,
+    _ERR_T,
+    _ERR_DT,
+    _OUT_T0,
+    _OUT_T1,
+    _OUT_DT,
+) = range(17)
 
 
 def _round_time(v, f32):
@@ -253,4 +280,6 @@ def rk_dense_into(out, times, state, y0, y1, k, poly):
         part = slice(b * per, (b + 1) * per)
         for row in range(first, last):
             x = _ieee_div(time_rows[b if len(time_rows) > 1 else 0][row] - t0, span)
-            flat_out[row, part] = y1f[part] if x == 1.0 else rk_interp(y0f[part], [kj[part] for kj in kf], poly, dt, [x])[0]
+            flat_out[row, part] = (
+                y1f[part] if x == 1.0 else rk_interp(y0f[part], [kj[part] for kj in kf], poly, dt, [x])[0]
+            )

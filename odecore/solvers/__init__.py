@@ -1,4 +1,5 @@
 """Solvers by torchdiffeq's method names."""
+
 from .adams import AdamsBashforth, AdamsBashforthMoulton
 from .adaptive import AdaptiveRKSolver
 from .adaptive_heun import AdaptiveHeun
@@ -53,4 +54,6 @@ SOLVERS = {
     "scipy_solver": ScipyWrapperODESolver,  # any scipy.integrate.solve_ivp method
 }
 
-__all__ = ["SOLVERS", "AdaptiveRKSolver", "FixedGridRKSolver", "FixedGridImplicitRKSolver"] + sorted({cls.__name__ for cls in SOLVERS.values()})
+__all__ = ["SOLVERS", "AdaptiveRKSolver", "FixedGridRKSolver", "FixedGridImplicitRKSolver"] + sorted(
+    {cls.__name__ for cls in SOLVERS.values()}
+)

@@ -29,6 +29,7 @@ Coefficients: Adams-Bashforth beta_kj = (-1)^j sum_{i>=j} binom(i, j) gamma_i an
 Adams-Moulton from gamma*_i, gamma_i = (-1)^i int_0^1 binom(-s, i) ds (Hairer, Norsett &
 Wanner, "Solving ODEs I", section III.1); computed exactly below with fractions.
 """
+
 import collections
 import math
 import warnings
@@ -80,8 +81,9 @@ MOULTON = [None] + [tuple(float(v) for v in _adams_coefficients(k, 1)) for k in 
 
 def _is_whole(value):
     """An int, or a float holding one (not a bool, NaN, inf, None or a string)."""
-    return (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
-            and int(value) == value)
+    return (
+        not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value) and int(value) == value
+    )
 
 
 class AdamsBashforthMoulton(FixedGridIncrementSolver):
@@ -91,8 +93,9 @@ class AdamsBashforthMoulton(FixedGridIncrementSolver):
 
     order = 4  # torchdiffeq's attribute; the convergence order is in the module docstring
 
-    def __init__(self, func, y0, rtol=None, atol=None, *, implicit=True, max_iters=MAX_ITERS, max_order=MAX_ORDER,
-                 **kwargs):
+    def __init__(
+        self, func, y0, rtol=None, atol=None, *, implicit=True, max_iters=MAX_ITERS, max_order=MAX_ORDER, **kwargs
+    ):
         super().__init__(func, y0, rtol, atol, **kwargs)
         if not _is_whole(max_order) or max_order > MAX_ORDER or max_order < 1:
             raise ValueError("max_order must be an integer between 1 and {}, got {!r}".format(MAX_ORDER, max_order))

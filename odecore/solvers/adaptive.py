@@ -26,6 +26,7 @@ Two loops run this arithmetic:
   feature (a user `norm`, `step_t`/`jump_t`, checkpoint recording); up to K - 1 attempts
   after the end are wasted (their evaluations count in nfe, not in the step counts).
 """
+
 import bisect
 import math
 
@@ -33,8 +34,20 @@ import torch
 
 from .base import Perturb, check_finite_ratio, warn_unused
 
-_KNOWN = {"first_step", "step_t", "jump_t", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "dtype", "norm",
-          "sync_every"}
+_KNOWN = {
+    "first_step",
+    "step_t",
+    "jump_t",
+    "min_step",
+    "max_step",
+    "safety",
+    "ifactor",
+    "dfactor",
+    "max_num_steps",
+    "dtype",
+    "norm",
+    "sync_every",
+}
 
 # Whether the host loop's common case runs in C++ (odecore._C.host_loop) where the ops have it.
 COMPILED_LOOP = True
@@ -51,7 +64,11 @@ def rms_segments(x, segments):
     """The largest RMS over consecutive segments of the flattened `x` (float64); a segment
     of negative length -L covers L elements left out of the norm (a seminorm)."""
     x = x.reshape(-1).to(torch.float64)
-    chunks = [chunk for length, chunk in zip(segments, torch.split(x, [abs(n) for n in segments])) if length > 0 and chunk.numel()]
+    chunks = [
+        chunk
+        for length, chunk in zip(segments, torch.split(x, [abs(n) for n in segments]))
+        if length > 0 and chunk.numel()
+    ]
     if not chunks:
         return 0.0
     # the same reduction per segment as torchdiffeq's RMS norm, one host read for all
@@ -60,14 +77,23 @@ def rms_segments(x, segments):
 
 def _number(name, value, positive=False, minimum=None, finite=True):
     """options[name] as a float, checked; the error names the option."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not (
-            isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex()):
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        and not (isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex())
+    ):
         raise TypeError("options[%r] must be a real number, got %r" % (name, value))
     value = float(value)
-    if value != value or (finite and math.isinf(value)) or (positive and not value > 0) or (
-            minimum is not None and not value >= minimum):
-        raise ValueError("options[%r] must be a %s number, got %r"
-                         % (name, "positive" if positive else "non-negative" if minimum == 0.0 else "finite", value))
+    if (
+        value != value
+        or (finite and math.isinf(value))
+        or (positive and not value > 0)
+        or (minimum is not None and not value >= minimum)
+    ):
+        raise ValueError(
+            "options[%r] must be a %s number, got %r"
+            % (name, "positive" if positive else "non-negative" if minimum == 0.0 else "finite", value)
+        )
     return value
 
 
@@ -86,9 +112,29 @@ class AdaptiveRKSolver:
     tableau = None
     order = None
 
-    def __init__(self, func, y0, rtol, atol, *, ops, segments, norm=None, first_step=None, step_t=None, jump_t=None, min_step=0.0,
-                 max_step=math.inf, safety=0.9, ifactor=10.0, dfactor=0.2, max_num_steps=2 ** 31 - 1, dtype=torch.float64,
-                 sync_every=None, **unused):
+    def __init__(
+        self,
+        func,
+        y0,
+        rtol,
+        atol,
+        *,
+        ops,
+        segments,
+        norm=None,
+        first_step=None,
+        step_t=None,
+        jump_t=None,
+        min_step=0.0,
+        max_step=math.inf,
+        safety=0.9,
+        ifactor=10.0,
+        dfactor=0.2,
+        max_num_steps=2**31 - 1,
+        dtype=torch.float64,
+        sync_every=None,
+        **unused,
+    ):
         warn_unused(type(self), unused)
         self.func = func
         self.y0 = y0
@@ -97,16 +143,21 @@ class AdaptiveRKSolver:
         self.norm = norm
         self.rtol, self.atol = rtol, atol
         if y0.numel() and not bool((rtol > 0).any()) and not bool((atol > 0).any()):
-            raise ValueError("rtol and atol are both zero: the error tolerance atol + rtol * |y| vanishes where y does; "
-                             "give atol > 0 (or rtol > 0 for a state that never crosses zero)")
+            raise ValueError(
+                "rtol and atol are both zero: the error tolerance atol + rtol * |y| vanishes where y does; "
+                "give atol > 0 (or rtol > 0 for a state that never crosses zero)"
+            )
         self.first_step = None if first_step is None else _number("first_step", first_step, positive=True)
         self.min_step = _number("min_step", min_step, minimum=0.0)
         self.max_step = _number("max_step", max_step, positive=True, finite=False)
         self.safety = _number("safety", safety, positive=True)
         self.ifactor = _number("ifactor", ifactor, positive=True)
         self.dfactor = _number("dfactor", dfactor, positive=True)
-        if isinstance(max_num_steps, bool) or not isinstance(max_num_steps, (int, float)) or not (
-                max_num_steps == max_num_steps and 1 <= max_num_steps < math.inf):
+        if (
+            isinstance(max_num_steps, bool)
+            or not isinstance(max_num_steps, (int, float))
+            or not (max_num_steps == max_num_steps and 1 <= max_num_steps < math.inf)
+        ):
             raise ValueError("options['max_num_steps'] must be a positive integer, got %r" % (max_num_steps,))
         self.max_num_steps = int(max_num_steps)
         if norm is not None and not callable(norm):
@@ -121,9 +172,13 @@ class AdaptiveRKSolver:
         self.jump_t = self._sorted_times("jump_t", jump_t)
         if set(self.step_t) & set(self.jump_t):
             raise ValueError("`step_t` and `jump_t` must not have any repeated elements between them.")
-        if sync_every is not None and (isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 0):
-            raise ValueError("options['sync_every'] must be a non-negative int (0: read the error ratio on the host "
-                             "every step), got %r" % (sync_every,))
+        if sync_every is not None and (
+            isinstance(sync_every, bool) or not isinstance(sync_every, int) or sync_every < 0
+        ):
+            raise ValueError(
+                "options['sync_every'] must be a non-negative int (0: read the error ratio on the host "
+                "every step), got %r" % (sync_every,)
+            )
         self.sync_every = sync_every
         self.n_steps = self.n_accepted = 0
         self.host_reads = 0
@@ -205,8 +260,10 @@ class AdaptiveRKSolver:
             check_finite_ratio(math.nan, self.func.time_sign * t, dt)
 
     def _underflow(self, t, dt):
-        raise RuntimeError("step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
-                           "its solution may blow up here)" % (self.func.time_sign * t, dt))
+        raise RuntimeError(
+            "step size underflow: t=%r, dt=%r; t + dt == t (the problem may be stiff or "
+            "its solution may blow up here)" % (self.func.time_sign * t, dt)
+        )
 
     # -- the loop ---------------------------------------------------------------------
     def integrate(self, t, recorder=None):
@@ -254,11 +311,19 @@ class AdaptiveRKSolver:
         solve needs nothing that only the Python loop does."""
         cls = type(self)
         return (
-            COMPILED_LOOP and hasattr(self.ops, "host_loop") and recorder is None and self.norm is None
-            and not self.step_t and not self.jump_t and not self.func.callbacks
-            and self.y0.dtype in (torch.float32, torch.float64) and self.time_dtype in (torch.float32, torch.float64)
-            and all(getattr(cls, name) is getattr(AdaptiveRKSolver, name)
-                    for name in ("_step", "_attempt", "_accept", "_dense_output", "_step_factor", "_round"))
+            COMPILED_LOOP
+            and hasattr(self.ops, "host_loop")
+            and recorder is None
+            and self.norm is None
+            and not self.step_t
+            and not self.jump_t
+            and not self.func.callbacks
+            and self.y0.dtype in (torch.float32, torch.float64)
+            and self.time_dtype in (torch.float32, torch.float64)
+            and all(
+                getattr(cls, name) is getattr(AdaptiveRKSolver, name)
+                for name in ("_step", "_attempt", "_accept", "_dense_output", "_step_factor", "_round")
+            )
             and not torch.compiler.is_compiling()
         )
 
@@ -268,11 +333,29 @@ class AdaptiveRKSolver:
         tab, func = self.tableau, self.func
         plan = self._stage_plan
         e_idx, e = tab.e_terms if tab.fsal else ((), tab.e)  # rk_finish takes every stage
-        out, status, self.t, self.dt, self.y, self.f, self.n_steps, self.n_accepted, reads, err_t, err_dt, last = \
-            self.ops.host_loop(func, self.y, self.f, t, self.t, self.dt, [list(idx) for idx, _, _ in plan],
-                               [list(a) for _, a, _ in plan], [c for _, _, c in plan], tab.fsal, list(e_idx), list(e),
-                               list(tab.b), list(tab.dense_flat), self.rtol, self.atol, list(self.segments),
-                               self._control_params(), func.negate)
+        out, status, self.t, self.dt, self.y, self.f, self.n_steps, self.n_accepted, reads, err_t, err_dt, last = (
+            self.ops.host_loop(
+                func,
+                self.y,
+                self.f,
+                t,
+                self.t,
+                self.dt,
+                [list(idx) for idx, _, _ in plan],
+                [list(a) for _, a, _ in plan],
+                [c for _, _, c in plan],
+                tab.fsal,
+                list(e_idx),
+                list(e),
+                list(tab.b),
+                list(tab.dense_flat),
+                self.rtol,
+                self.atol,
+                list(self.segments),
+                self._control_params(),
+                func.negate,
+            )
+        )
         self.host_reads += reads
         if last is not None:
             self.last_step = last[:2] + (list(last[2]), last[3])
@@ -288,9 +371,14 @@ class AdaptiveRKSolver:
             return 0
         ops = self.ops
         eligible = (
-            hasattr(ops, "rk_control") and recorder is None and self.norm is None and not self.step_t and not self.jump_t
+            hasattr(ops, "rk_control")
+            and recorder is None
+            and self.norm is None
+            and not self.step_t
+            and not self.jump_t
             and not self.func.callbacks  # callbacks run on the host, at every step
-            and self.y0.dtype in (torch.float32, torch.float64) and self.time_dtype in (torch.float32, torch.float64)
+            and self.y0.dtype in (torch.float32, torch.float64)
+            and self.time_dtype in (torch.float32, torch.float64)
             and not (torch.is_grad_enabled() and (self.y0.requires_grad or self.f.requires_grad))
             and len(self.tableau.dense_flat) <= 192
         )
@@ -344,12 +432,18 @@ class AdaptiveRKSolver:
         dev = state.device
         nodes = [c for _, _, c in self._stage_plan]
         params = self._control_params()
-        control = _DeviceControl(state, times, nodes, params,
-                                 accept=torch.zeros(batch_shape, dtype=torch.bool, device=dev),
-                                 stage_t=torch.empty(*batch_shape, len(nodes), dtype=self.y0.dtype, device=dev),
-                                 dt=torch.empty(batch_shape or (1,), dtype=torch.float64, device=dev))
-        self.ops.rk_control(state, control.accept, control.stage_t, control.dt, control.dt, times, nodes,
-                            params[:-1] + [1.0])  # prepare_only
+        control = _DeviceControl(
+            state,
+            times,
+            nodes,
+            params,
+            accept=torch.zeros(batch_shape, dtype=torch.bool, device=dev),
+            stage_t=torch.empty(*batch_shape, len(nodes), dtype=self.y0.dtype, device=dev),
+            dt=torch.empty(batch_shape or (1,), dtype=torch.float64, device=dev),
+        )
+        self.ops.rk_control(
+            state, control.accept, control.stage_t, control.dt, control.dt, times, nodes, params[:-1] + [1.0]
+        )  # prepare_only
         return control
 
     def _device_attempt(self, y, f, control, out):
@@ -380,8 +474,18 @@ class AdaptiveRKSolver:
     def _control_params(self):
         """rk_control's parameters (csrc/include/odecore/rk_math.h, ControlParams) for this
         solve: the compiled loop's step control too."""
-        return [float(self.order), self.safety, self.ifactor, self.dfactor, self.min_step, self.max_step,
-                float(self.max_num_steps), self.func.time_sign, 1.0 if self.time_dtype == torch.float32 else 0.0, 0.0]
+        return [
+            float(self.order),
+            self.safety,
+            self.ifactor,
+            self.dfactor,
+            self.min_step,
+            self.max_step,
+            float(self.max_num_steps),
+            self.func.time_sign,
+            1.0 if self.time_dtype == torch.float32 else 0.0,
+            0.0,
+        ]
 
     def _raise_status(self, status, t, dt):
         """Raises the error of a loop that stopped with `status` (rk_control's codes) at
@@ -390,8 +494,9 @@ class AdaptiveRKSolver:
             check_finite_ratio(math.nan, self.func.time_sign * t, dt)
         if status == UNDERFLOW:
             self._underflow(t, dt)
-        raise RuntimeError("max_num_steps exceeded (%d steps) at t=%r, dt=%r"
-                           % (self.max_num_steps, self.func.time_sign * t, dt))
+        raise RuntimeError(
+            "max_num_steps exceeded (%d steps) at t=%r, dt=%r" % (self.max_num_steps, self.func.time_sign * t, dt)
+        )
 
     # -- the host loop -------------------------------------------------------------------
     def _step(self):
@@ -508,6 +613,12 @@ class AdaptiveRKSolver:
             pending.clear()
 
     def stats(self):
-        return {"nfe": self.func.nfe, "n_steps": self.n_steps, "n_accepted": self.n_accepted,
-                "n_rejected": self.n_steps - self.n_accepted, "final_dt": getattr(self, "dt", None),
-                "loop": self.loop, "host_reads": self.host_reads}
+        return {
+            "nfe": self.func.nfe,
+            "n_steps": self.n_steps,
+            "n_accepted": self.n_accepted,
+            "n_rejected": self.n_steps - self.n_accepted,
+            "final_dt": getattr(self, "dt", None),
+            "loop": self.loop,
+            "host_reads": self.host_reads,
+        }

@@ -6,6 +6,7 @@ unabhängigen Veränderlichen", Z. Math. Phys. 45, 1900.
 As in torchdiffeq, the derivative at the end of a step is the last stage (evaluated at the
 Euler predictor), and it starts the next step.
 """
+
 from .adaptive import AdaptiveRKSolver
 from .tableau import ButcherTableau, quartic_dense
 

@@ -1,11 +1,11 @@
 """What every solver shares: the wrapped right-hand side and the solver statistics."""
+
 import enum
 import math
 import warnings
 
 import numpy as np
 import torch
-
 
 _NUMPY_DTYPES = {torch.float64: np.float64, torch.float32: np.float32, torch.float16: np.float16}
 
@@ -111,7 +111,10 @@ class RHS:
         if not isinstance(out, torch.Tensor):
             raise TypeError("func must return a torch.Tensor, got %s" % type(out).__name__)
         if out.shape != self.shape:
-            raise ValueError("func returned a tensor of shape %s, but the state y0 has shape %s" % (tuple(out.shape), tuple(self.shape)))
+            raise ValueError(
+                "func returned a tensor of shape %s, but the state y0 has shape %s"
+                % (tuple(out.shape), tuple(self.shape))
+            )
         if out.dtype != self.dtype:
             raise TypeError("func returned dtype %s, but the state y0 has dtype %s" % (out.dtype, self.dtype))
         if out.device != self.device:

@@ -2,6 +2,7 @@
 
 P. Bogacki and L. F. Shampine, "A 3(2) pair of Runge-Kutta formulas", Appl. Math. Lett. 2(4), 1989.
 """
+
 from .adaptive import AdaptiveRKSolver
 from .tableau import ButcherTableau, quartic_dense
 

@@ -11,6 +11,7 @@ given complex tensors as torchdiffeq does), so the same steps are taken. The tol
 hold 1 or one value per complex element; `segments` count real elements (two per
 complex one).
 """
+
 import torch
 
 from .adaptive import AdaptiveRKSolver, rms_segments

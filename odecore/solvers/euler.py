@@ -2,6 +2,7 @@
 
 L. Euler, "Institutionum calculi integralis", 1768.
 """
+
 from .fixed_grid import FixedGridRKSolver
 from .tableau import ButcherTableau
 

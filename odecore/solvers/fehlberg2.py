@@ -6,6 +6,7 @@ application to some heat transfer problems", NASA TR R-315, 1969.
 As in torchdiffeq, the derivative at the end of a step is the last stage (evaluated at the
 first-order solution), and it starts the next step.
 """
+
 from .adaptive import AdaptiveRKSolver
 from .tableau import ButcherTableau, quartic_dense
 

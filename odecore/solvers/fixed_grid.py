@@ -5,6 +5,7 @@ Semantics follow torchdiffeq 0.2.5: the grid is `t` itself, or built from `step_
 grid points are interpolated linearly or by a cubic Hermite polynomial; `perturb=True`
 evaluates the first stage just after t0 and stages at the end of a step just before t1.
 """
+
 import math
 
 import torch
@@ -16,7 +17,7 @@ INTERPOLATIONS = ("linear", "cubic")
 
 
 # Most grid points a step_size may ask for (a bound on memory and time, not on accuracy).
-MAX_GRID_POINTS = 10 ** 8
+MAX_GRID_POINTS = 10**8
 
 
 def grid_from_step_size(step_size):
@@ -24,14 +25,18 @@ def grid_from_step_size(step_size):
         start, end = t[0], t[-1]
         niters = torch.ceil((end - start) / step_size + 1).item()  # as torchdiffeq, in t's dtype
         if not niters <= MAX_GRID_POINTS:
-            raise ValueError("step_size=%r asks for %s grid points over [%r, %r] (at most %d)"
-                             % (step_size, niters, start.item(), end.item(), MAX_GRID_POINTS))
+            raise ValueError(
+                "step_size=%r asks for %s grid points over [%r, %r] (at most %d)"
+                % (step_size, niters, start.item(), end.item(), MAX_GRID_POINTS)
+            )
         niters = max(niters, 2.0)  # a span below the step's resolution: one step
         grid = torch.arange(0, niters, dtype=t.dtype, device=t.device) * step_size + start
         grid[-1] = t[-1]
         if len(grid) > 1 and not bool((grid[1:] > grid[:-1]).all()):
-            raise ValueError("step_size=%r is below the resolution of t's dtype %s near t=%r: the grid repeats times"
-                             % (step_size, t.dtype, start.item()))
+            raise ValueError(
+                "step_size=%r is below the resolution of t's dtype %s near t=%r: the grid repeats times"
+                % (step_size, t.dtype, start.item())
+            )
         return grid
 
     return grid_constructor
@@ -48,16 +53,34 @@ class FixedGridRKSolver:
         """torchdiffeq's fixed-grid solvers call only callback_step (before every step)."""
         return {"callback_step"}
 
-    def __init__(self, func, y0, rtol=None, atol=None, *, ops, segments=None, norm=None, step_size=None, grid_constructor=None,
-                 interp="linear", perturb=False, sync_every=None, **unused):
+    def __init__(
+        self,
+        func,
+        y0,
+        rtol=None,
+        atol=None,
+        *,
+        ops,
+        segments=None,
+        norm=None,
+        step_size=None,
+        grid_constructor=None,
+        interp="linear",
+        perturb=False,
+        sync_every=None,
+        **unused,
+    ):
         warn_unused(type(self), unused)
         if step_size is not None and grid_constructor is not None:
             raise ValueError("step_size and grid_constructor are mutually exclusive arguments.")
         if interp not in INTERPOLATIONS:
             raise ValueError("interp must be one of %s, got %r" % (", ".join(map(repr, INTERPOLATIONS)), interp))
         if step_size is not None:
-            if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) and not (
-                    isinstance(step_size, torch.Tensor) and step_size.numel() == 1 and not step_size.is_complex()):
+            if (
+                isinstance(step_size, bool)
+                or not isinstance(step_size, (int, float))
+                and not (isinstance(step_size, torch.Tensor) and step_size.numel() == 1 and not step_size.is_complex())
+            ):
                 raise TypeError("options['step_size'] must be a real number, got %r" % (step_size,))
             if not (float(step_size) > 0 and math.isfinite(float(step_size))):
                 raise ValueError("step_size must be positive and finite, got %r" % (step_size,))
@@ -89,7 +112,10 @@ class FixedGridRKSolver:
         self.grid_tensor = grid.detach()  # the callbacks' times, as torchdiffeq's
         grid = self.grid_tensor.tolist()
         if grid[0] != t[0].item() or grid[-1] != t[-1].item():
-            raise ValueError("grid_constructor must return a grid that starts at t[0] and ends at t[-1], got [%r, ..., %r]" % (grid[0], grid[-1]))
+            raise ValueError(
+                "grid_constructor must return a grid that starts at t[0] and ends at t[-1], got [%r, ..., %r]"
+                % (grid[0], grid[-1])
+            )
         if any(not b > a for a, b in zip(grid[:-1], grid[1:])):
             raise ValueError("grid_constructor must return strictly monotonic times in the direction of t")
         return grid
@@ -155,8 +181,10 @@ class FixedGridRKSolver:
         if not bool(finite.all()):
             j = int((~finite).nonzero()[0, 0])
             i = max(1, next((i for i, g in enumerate(grid) if g >= t[j]), len(grid) - 1))
-            raise RuntimeError("non-finite values (NaN or inf) in the solution at t=%r (output %d), dt=%r; "
-                               "func returned NaN/inf or the solution overflowed" % (t[j], j, grid[i] - grid[i - 1]))
+            raise RuntimeError(
+                "non-finite values (NaN or inf) in the solution at t=%r (output %d), dt=%r; "
+                "func returned NaN/inf or the solution overflowed" % (t[j], j, grid[i] - grid[i - 1])
+            )
 
     def _outputs(self, times, t0, t1, y0, y1, k, dt):
         pieces, pending = [], []
@@ -180,5 +208,10 @@ class FixedGridRKSolver:
         return pieces
 
     def stats(self):
-        return {"nfe": self.func.nfe, "n_steps": self.n_steps, "n_accepted": self.n_steps, "n_rejected": 0,
-                "final_dt": self.final_dt}
+        return {
+            "nfe": self.func.nfe,
+            "n_steps": self.n_steps,
+            "n_accepted": self.n_steps,
+            "n_rejected": 0,
+            "final_dt": self.final_dt,
+        }

@@ -24,9 +24,9 @@ multiplying the remaining error by the stiff dt * J.
 Gradients flow by backpropagation through the iterations (J is a constant of the graph;
 the iteration contracts the derivative as it does the error, to about the same tolerance).
 """
+
 import math
 from dataclasses import dataclass, field
-from typing import Tuple
 
 import numpy as np
 import torch
@@ -45,9 +45,9 @@ class ImplicitTableau:
     that only the first stage may be explicit (a zero row, c = 0) and that the implicit block
     of ``a`` is invertible; it derives the weights of the solution from the stage increments."""
 
-    c: Tuple[float, ...]
-    a: Tuple[Tuple[float, ...], ...]
-    b: Tuple[float, ...]
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
     explicit_first: bool = field(init=False, repr=False, compare=False)
     implicit: tuple = field(init=False, repr=False, compare=False)  # indices of the implicit stages
     a_implicit: tuple = field(init=False, repr=False, compare=False)  # a[I][I]
@@ -61,7 +61,9 @@ class ImplicitTableau:
             raise ValueError("implicit tableau: c, b and the rows of a must all have s entries")
         for i, row in enumerate(self.a):
             if abs(sum(row) - self.c[i]) > _TOL * max(1.0, sum(abs(v) for v in row)):
-                raise ValueError("implicit tableau: row %d of a sums to %r, not c[%d] = %r" % (i, sum(row), i, self.c[i]))
+                raise ValueError(
+                    "implicit tableau: row %d of a sums to %r, not c[%d] = %r" % (i, sum(row), i, self.c[i])
+                )
         if abs(sum(self.b) - 1.0) > _TOL:
             raise ValueError("implicit tableau: b must sum to 1, got %r" % sum(self.b))
         zero_rows = [i for i, row in enumerate(self.a) if not any(row)]
@@ -117,8 +119,13 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
 
     def __init__(self, func, y0, rtol=None, atol=None, *, max_iters=MAX_ITERS, **kwargs):
         super().__init__(func, y0, rtol, atol, **kwargs)
-        if (isinstance(max_iters, bool) or not isinstance(max_iters, (int, float)) or not math.isfinite(max_iters)
-                or int(max_iters) != max_iters or max_iters < 1):
+        if (
+            isinstance(max_iters, bool)
+            or not isinstance(max_iters, (int, float))
+            or not math.isfinite(max_iters)
+            or int(max_iters) != max_iters
+            or max_iters < 1
+        ):
             raise ValueError("max_iters must be a positive integer, got {!r}".format(max_iters))
         self.max_iters = int(max_iters)
         n = y0.numel()
@@ -217,8 +224,9 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
         ratio = math.inf
         for _ in range(self.max_iters):
             self.n_newton_iters += 1
-            fz = torch.stack([self._stage_f(ti, ci, (flat + zi).view(shape)).reshape(-1)
-                              for ti, ci, zi in zip(times, self._c, z)])
+            fz = torch.stack(
+                [self._stage_f(ti, ci, (flat + zi).view(shape)).reshape(-1) for ti, ci, zi in zip(times, self._c, z)]
+            )
             g = z - dt * (self._a @ fz)
             if base is not None:
                 g = g - base
@@ -226,15 +234,18 @@ class FixedGridImplicitRKSolver(FixedGridIncrementSolver):
             z = z - dz
             ratio = self._update_ratio(dz, flat, z)
             if not math.isfinite(ratio):
-                raise RuntimeError("%s: Newton's method for the stage equations produced non-finite values at t=%r, "
-                                   "dt=%r; use a smaller step" % (self._name(), self._user_time(t0), self._user_time(dt)))
+                raise RuntimeError(
+                    "%s: Newton's method for the stage equations produced non-finite values at t=%r, "
+                    "dt=%r; use a smaller step" % (self._name(), self._user_time(t0), self._user_time(dt))
+                )
             if ratio <= 1.0:
                 break
         else:
-            raise RuntimeError("%s: Newton's method for the stage equations did not converge in %d iterations at t=%r, "
-                               "dt=%r (last update %.3g times the tolerance); use a smaller step or raise "
-                               "options['max_iters']" % (self._name(), self.max_iters, self._user_time(t0),
-                                                         self._user_time(dt), ratio))
+            raise RuntimeError(
+                "%s: Newton's method for the stage equations did not converge in %d iterations at t=%r, "
+                "dt=%r (last update %.3g times the tolerance); use a smaller step or raise "
+                "options['max_iters']" % (self._name(), self.max_iters, self._user_time(t0), self._user_time(dt), ratio)
+            )
         dy = (self._d * z).sum(0)
         if tab.explicit_first and tab.e != 0.0:
             dy = dy + (dt * tab.e) * f0_flat

@@ -6,6 +6,7 @@ and the outputs are FixedGridRKSolver's, with the step seen as two "stages" ``[f
 of weights (0, 1): linear interpolation is ``y0 + x (y1 - y0)`` and ``interp='cubic'`` the
 Hermite cubic through y0, y1, f0 and f(t1, y1), as in torchdiffeq.
 """
+
 import torch
 
 from .fixed_grid import FixedGridRKSolver

@@ -6,6 +6,7 @@ The nodes are the Gauss points of [0, 1], c = 1/2 -+ sqrt(3)/6. torchdiffeq's ma
 wrong (its a is right), which fails b.c = 1/2 and makes that method first order on
 non-autonomous problems (tests/test_implicit.py checks both).
 """
+
 import math
 
 from .fixed_grid_implicit import FixedGridImplicitRKSolver, ImplicitTableau
@@ -14,8 +15,7 @@ _S3 = math.sqrt(3.0)
 
 TABLEAU = ImplicitTableau(
     c=(0.5 - _S3 / 6, 0.5 + _S3 / 6),
-    a=((0.25, 0.25 - _S3 / 6),
-       (0.25 + _S3 / 6, 0.25)),
+    a=((0.25, 0.25 - _S3 / 6), (0.25 + _S3 / 6, 0.25)),
     b=(0.5, 0.5),
 )
 

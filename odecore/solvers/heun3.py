@@ -2,6 +2,7 @@
 
 K. Heun, Z. Math. Phys. 45, 1900.
 """
+
 from .fixed_grid import FixedGridRKSolver
 from .tableau import ButcherTableau
 

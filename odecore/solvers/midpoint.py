@@ -2,6 +2,7 @@
 
 C. Runge, "Über die numerische Auflösung von Differentialgleichungen", Math. Ann. 46, 1895.
 """
+
 from .fixed_grid import FixedGridRKSolver
 from .tableau import ButcherTableau
 

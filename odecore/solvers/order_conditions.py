@@ -17,9 +17,10 @@ Order 1: sum b = 1; order 2: b.c = 1/2; order 3: b.c^2 = 1/3, b.A.c = 1/6; ... t
 implicit tableaus (``a`` as full s x s rows or, for explicit ones, row i holding i entries)
 in floats or exact ``fractions.Fraction``.
 """
+
 import math
 from fractions import Fraction
-from functools import lru_cache
+from functools import cache
 
 __all__ = ["rooted_trees", "tree_order", "tree_density", "order_residuals", "check_order", "tableau_order"]
 
@@ -33,10 +34,10 @@ def _grow(tree):
     yield _canonical(tree + ((),))
     for i, child in enumerate(tree):
         for grown in _grow(child):
-            yield _canonical(tree[:i] + (grown,) + tree[i + 1:])
+            yield _canonical(tree[:i] + (grown,) + tree[i + 1 :])
 
 
-@lru_cache(maxsize=None)
+@cache
 def rooted_trees(order):
     """The rooted trees with `order` vertices (canonical nested tuples), sorted."""
     if order < 1:
@@ -108,8 +109,7 @@ def check_order(a, b, c, order, tol=1e-14):
     """The conditions of trees with up to `order` vertices (and c = row sums of a) that fail:
     [(tree or 'row sums', residual)]. A float residual fails when it exceeds `tol` times
     the size of its terms (at least 1); exact (Fraction) ones must vanish."""
-    return [(tree, r) for tree, r, magnitude in order_residuals(a, b, c, order)
-            if abs(r) > tol * max(1, magnitude)]
+    return [(tree, r) for tree, r, magnitude in order_residuals(a, b, c, order) if abs(r) > tol * max(1, magnitude)]
 
 
 def tableau_order(a, b, c, max_order=8, tol=1e-14):

@@ -28,15 +28,35 @@ Statistics (``return_stats``): per-sample tensors ``n_steps``, ``n_accepted``, `
 ``final_dt``, ``status`` (0 done, 2 non-finite, 3 underflow, 4 max_num_steps) and
 ``nfe_per_sample`` (evaluations each sample needed), and the batched ``nfe`` (func calls).
 """
+
 import math
 
 import torch
 
-from .adaptive import (DEFAULT_SYNC_EVERY, DONE, DT, ERR_DT, ERR_T, FIRST_OUT, MAX_STEPS, N_ACCEPTED, N_STEPS, NEXT_OUT,
-                       NON_FINITE, NUM_SLOTS, RUNNING, STATUS, T, UNDERFLOW)
+from .adaptive import (
+    DEFAULT_SYNC_EVERY,
+    DONE,
+    DT,
+    ERR_DT,
+    ERR_T,
+    FIRST_OUT,
+    MAX_STEPS,
+    N_ACCEPTED,
+    N_STEPS,
+    NEXT_OUT,
+    NON_FINITE,
+    NUM_SLOTS,
+    RUNNING,
+    STATUS,
+    UNDERFLOW,
+    T,
+)
 
-_REASONS = {NON_FINITE: "non-finite values (NaN or inf) in the solution or its error estimate",
-            UNDERFLOW: "step size underflow (t + dt == t)", MAX_STEPS: "max_num_steps exceeded"}
+_REASONS = {
+    NON_FINITE: "non-finite values (NaN or inf) in the solution or its error estimate",
+    UNDERFLOW: "step size underflow (t + dt == t)",
+    MAX_STEPS: "max_num_steps exceeded",
+}
 
 
 class SampleFailure(RuntimeError):
@@ -68,8 +88,10 @@ def integrate_per_sample(solver, times, sync_every=None):
     if torch.is_grad_enabled() and f.requires_grad:
         # the loop runs without autograd: the solution would silently carry no gradient for
         # func's parameters (a loss through it would miss their ODE term)
-        raise ValueError("options['batch_dim'] gives no gradients through odeint, but func's output requires grad "
-                         "(its parameters?): use odeint_adjoint for gradients, or solve under torch.no_grad()")
+        raise ValueError(
+            "options['batch_dim'] gives no gradients through odeint, but func's output requires grad "
+            "(its parameters?): use odeint_adjoint for gradients, or solve under torch.no_grad()"
+        )
     evals = 1
     rtol, atol = solver.rtol, solver.atol
     segments = [n]
@@ -127,17 +149,26 @@ def stats_of(solver, state):
     status = state[:, STATUS].to(torch.int64)
     status = torch.where(status == DONE, torch.zeros_like(status), status)
     initial = 1 if solver.first_step is not None else 2
-    return {"nfe": solver.func.nfe, "n_steps": n_steps, "n_accepted": n_accepted, "n_rejected": n_steps - n_accepted,
-            "final_dt": state[:, DT].clone(), "status": status,
-            "nfe_per_sample": initial + len(solver._stage_plan) * n_steps, "loop": "per_sample",
-            "host_reads": solver.host_reads}
+    return {
+        "nfe": solver.func.nfe,
+        "n_steps": n_steps,
+        "n_accepted": n_accepted,
+        "n_rejected": n_steps - n_accepted,
+        "final_dt": state[:, DT].clone(),
+        "status": status,
+        "nfe_per_sample": initial + len(solver._stage_plan) * n_steps,
+        "loop": "per_sample",
+        "host_reads": solver.host_reads,
+    }
 
 
 def failure_message(state, failed, labels):
     """Names the failed samples with the t and dt where each stopped (the first few)."""
     rows = state[failed[:5]].tolist()
-    parts = ["sample %d: %s at t=%r, dt=%r" % (label, _REASONS.get(int(r[STATUS]), "failed"), r[ERR_T], r[ERR_DT])
-             for label, r in zip(labels, rows)]
+    parts = [
+        "sample %d: %s at t=%r, dt=%r" % (label, _REASONS.get(int(r[STATUS]), "failed"), r[ERR_T], r[ERR_DT])
+        for label, r in zip(labels, rows)
+    ]
     more = "" if len(failed) <= 5 else " (and %d more)" % (len(failed) - 5)
     return "%d of %d samples failed; the others finished: %s%s" % (len(failed), state.shape[0], "; ".join(parts), more)
 
@@ -162,23 +193,32 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
     if y0.is_complex() or y0.dtype not in (torch.float32, torch.float64):
         raise TypeError("options['batch_dim'] supports float32 and float64 states, got %s" % y0.dtype)
     if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or not -y0.dim() <= batch_dim < y0.dim():
-        raise ValueError("options['batch_dim'] must be an int naming a dimension of y0 (shape %s), got %r"
-                         % (tuple(y0.shape), batch_dim))
+        raise ValueError(
+            "options['batch_dim'] must be an int naming a dimension of y0 (shape %s), got %r"
+            % (tuple(y0.shape), batch_dim)
+        )
     batch_dim %= y0.dim()
     samples = y0.shape[batch_dim]
     method = "dopri5" if method is None else method
     if method not in SOLVERS or not issubclass(SOLVERS[method], AdaptiveRKSolver):
         adaptive = sorted(name for name, cls in SOLVERS.items() if issubclass(cls, AdaptiveRKSolver))
-        raise ValueError("options['batch_dim'] needs an adaptive Runge-Kutta method (%s), got %r" % (", ".join(adaptive), method))
+        raise ValueError(
+            "options['batch_dim'] needs an adaptive Runge-Kutta method (%s), got %r" % (", ".join(adaptive), method)
+        )
     for key in ("norm", "step_t", "jump_t", "checkpoint"):
         if options.get(key) is not None:
             raise ValueError("options[%r] is not supported together with options['batch_dim']" % key)
-    if any(callable(getattr(func, name, None)) for name in ("callback_step", "callback_accept_step", "callback_reject_step")):
+    if any(
+        callable(getattr(func, name, None))
+        for name in ("callback_step", "callback_accept_step", "callback_reject_step")
+    ):
         raise ValueError("step callbacks are not supported together with options['batch_dim']")
     ops = get_ops(backend, y0.device)
     if not hasattr(ops, "rk_initial_dt"):
-        raise RuntimeError("options['batch_dim'] needs odecore's fused kernels for %s (the extension is not built "
-                           "for it, or backend='reference' was asked for)" % y0.device.type)
+        raise RuntimeError(
+            "options['batch_dim'] needs odecore's fused kernels for %s (the extension is not built "
+            "for it, or backend='reference' was asked for)" % y0.device.type
+        )
     if samples == 0 or y0.numel() == 0:
         raise ValueError("options['batch_dim'] needs a non-empty batch, got y0 of shape %s" % (tuple(y0.shape),))
 
@@ -188,8 +228,10 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
     if t.device != y0.device:
         raise ValueError("t is on %s but y0 is on %s; put them on the same device" % (t.device, y0.device))
     if t.dim() not in (1, 2) or (t.dim() == 2 and t.shape[0] != samples) or t.shape[-1] < 1:
-        raise ValueError("with options['batch_dim'], t must have shape (T,) or (batch, T) = (%d, T), got %s"
-                         % (samples, tuple(t.shape)))
+        raise ValueError(
+            "with options['batch_dim'], t must have shape (T,) or (batch, T) = (%d, T), got %s"
+            % (samples, tuple(t.shape))
+        )
     if t.requires_grad and torch.is_grad_enabled():
         raise ValueError("options['batch_dim'] does not support gradients with respect to t")
     times = t.detach().to(torch.float64)
@@ -222,7 +264,10 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
         if not isinstance(out, torch.Tensor):
             raise TypeError("func must return a torch.Tensor, got %s" % type(out).__name__)
         if out.shape != y0.shape:
-            raise ValueError("func returned a tensor of shape %s, but the state y0 has shape %s" % (tuple(out.shape), tuple(y0.shape)))
+            raise ValueError(
+                "func returned a tensor of shape %s, but the state y0 has shape %s"
+                % (tuple(out.shape), tuple(y0.shape))
+            )
         return out.movedim(batch_dim, 0).reshape(-1)
 
     y_flat = y0.detach().movedim(batch_dim, 0).reshape(-1).contiguous()
@@ -238,8 +283,17 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
     solution = out.view(out.shape[0], samples, *rest).movedim(1, batch_dim + 1)
     if state is None:
         zeros = torch.zeros(samples, dtype=torch.int64, device=y0.device)
-        stats = {"nfe": 0, "n_steps": zeros, "n_accepted": zeros, "n_rejected": zeros, "final_dt": None,
-                 "status": zeros, "nfe_per_sample": zeros, "loop": "per_sample", "host_reads": 0}
+        stats = {
+            "nfe": 0,
+            "n_steps": zeros,
+            "n_accepted": zeros,
+            "n_rejected": zeros,
+            "final_dt": None,
+            "status": zeros,
+            "nfe_per_sample": zeros,
+            "loop": "per_sample",
+            "host_reads": 0,
+        }
         return (solution, stats) if return_stats else solution
     stats = stats_of(solver, state)
     failed = (stats["status"] != 0).nonzero().flatten()

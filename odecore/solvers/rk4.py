@@ -3,6 +3,7 @@
 W. Kutta, "Beitrag zur näherungsweisen Integration totaler Differentialgleichungen",
 Z. Math. Phys. 46, 1901.
 """
+
 from .fixed_grid import FixedGridRKSolver
 from .tableau import ButcherTableau
 

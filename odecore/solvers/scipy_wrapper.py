@@ -19,6 +19,7 @@ explicit RK methods RK23/RK45/DOP853, whose attempts cost a known number of eval
 ``None`` for Radau, BDF and LSODA, which do not expose their rejected attempts), 'final_dt'
 (the step size scipy would try next), 'njev' and 'nlu'.
 """
+
 import torch
 
 from .base import warn_unused
@@ -33,8 +34,24 @@ class ScipyWrapperODESolver:
     def valid_callbacks(cls):
         return set()
 
-    def __init__(self, func, y0, rtol, atol, *, ops=None, segments=None, min_step=0, max_step=float("inf"),
-                 solver="LSODA", norm=None, grid_points=None, eps=None, sync_every=None, **unused):
+    def __init__(
+        self,
+        func,
+        y0,
+        rtol,
+        atol,
+        *,
+        ops=None,
+        segments=None,
+        min_step=0,
+        max_step=float("inf"),
+        solver="LSODA",
+        norm=None,
+        grid_points=None,
+        eps=None,
+        sync_every=None,
+        **unused,
+    ):
         warn_unused(type(self), unused)
         try:
             from scipy.integrate import solve_ivp
@@ -45,13 +62,17 @@ class ScipyWrapperODESolver:
         self._solve_ivp = solve_ivp
         if isinstance(solver, str):
             if solver not in METHODS:
-                raise ValueError("options['solver'] must be one of %s or an OdeSolver subclass, got %r"
-                                 % (", ".join(map(repr, METHODS)), solver))
+                raise ValueError(
+                    "options['solver'] must be one of %s or an OdeSolver subclass, got %r"
+                    % (", ".join(map(repr, METHODS)), solver)
+                )
             self.method_cls = METHODS[solver]
         elif isinstance(solver, type) and issubclass(solver, OdeSolver):
             self.method_cls = solver
         else:
-            raise ValueError("options['solver'] must be a solve_ivp method name or an OdeSolver subclass, got %r" % (solver,))
+            raise ValueError(
+                "options['solver'] must be a solve_ivp method name or an OdeSolver subclass, got %r" % (solver,)
+            )
         self.solver = solver
         self.func = func
         self.dtype, self.device, self.shape = y0.dtype, y0.device, y0.shape
@@ -95,8 +116,10 @@ class ScipyWrapperODESolver:
     def integrate(self, t, t_tensor, recorder=None):
         """Solves at the increasing float times `t` (`t_tensor` holds them in t's dtype)."""
         if recorder is not None:
-            raise ValueError("options['checkpoint'] is not supported by method='scipy_solver' (scipy's steps cannot be "
-                             "replayed); use odeint_adjoint for gradients")
+            raise ValueError(
+                "options['checkpoint'] is not supported by method='scipy_solver' (scipy's steps cannot be "
+                "replayed); use odeint_adjoint for gradients"
+            )
         record = {"solver": None, "accepted": 0, "attempts": 0}
         times = t_tensor.detach().cpu().numpy()
         sol = self._solve_ivp(
@@ -112,9 +135,15 @@ class ScipyWrapperODESolver:
         )
         self._record_stats(record, sol)
         if not sol.success or sol.y.shape[1] != len(times):
-            raise RuntimeError("scipy_solver (%s) failed: %s (reached t=%r of %r)"
-                               % (getattr(self.method_cls, "__name__", self.solver), sol.message,
-                                  float(sol.t[-1]) if len(sol.t) else float(times[0]), float(times[-1])))
+            raise RuntimeError(
+                "scipy_solver (%s) failed: %s (reached t=%r of %r)"
+                % (
+                    getattr(self.method_cls, "__name__", self.solver),
+                    sol.message,
+                    float(sol.t[-1]) if len(sol.t) else float(times[0]),
+                    float(times[-1]),
+                )
+            )
         out = torch.tensor(sol.y).T
         if self.complex:
             out = torch.view_as_real(out.to(self.device, _COMPLEX[self.dtype]).contiguous())
@@ -137,9 +166,13 @@ class ScipyWrapperODESolver:
             elif solver.step_size is not None:
                 final_dt = float(solver.step_size)
         self._stats = {
-            "nfe": self.func.nfe, "n_steps": attempts, "n_accepted": accepted,
+            "nfe": self.func.nfe,
+            "n_steps": attempts,
+            "n_accepted": accepted,
             "n_rejected": None if attempts is None else attempts - accepted,
-            "final_dt": final_dt, "njev": int(sol.njev), "nlu": int(sol.nlu),
+            "final_dt": final_dt,
+            "njev": int(sol.njev),
+            "nlu": int(sol.nlu),
         }
 
     def stats(self):

@@ -1,6 +1,6 @@
 """Butcher tableaus: frozen, validated data, the one source of truth for every RK method."""
+
 from dataclasses import dataclass, field
-from typing import Optional, Tuple
 
 _TOL = 1e-12
 
@@ -28,11 +28,11 @@ class ButcherTableau:
     ``e`` sums to 0, and the dense output ends on the solution (``P_j(1) = b_j``).
     """
 
-    c: Tuple[float, ...]
-    a: Tuple[Tuple[float, ...], ...]
-    b: Tuple[float, ...]
-    e: Optional[Tuple[float, ...]] = None
-    dense: Optional[Tuple[Tuple[float, ...], ...]] = None
+    c: tuple[float, ...]
+    a: tuple[tuple[float, ...], ...]
+    b: tuple[float, ...]
+    e: tuple[float, ...] | None = None
+    dense: tuple[tuple[float, ...], ...] | None = None
     # derived, sparse forms used by the solver loop
     stage_terms: tuple = field(init=False, repr=False, compare=False)
     b_terms: tuple = field(init=False, repr=False, compare=False)
@@ -57,11 +57,15 @@ class ButcherTableau:
                 raise ValueError("tableau: dense must have s rows of equal length")
             for j, row in enumerate(self.dense):
                 if not _close(sum(row), self.b[j], sum(abs(v) for v in row)):
-                    raise ValueError("tableau: dense output of stage %d ends at %r, not b[%d] = %r" % (j, sum(row), j, self.b[j]))
+                    raise ValueError(
+                        "tableau: dense output of stage %d ends at %r, not b[%d] = %r" % (j, sum(row), j, self.b[j])
+                    )
         object.__setattr__(self, "stage_terms", tuple(_sparse(row) for row in self.a))
         object.__setattr__(self, "b_terms", _sparse(self.b))
         object.__setattr__(self, "e_terms", None if self.e is None else _sparse(self.e))
-        object.__setattr__(self, "dense_flat", None if self.dense is None else [float(v) for row in self.dense for v in row])
+        object.__setattr__(
+            self, "dense_flat", None if self.dense is None else [float(v) for row in self.dense for v in row]
+        )
 
     @property
     def stages(self):
