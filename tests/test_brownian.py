@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from odecore import brownian
-from odecore.brownian import BrownianInterval, BrownianPath, BrownianTree, ReverseBrownian
+from odecore.sde import brownian
+from odecore.sde.brownian import BrownianInterval, BrownianPath, BrownianTree, ReverseBrownian
 
 from .testing import devices, dtypes, product
 

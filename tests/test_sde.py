@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from odecore.brownian import BrownianInterval
-from odecore.sde import sdeint
+from odecore.sde import BrownianInterval, sdeint
 
 from .testing import backends, require_backend
 

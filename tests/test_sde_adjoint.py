@@ -12,9 +12,7 @@ import torch
 from torch import nn
 
 import odecore
-from odecore.brownian import BrownianInterval
-from odecore.sde import sdeint
-from odecore.sde_adjoint import sdeint_adjoint
+from odecore.sde import BrownianInterval, sdeint, sdeint_adjoint
 
 try:
     import torchsde

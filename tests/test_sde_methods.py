@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from odecore.brownian import BrownianInterval
-from odecore.sde import sdeint
+from odecore.sde import BrownianInterval, sdeint
 
 try:
     import torchsde

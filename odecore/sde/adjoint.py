@@ -1,60 +1,17 @@
 """sdeint_adjoint: gradients of SDE solutions by the stochastic adjoint, in constant memory.
 
 Li, Wong, Chen & Duvenaud, "Scalable Gradients for Stochastic Differential Equations",
-AISTATS 2020. The forward pass is ``odecore.sdeint`` without a graph; it saves only the
-outputs at ``ts``. The backward pass solves, again with ``odecore.sdeint``, the augmented
-system z = [y, a = dL/dy, a_theta] (one flat buffer) backwards in time s = -t, driven by the
-*same* Brownian path queried in reverse (the increment over a reverse step [s0, s1] is the
-forward one bm(-s1, -s0)). For the Stratonovich SDE dy = f dt + g o dW the adjoint system is
-
-    dy = -f ds - g o dW,    da = (a df/dy) ds + (a dg/dy) o dW,    da_theta = (a df/dtheta) ds + (a dg/dtheta) o dW
-
-(the y-part re-integrates the forward path backwards; at every output time it is reset to
-the saved forward value and a receives that output's incoming gradient). An Ito SDE is the
-Stratonovich one with drift f - 1/2 g dg/dy; its adjoint is solved in Ito form, like
-torchsde 0.2.6: the Stratonovich adjoint above plus the Ito-Stratonovich correction of the
-*augmented* diffusion, which comes out as
-
-    dy = -(f - g g') ds - g dW,    d(a, a_theta) = grad_(y, theta)[a.f - (a g)_c . g'] ds + (a dg/d(y, theta)) dW
-
-for diagonal noise (g' = dg_i/dy_i; ( )_c a constant factor, not differentiated) and
-similarly with a Jacobian-vector product for scalar noise.
-
-Each evaluation of the augmented system costs one call each of the user's f and g and one
-``torch.autograd.grad`` (the drift's and the noise's vector-Jacobian products together, as
-one scalar); with Ito diagonal noise or the Milstein adjoint the derivative g' is taken with
-``create_graph`` first, so that grad includes second derivatives (as torchsde's).
-
-How the backward solve is handed to sdeint
-------------------------------------------
-``odecore.sdeint`` asks an SDE for f(t, y) and the matrix g(t, y), never for the product
-g dW, and the augmented diffusion is a (2N + P) x (number of Brownian coordinates) matrix
-that would cost one VJP per Brownian coordinate to build. The adjoint system is therefore
-given to sdeint as a *scalar-noise* SDE driven by a unit increment: the Brownian motion that
-sdeint queries (`_ReplayedBrownian`) fetches the real reverse increment dW of the step,
-gives it (and the step size h) to the augmented SDE (`_AdjointSDE`) and returns 1; the
-augmented SDE's "diffusion" at a point is that evaluation's whole increment
-h F(z) + G(z) dW (+ the Milstein term) and its drift is 0. sdeint's update
-z + 0 h + increment * 1, and its midpoint and Heun stages, are then exactly the Euler,
-midpoint and Heun steps of the adjoint system (all three are linear in h F + G dW).
-``adjoint_method='milstein'`` runs sdeint's Euler step on an increment that includes the
-Milstein term 1/2 sum_j (dG_j/dz G_j)(dW_j^2 - h) (Ito; dW_j^2 for Stratonovich) of the
-augmented system, which for diagonal noise needs no Brownian cross terms.
-
-Supported: noise types diagonal (g_i a function of y_i, as for Milstein), scalar and
-additive; general noise for Stratonovich SDEs; Ito and Stratonovich; forward methods those
-of sdeint; adjoint methods euler (Ito), milstein (Ito or Stratonovich; diagonal/additive
-noise), midpoint and heun (Stratonovich); by default torchsde's choice: Ito diagonal
-milstein, other Ito euler, Stratonovich midpoint. Not supported (NotImplementedError):
-adaptive, adjoint_adaptive, logqp, extra, extra_solver_state, general noise for Ito SDEs,
-adjoint_method='srk', and double backward (differentiating the gradients again raises).
+AISTATS 2020; torchsde 0.2.6's ``sdeint_adjoint`` interface.
 """
+
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .brownian import BrownianInterval
-from .sde import _SDE, DEFAULT_METHOD, METHODS, sdeint
+from .methods import DEFAULT_METHOD, METHODS, needs_levy_area, solver_for
+from .sdeint import default_brownian, sdeint
+from .system import SDESystem
 
 __all__ = ["sdeint_adjoint"]
 
@@ -63,34 +20,34 @@ DEFAULT_ADJOINT_METHOD = {
     "ito": {"diagonal": "milstein", "additive": "euler", "scalar": "euler", "general": "euler"},
     "stratonovich": dict.fromkeys(("diagonal", "additive", "scalar", "general"), "midpoint"),
 }
-# The sdeint method that steps the augmented system for each adjoint method (see the module
-# docstring: milstein is an Euler step whose increment includes the Milstein term).
+# The sdeint method that steps the augmented system for each adjoint method (see _AdjointSDE:
+# milstein is an Euler step whose increment includes the Milstein term).
 _STEPPER = {"euler": "euler", "milstein": "euler", "midpoint": "midpoint", "heun": "heun"}
 
 
 def sdeint_adjoint(
-    sde,
-    y0,
-    ts,
-    bm=None,
-    method=None,
-    adjoint_method=None,
-    dt=1e-3,
-    adaptive=False,
-    adjoint_adaptive=False,
-    rtol=1e-5,
-    adjoint_rtol=1e-5,
-    atol=1e-4,
-    adjoint_atol=1e-4,
-    dt_min=1e-5,
-    options=None,
-    adjoint_options=None,
-    adjoint_params=None,
-    names=None,
-    logqp=False,
-    extra=False,
-    extra_solver_state=None,
-):
+    sde: object,
+    y0: torch.Tensor,
+    ts: torch.Tensor,
+    bm: Callable | None = None,
+    method: str | None = None,
+    adjoint_method: str | None = None,
+    dt: float = 1e-3,
+    adaptive: bool = False,
+    adjoint_adaptive: bool = False,
+    rtol: float = 1e-5,
+    adjoint_rtol: float = 1e-5,
+    atol: float = 1e-4,
+    adjoint_atol: float = 1e-4,
+    dt_min: float = 1e-5,
+    options: dict | None = None,
+    adjoint_options: dict | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+    names: dict | None = None,
+    logqp: bool = False,
+    extra: bool = False,
+    extra_solver_state: object = None,
+) -> torch.Tensor:
     """Like ``odecore.sdeint`` (torchsde 0.2.6's ``sdeint_adjoint`` signature), with gradients
     from the stochastic adjoint: the backward pass solves the adjoint SDE backwards in time on
     the same Brownian path, so memory does not grow with the number of steps.
@@ -107,6 +64,13 @@ def sdeint_adjoint(
     supported. The gradients are those of the continuous problem discretised backwards, so
     they agree with backpropagation through ``sdeint`` only up to the discretisation error
     (it vanishes as dt -> 0, at the schemes' strong order).
+
+    Supported: noise types diagonal (g_i a function of y_i, as for Milstein), scalar and
+    additive; general noise for Stratonovich SDEs; forward methods those of sdeint; adjoint
+    methods euler (Ito), milstein (Ito or Stratonovich; diagonal/additive noise), midpoint and
+    heun (Stratonovich). Not supported (NotImplementedError): adaptive, adjoint_adaptive,
+    logqp, extra, extra_solver_state, general noise for Ito SDEs, adjoint_method='srk', and
+    double backward (differentiating the gradients again raises).
     """
     for flag, name in (
         (adaptive, "adaptive=True"),
@@ -123,8 +87,25 @@ def sdeint_adjoint(
             "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
             "then it is allowable to set `adjoint_params=()`."
         )
-    s = _SDE(sde, names)
-    if s.noise_type == "general" and s.sde_type == "ito":
+    system = SDESystem(sde, names)
+    _check_supported(system, y0, ts)
+    method = DEFAULT_METHOD[system.sde_type] if method is None else method
+    if adjoint_method is None:
+        adjoint_method = DEFAULT_ADJOINT_METHOD[system.sde_type][system.noise_type]
+    _check_adjoint_method(adjoint_method, system)
+    options = dict(options or {})
+    adjoint_options = dict(options if adjoint_options is None else adjoint_options)
+    params = _differentiated(tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params), y0)
+    if bm is None:
+        with torch.no_grad():  # what sdeint does with bm=None, so that the same seed gives the same path
+            bm = default_brownian(system, y0.detach(), float(ts[0]), float(ts[-1]), needs_levy_area(method))
+    problem = _Problem(sde, system, names, ts, bm, method, adjoint_method, dt, options, adjoint_options, params)
+    return _SdeintAdjoint.apply(problem, y0, *params)
+
+
+def _check_supported(system, y0, ts):
+    """The noise and SDE types, y0 and ts are ones the adjoint handles (sdeint checks the rest)."""
+    if system.noise_type == "general" and system.sde_type == "ito":
         raise NotImplementedError(
             "odecore.sdeint_adjoint does not support general noise (noise_type='general') for "
             "Ito SDEs yet; write the SDE in Stratonovich form (sde_type='stratonovich', drift "
@@ -140,14 +121,19 @@ def sdeint_adjoint(
         raise ValueError(
             "ts must not require grad: odecore.sdeint_adjoint gives no gradient with respect to the output times"
         )
-    method = DEFAULT_METHOD[s.sde_type] if method is None else method
-    if adjoint_method is None:
-        adjoint_method = DEFAULT_ADJOINT_METHOD[s.sde_type][s.noise_type]
-    _check_adjoint_method(adjoint_method, s)
-    options = dict(options or {})
-    adjoint_options = dict(options if adjoint_options is None else adjoint_options)
 
-    params = tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params)
+
+def _check_adjoint_method(adjoint_method, system):
+    if adjoint_method in METHODS and adjoint_method not in _STEPPER:
+        raise NotImplementedError(
+            "odecore.sdeint_adjoint does not support adjoint_method=%r yet; use one of %s"
+            % (adjoint_method, sorted(_STEPPER))
+        )
+    solver_for(adjoint_method, system, "adjoint_method", "; the adjoint SDE has the forward SDE's type")
+
+
+def _differentiated(params, y0):
+    """The adjoint parameters that require grad, once all are tensors of y0's dtype and device."""
     for q in params:
         if not isinstance(q, torch.Tensor):
             raise TypeError("adjoint_params must be tensors, got %r" % (type(q).__name__,))
@@ -157,43 +143,14 @@ def sdeint_adjoint(
             "odecore.sdeint_adjoint: the adjoint parameters must have y0's dtype %s and device %s, got %s"
             % (y0.dtype, y0.device, sorted({"%s on %s" % (q.dtype, q.device) for q in params}))
         )
-
-    if bm is None:
-        # What sdeint does with bm=None, so that the same seed gives the same path.
-        t0 = torch.scalar_tensor(float(ts[0]), dtype=y0.dtype, device=y0.device)
-        with torch.no_grad():
-            g0 = s.g(t0, y0.detach())
-            s.check(y0, s.f(t0, y0.detach()), g0)
-        kwargs = {"levy_area_approximation": "space-time"} if method == "srk" else {}
-        bm = BrownianInterval(
-            t0=float(ts[0]), t1=float(ts[-1]), size=s.brownian_size(y0, g0), dtype=y0.dtype, device=y0.device, **kwargs
-        )
-    problem = _Problem(sde, s, names, ts, bm, method, adjoint_method, dt, options, adjoint_options, params)
-    return _SdeintAdjoint.apply(problem, y0, *params)
-
-
-def _check_adjoint_method(adjoint_method, s):
-    if adjoint_method not in METHODS:
-        raise ValueError("adjoint_method must be one of %s, got %r" % (sorted(METHODS), adjoint_method))
-    if adjoint_method not in _STEPPER:
-        raise NotImplementedError(
-            "odecore.sdeint_adjoint does not support adjoint_method=%r yet; use one of %s"
-            % (adjoint_method, sorted(_STEPPER))
-        )
-    if s.sde_type not in METHODS[adjoint_method]:
-        raise ValueError(
-            "adjoint_method %r does not solve %s SDEs (it solves %s); the adjoint SDE has the forward "
-            "SDE's type" % (adjoint_method, s.sde_type, ", ".join(METHODS[adjoint_method]))
-        )
-    if adjoint_method == "milstein" and s.noise_type not in ("diagonal", "additive"):
-        raise ValueError("adjoint_method 'milstein' needs diagonal or additive noise, got %s" % s.noise_type)
+    return params
 
 
 class _Problem:
     """Everything the forward and backward solves need (the autograd.Function's context)."""
 
-    def __init__(self, sde, s, names, ts, bm, method, adjoint_method, dt, options, adjoint_options, params):
-        self.sde, self.s, self.names, self.ts, self.bm = sde, s, names, ts, bm
+    def __init__(self, sde, system, names, ts, bm, method, adjoint_method, dt, options, adjoint_options, params):
+        self.sde, self.system, self.names, self.ts, self.bm = sde, system, names, ts, bm
         self.method, self.adjoint_method, self.dt = method, adjoint_method, dt
         self.options, self.adjoint_options, self.params = options, adjoint_options, params
 
@@ -228,7 +185,7 @@ class _SdeintAdjoint(torch.autograd.Function):
         ys = ctx.saved_tensors[0]
         shape, n = ys.shape[1:], ys[0].numel()
         sizes = [q.numel() for q in p.params]
-        aug = _AdjointSDE(p.s, p.params, shape, p.adjoint_method)
+        aug = _AdjointSDE(p.system, p.params, shape, p.adjoint_method)
         bm = _ReplayedBrownian(p.bm, aug, ys)
         grad_ys = grad_ys.reshape(len(ys), n)
         flat_ys = ys.reshape(len(ys), n)
@@ -249,8 +206,16 @@ class _SdeintAdjoint(torch.autograd.Function):
 
 class _ReplayedBrownian:
     """The Brownian motion that sdeint sees in the backward solve: for a reverse step
-    [s0, s1] it fetches the forward increment bm(-s1, -s0), hands it and h = s1 - s0 to the
-    augmented SDE, and returns a unit increment (see the module docstring)."""
+    [s0, s1] it fetches the forward increment bm(-s1, -s0) (the *same* path, queried in
+    reverse), hands it and h = s1 - s0 to the augmented SDE, and returns a unit increment.
+
+    sdeint asks an SDE for f(t, y) and the matrix g(t, y), never for the product g dW, and the
+    augmented diffusion is a (2N + P) x (number of Brownian coordinates) matrix that would cost
+    one VJP per Brownian coordinate to build. So the adjoint system is given to sdeint as a
+    scalar-noise SDE with drift 0 driven by this unit increment, whose "diffusion" at a point is
+    that evaluation's whole increment h F(z) + G(z) dW (+ the Milstein term): sdeint's update
+    z + 0 h + increment * 1, and its midpoint and Heun stages, are then exactly the Euler,
+    midpoint and Heun steps of the adjoint system (all three are linear in h F + G dW)."""
 
     def __init__(self, bm, aug, like):
         self.bm, self.aug = bm, aug
@@ -262,18 +227,39 @@ class _ReplayedBrownian:
 
 
 class _AdjointSDE:
-    """The augmented adjoint system in reverse time on the flat state z = [y, a, a_theta]
-    (shape (1, 2N + P)), as sdeint sees it: scalar noise with a unit increment, drift 0 and
-    "diffusion" the evaluation's increment h F(z) + G(z) dW (+ Milstein term) for the step
-    announced by `set_step`. sdeint asks for f and then g at the same point; both come from
-    one evaluation."""
+    """The augmented adjoint system in reverse time s = -t on the flat state z = [y, a = dL/dy,
+    a_theta] (shape (1, 2N + P)), as sdeint sees it: scalar noise with a unit increment, drift 0
+    and "diffusion" the evaluation's increment h F(z) + G(z) dW (+ Milstein term) for the step
+    announced by `set_step` (see _ReplayedBrownian). sdeint asks for f and then g at the same
+    point; both come from one evaluation.
+
+    For the Stratonovich SDE dy = f dt + g o dW the adjoint system is
+
+        dy = -f ds - g o dW,   da = (a df/dy) ds + (a dg/dy) o dW,   da_theta = (a df/dtheta) ds + (a dg/dtheta) o dW
+
+    (the y-part re-integrates the forward path backwards; at every output time it is reset to
+    the saved forward value and a receives that output's incoming gradient). An Ito SDE is the
+    Stratonovich one with drift f - 1/2 g dg/dy; its adjoint is solved in Ito form, like
+    torchsde 0.2.6: the Stratonovich adjoint plus the Ito-Stratonovich correction of the
+    *augmented* diffusion, which for diagonal noise (g' = dg_i/dy_i, ( )_c a constant factor)
+    comes out as
+
+        dy = -(f - g g') ds - g dW,   d(a, a_theta) = grad_(y, theta)[a.f - (a g)_c . g'] ds + (a dg/d(y, theta)) dW
+
+    and similarly with a Jacobian-vector product for scalar noise. Each evaluation costs one call
+    each of f and g and one ``torch.autograd.grad`` (the drift's and the noise's VJPs together,
+    as one scalar); with Ito diagonal noise or the Milstein adjoint g' is taken with
+    ``create_graph`` first, so that grad includes second derivatives (as torchsde's).
+    ``adjoint_method='milstein'`` is sdeint's Euler step on an increment that includes the
+    Milstein term 1/2 sum_j (dG_j/dz G_j)(dW_j^2 - h) (Ito; dW_j^2 for Stratonovich) of the
+    augmented system, which for diagonal noise needs no Brownian cross terms."""
 
     noise_type = "scalar"
 
-    def __init__(self, s, params, shape, adjoint_method):
-        self.s, self.params, self.shape = s, params, shape
+    def __init__(self, system, params, shape, adjoint_method):
+        self.system, self.params, self.shape = system, params, shape
         self.n = shape.numel()
-        self.ito = s.sde_type == "ito"
+        self.ito = system.sde_type == "ito"
         self.milstein = adjoint_method == "milstein"
         self.sde_type = "ito" if _STEPPER[adjoint_method] == "euler" else "stratonovich"
         self.checked = False
@@ -297,17 +283,17 @@ class _AdjointSDE:
     def _evaluate(self, t, z):
         if self._at[0] is t and self._at[1] is z:
             return
-        n, s, h, dw = self.n, self.s, self._h, self._dw
+        n, system, h, dw = self.n, self.system, self._h, self._dw
         y = z[0, :n].view(self.shape).detach().requires_grad_(True)
         a = z[0, n : 2 * n].view(self.shape)
         with torch.enable_grad():
-            f, g = s.f(-t, y), s.g(-t, y)
+            f, g = system.f(-t, y), system.g(-t, y)
             if not self.checked:
-                s.check(y, f, g)
+                system.check(y, f, g)
                 self.checked = True
-            if s.noise_type == "diagonal":
+            if system.noise_type == "diagonal":
                 y_inc, phi = self._diagonal(y, a, f, g, h, dw)
-            elif s.noise_type == "scalar":
+            elif system.noise_type == "scalar":
                 y_inc, phi = self._scalar(y, a, f, g, h, dw)
             else:  # additive, or general for Stratonovich SDEs: g does not enter the Ito correction
                 gdw = torch.bmm(g, dw.unsqueeze(-1)).squeeze(-1)
