@@ -23,7 +23,7 @@ import torch
 from odecore import bench
 
 DEVICE = torch.device(os.environ.get("ODECORE_BENCH_DEVICE", "cpu"))
-DTYPE = bench._DTYPES[os.environ.get("ODECORE_BENCH_DTYPE", "float64")]
+DTYPE = bench.DTYPES[os.environ.get("ODECORE_BENCH_DTYPE", "float64")]
 GRAD = os.environ.get("ODECORE_BENCH_GRAD", "0") not in ("", "0")
 ROUNDS = int(os.environ.get("ODECORE_BENCH_ROUNDS", "3"))
 THREADS = os.environ.get("ODECORE_BENCH_THREADS")
@@ -46,7 +46,7 @@ def _problem_state(name):
 
 
 def _func_samples(inst, y0):
-    return bench._func_samples(inst, y0, grad=GRAD, min_calls=20, max_calls=1000, budget_s=0.1)
+    return bench.func_samples(inst, y0, grad=GRAD, min_calls=20, max_calls=1000, budget_s=0.1)
 
 
 @pytest.mark.parametrize("impl_name", list(bench.IMPLEMENTATIONS))
@@ -63,14 +63,14 @@ def test_solve(benchmark, bench_rows, problem_name, impl_name):
 
     counts = bench.count_solve(impl, inst, grad=GRAD)
     solution = counts.pop("solution", None)
-    y0 = bench._prepare_y0(inst, GRAD)
+    y0 = bench.prepare_y0(inst, GRAD)
     run = impl.prepare(inst, inst.func, y0)
 
     benchmark.group = problem_name
     # func time sampled right before and after this case's rounds, so that the
     # loop-time subtraction sees the same machine load as the solves
     func_times = _func_samples(inst, y0)
-    with bench._grad_context(GRAD):
+    with bench.grad_context(GRAD):
         out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
@@ -86,7 +86,7 @@ def test_solve(benchmark, bench_rows, problem_name, impl_name):
         dtype=str(DTYPE).replace("torch.", ""),
         grad=GRAD,
         func_us=ft * 1e6,
-        max_abs_diff_vs_torchdiffeq=bench._max_abs_diff(solution, ref),
+        max_abs_diff_vs_torchdiffeq=bench.max_abs_diff(solution, ref),
     )
     info.update({k: v for k, v in counts.items() if isinstance(v, (int, float, bool, type(None)))})
     stats = getattr(getattr(benchmark, "stats", None), "stats", None)
@@ -171,9 +171,9 @@ def test_adjoint(benchmark, adjoint_rows, problem_name, impl_name):
         return fwd_s + bwd_s
 
     benchmark.group = problem_name
-    vjp_times = bench._vjp_samples(inst, min_calls=20, max_calls=1000, budget_s=0.1)
+    vjp_times = bench.vjp_samples(inst, min_calls=20, max_calls=1000, budget_s=0.1)
     out = benchmark.pedantic(run, rounds=ROUNDS, iterations=1, warmup_rounds=1)
-    vjp_times += bench._vjp_samples(inst, min_calls=20, max_calls=1000, budget_s=0.1)
+    vjp_times += bench.vjp_samples(inst, min_calls=20, max_calls=1000, budget_s=0.1)
     vjp = statistics.median(vjp_times)
     assert out is not None
 
@@ -185,7 +185,7 @@ def test_adjoint(benchmark, adjoint_rows, problem_name, impl_name):
         device=str(DEVICE),
         dtype=str(DTYPE).replace("torch.", ""),
         vjp_us=vjp * 1e6,
-        max_rel_grad_diff_vs_torchdiffeq=bench._max_rel_grad_diff(grads, ref and ref["grads"]),
+        max_rel_grad_diff_vs_torchdiffeq=bench.max_rel_grad_diff(grads, ref and ref["grads"]),
     )
     info.update({k: v for k, v in counts.items() if isinstance(v, (int, float, bool, type(None)))})
     if ref is not None and ref.get("bwd_nfe"):

@@ -1,0 +1,128 @@
+"""Side-by-side solver benchmarks: odecore (fused and reference backends) against torchdiffeq
+and torchode, the engine behind ``odecore bench`` and ``benchmarks/test_bench.py``.
+
+Problems in :mod:`.problems`, one adapter per library in :mod:`.impls`, op / host-read /
+kernel counting in :mod:`.counting`, wall times in :mod:`.timing`, the solve suite's runner in
+:mod:`.runner`, the adjoint suite in :mod:`.adjoint`, tables in :mod:`.report`, the command line
+in :mod:`.cli`. What each column measures: benchmarks/README.md. Nothing here asserts on timings.
+"""
+
+from .adjoint import (
+    adjoint_loop_per_step,
+    count_adjoint,
+    max_rel_grad_diff,
+    run_adjoint,
+    time_forward_backward,
+    vjp_samples,
+)
+from .cli import DTYPES, MAX_THREADS, build_parser, main
+from .counting import (
+    AdjointCountingFunc,
+    BudgetExceeded,
+    CountingFunc,
+    CudaSyncWarnings,
+    OpCounter,
+    count_kernels,
+)
+from .impls import (
+    ADJOINT_IMPLEMENTATIONS,
+    BASELINE,
+    IMPLEMENTATIONS,
+    AdjointImplementation,
+    Implementation,
+    OdecoreAdjointImpl,
+    OdecoreImpl,
+    TorchdiffeqAdjointImpl,
+    TorchdiffeqImpl,
+    TorchodeImpl,
+    available_implementations,
+    get_implementation,
+)
+from .problems import (
+    ADJOINT_PROBLEMS,
+    GPU_FAMILIES,
+    PROBLEMS,
+    SIZES,
+    AdjointInstance,
+    AdjointProblem,
+    CubicSpiral,
+    Family,
+    Instance,
+    Lorenz,
+    MLPField,
+    ODEDemoFunc,
+    Problem,
+    VanDerPol,
+    get_adjoint_problem,
+    get_problem,
+    gpu_problems,
+    prepare_y0,
+)
+from .report import TABLE_FOOTER, TABLE_FOOTER_CUDA, environment, format_adjoint_table, format_table, print_tables
+from .runner import bench_one, count_solve, max_abs_diff, run, sync_every_support
+from .timing import func_samples, grad_context, loop_per_step, time_func, time_solve
+
+__all__ = [
+    "adjoint_loop_per_step",
+    "count_adjoint",
+    "max_rel_grad_diff",
+    "run_adjoint",
+    "time_forward_backward",
+    "vjp_samples",
+    "DTYPES",
+    "MAX_THREADS",
+    "build_parser",
+    "main",
+    "AdjointCountingFunc",
+    "BudgetExceeded",
+    "CountingFunc",
+    "CudaSyncWarnings",
+    "OpCounter",
+    "count_kernels",
+    "ADJOINT_IMPLEMENTATIONS",
+    "BASELINE",
+    "IMPLEMENTATIONS",
+    "AdjointImplementation",
+    "Implementation",
+    "OdecoreAdjointImpl",
+    "OdecoreImpl",
+    "TorchdiffeqAdjointImpl",
+    "TorchdiffeqImpl",
+    "TorchodeImpl",
+    "available_implementations",
+    "get_implementation",
+    "ADJOINT_PROBLEMS",
+    "GPU_FAMILIES",
+    "PROBLEMS",
+    "SIZES",
+    "AdjointInstance",
+    "AdjointProblem",
+    "CubicSpiral",
+    "Family",
+    "Instance",
+    "Lorenz",
+    "MLPField",
+    "ODEDemoFunc",
+    "Problem",
+    "VanDerPol",
+    "get_adjoint_problem",
+    "get_problem",
+    "gpu_problems",
+    "prepare_y0",
+    "TABLE_FOOTER",
+    "TABLE_FOOTER_CUDA",
+    "environment",
+    "format_adjoint_table",
+    "format_table",
+    "print_tables",
+    "bench_one",
+    "count_solve",
+    "max_abs_diff",
+    "run",
+    "sync_every_support",
+    "func_samples",
+    "grad_context",
+    "loop_per_step",
+    "time_func",
+    "time_solve",
+]
