@@ -13,8 +13,8 @@ import pickle
 import pytest
 import torch
 
-from odecore import train
 from odecore.__main__ import main
+from odecore.apps import checkpoints, train
 
 ARGS = ["--epochs", "1", "--limit", "32", "--batch-size", "32", "--method", "euler"]
 
@@ -64,7 +64,7 @@ def test_random_bytes_give_a_clear_error(tmp_path, capsys):
 
 def test_truncated_checkpoint_gives_a_clear_error(tmp_path, capsys):
     path = tmp_path / "checkpoint.pt"
-    train.save_checkpoint(str(path), checkpoint_state())
+    checkpoints.save_checkpoint(str(path), checkpoint_state())
     whole = path.read_bytes()
     for size in (len(whole) // 2, len(whole) - 1, 100, 1):
         path.write_bytes(whole[:size])
@@ -86,12 +86,12 @@ def test_pickle_that_would_run_code_is_refused(tmp_path, capsys, container):
     assert "corrupted" in err
     assert not marker.exists(), "loading the checkpoint executed code"
     with pytest.raises(ValueError, match="corrupted"):
-        train.load_checkpoint(str(path))
+        checkpoints.load_checkpoint(str(path))
     assert not marker.exists()
 
 
 def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, capsys):
-    train.save_checkpoint(str(tmp_path / "checkpoint.pt"), checkpoint_state("resnet"))
+    checkpoints.save_checkpoint(str(tmp_path / "checkpoint.pt"), checkpoint_state("resnet"))
     err = resume(tmp_path, capsys, model="odenet")
     assert "does not match" in err
 
@@ -100,7 +100,7 @@ def test_checkpoint_of_another_model_is_a_clear_error(tmp_path, capsys):
 def test_checkpoint_with_wrong_types_is_a_clear_error(tmp_path, capsys, key, value):
     state = checkpoint_state()
     state[key] = value
-    train.save_checkpoint(str(tmp_path / "checkpoint.pt"), state)
+    checkpoints.save_checkpoint(str(tmp_path / "checkpoint.pt"), state)
     assert "corrupted" in resume(tmp_path, capsys)
 
 
@@ -113,7 +113,7 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     """A save killed half-way (here: KeyboardInterrupt inside torch.save) leaves the previous
     checkpoint as it was and no temporary file behind."""
     path = str(tmp_path / "checkpoint.pt")
-    train.save_checkpoint(path, checkpoint_state())
+    checkpoints.save_checkpoint(path, checkpoint_state())
     before = open(path, "rb").read()
     real_save = torch.save
 
@@ -127,11 +127,11 @@ def test_interrupted_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     state = checkpoint_state()
     state["epoch"] = 2
     with pytest.raises(KeyboardInterrupt):
-        train.save_checkpoint(path, state)
+        checkpoints.save_checkpoint(path, state)
     monkeypatch.setattr(torch, "save", real_save)
     assert open(path, "rb").read() == before
     assert os.listdir(str(tmp_path)) == ["checkpoint.pt"]
-    assert train.load_checkpoint(path)["epoch"] == 1
+    assert checkpoints.load_checkpoint(path)["epoch"] == 1
 
 
 def test_unwritable_output_folder_is_a_clear_error(tmp_path, capsys):

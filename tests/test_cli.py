@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from odecore import data, train
 from odecore.__main__ import main
+from odecore.apps import checkpoints, data, train
 
 
 def write_idx(path, array, compress=False):
@@ -76,7 +76,7 @@ def test_train_writes_checkpoint_metrics_plots_and_resumes(tmp_path, capsys):
     for name in ("checkpoint.pt", "metrics.json", "acc.png", "loss.png", "nfe.png"):
         assert os.path.exists(os.path.join(out, name)), name
     assert not [f for f in os.listdir(out) if ".tmp" in f]
-    state = train.load_checkpoint(os.path.join(out, "checkpoint.pt"))
+    state = checkpoints.load_checkpoint(os.path.join(out, "checkpoint.pt"))
     assert state["epoch"] == 1
     assert main(["train", "resnet", "--epochs", "2", "--limit", "200", "--out", out, "--resume"]) == 0
     metrics = json.load(open(os.path.join(out, "metrics.json")))
@@ -104,10 +104,10 @@ def test_corrupted_checkpoint_gives_clear_error(tmp_path):
     with open(path, "wb") as handle:
         handle.write(b"\x80\x04garbage")
     with pytest.raises(ValueError, match="corrupted"):
-        train.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
     torch.save({"model": {}}, path)
     with pytest.raises(ValueError, match="not an odecore"):
-        train.load_checkpoint(path)
+        checkpoints.load_checkpoint(path)
 
 
 def test_bad_arguments_exit_with_usage(tmp_path):
@@ -149,19 +149,19 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, monkeypatch)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     common = ["--epochs", "2", "--limit", "96", "--batch-size", "32", "--seed", "3"]
     assert main(["train", "odenet", "--out", straight] + common) == 0
-    save = train.save_checkpoint
+    save = checkpoints.save_checkpoint
 
     def save_then_die(path, state):  # the run is killed right after its first checkpoint
         save(path, state)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         main(["train", "odenet", "--out", resumed] + common)
-    monkeypatch.setattr(train, "save_checkpoint", save)
+    monkeypatch.setattr(checkpoints, "save_checkpoint", save)
     assert main(["train", "odenet", "--out", resumed, "--resume"] + common) == 0
-    a = train.load_checkpoint(os.path.join(straight, "checkpoint.pt"))
-    b = train.load_checkpoint(os.path.join(resumed, "checkpoint.pt"))
+    a = checkpoints.load_checkpoint(os.path.join(straight, "checkpoint.pt"))
+    b = checkpoints.load_checkpoint(os.path.join(resumed, "checkpoint.pt"))
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert a["history"][-1]["test_acc"] == b["history"][-1]["test_acc"]

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from odecore import data, ood
 from odecore.__main__ import main
+from odecore.apps import data, sdenet
 
 METRICS = {"tnr_at_tpr95", "auroc", "detection_accuracy", "aupr_in", "aupr_out"}
 
@@ -134,18 +134,18 @@ def test_defaults_depend_on_the_data(monkeypatch):
     def record(name):
         return lambda args: seen.setdefault(name, (args, torch.get_num_threads()))
 
-    monkeypatch.setattr(ood, "run", record("digits"))
-    monkeypatch.setattr(ood, "run_regression", record("diabetes"))
+    monkeypatch.setattr(sdenet, "run", record("digits"))
+    monkeypatch.setattr(sdenet, "run_regression", record("diabetes"))
     threads = torch.get_num_threads()
-    ood.main([])
-    ood.main(["--data", "diabetes", "--epochs", "7"])
+    sdenet.main([])
+    sdenet.main(["--data", "diabetes", "--epochs", "7"])
     assert torch.get_num_threads() == threads  # restored after the run
     assert seen["digits"][1] == threads and seen["diabetes"][1] == 1
     for name in ("digits", "diabetes"):
-        expected = dict(ood.DEFAULTS[name], epochs=7) if name == "diabetes" else ood.DEFAULTS[name]
+        expected = dict(sdenet.DEFAULTS[name], epochs=7) if name == "diabetes" else sdenet.DEFAULTS[name]
         assert {key: getattr(seen[name][0], key) for key in expected} == expected
     # the digits path keeps its former defaults
-    assert ood.DEFAULTS["digits"] == {
+    assert sdenet.DEFAULTS["digits"] == {
         "epochs": 10,
         "batch_size": 128,
         "lr": 3e-3,
@@ -163,25 +163,25 @@ def test_predictions_and_gaussian_nll():
 
     x, y = torch.randn(40, 10), torch.randn(40)
     quiet = SDENetRegression(10, hidden=8, sigma_max=0.0)
-    mean, var, spread = ood.predict_regression(quiet, x, passes=3)
+    mean, var, spread = sdenet.predict_regression(quiet, x, passes=3)
     assert mean.shape == var.shape == spread.shape == (40,)
     assert torch.equal(spread, torch.zeros(40))  # no diffusion: every pass alike
     m, v = quiet(x)
     torch.testing.assert_close(mean, m.detach())
     torch.testing.assert_close(var, v.detach())
     # the reported NLL is the exact Gaussian NLL in original units
-    r = ood.evaluate_regression(quiet, x, y, torch.randn(5, 10), "other", 2, 10.0, "variance")
+    r = sdenet.evaluate_regression(quiet, x, y, torch.randn(5, 10), "other", 2, 10.0, "variance")
     sd = (10.0**2 * v.detach()).sqrt()
     expected = -torch.distributions.Normal(10.0 * m.detach(), sd).log_prob(10.0 * y).mean().item()
     assert abs(r["nll"] - expected) < 1e-4
     assert abs(r["rmse"] - 10.0 * (m.detach() - y).pow(2).mean().sqrt().item()) < 1e-4
     noisy = SDENetRegression(10, hidden=8, sigma_max=5.0)
-    mean, var, spread = ood.predict_regression(noisy, x, passes=4)
+    mean, var, spread = sdenet.predict_regression(noisy, x, passes=4)
     assert bool((spread > 0).all()) and bool((var >= spread**2).all())
 
 
 def args_for_test(**kw):
-    args = dict(ood.DEFAULTS["diabetes"], epochs=20, lr=1e-3, weight_decay=0.0, seed=0)
+    args = dict(sdenet.DEFAULTS["diabetes"], epochs=20, lr=1e-3, weight_decay=0.0, seed=0)
     args.update(kw)
     return types.SimpleNamespace(**args)
 
@@ -189,9 +189,9 @@ def args_for_test(**kw):
 def evaluate_sdenet(args, passes=20):
     (x_train, y_train), (x_test, y_test), (_, _, _, y_std) = data.load_diabetes(return_normalisation=True)
     x_ood = data.regression_ood("breast_cancer")
-    model = ood.fit_regression("sdenet", x_train, y_train, args)
+    model = sdenet.fit_regression("sdenet", x_train, y_train, args)
     torch.manual_seed(1)
-    return ood.evaluate_regression(model, x_test, y_test, x_ood, "breast_cancer", passes, y_std, "spread")
+    return sdenet.evaluate_regression(model, x_test, y_test, x_ood, "breast_cancer", passes, y_std, "spread")
 
 
 @pytest.fixture

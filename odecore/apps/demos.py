@@ -8,18 +8,24 @@
 """
 
 import argparse
+import math
 import os
 import time
 
+import numpy as np
 import torch
 
-import odecore
-from odecore.nn import SpiralFunc
+from .. import odeint, odeint_adjoint
+from ..nn import LatentODE, SpiralFunc, generate_spiral2d
+from ..solvers import SOLVERS, AdaptiveRKSolver
+from .outputs import plot_line, pyplot, save_figure
 
+# the explicit fixed-grid Runge-Kutta methods the vdp table shows beside the adaptive ones
 FIXED = {"euler", "midpoint", "heun2", "heun3", "rk4"}
 
 
-def demo_vdp(args):
+def demo_vdp(args: argparse.Namespace) -> int:
+    """Van der Pol solved by every explicit Runge-Kutta method on both backends: a table."""
     torch.manual_seed(0)
     y0 = torch.randn(args.batch, 2, dtype=torch.float64)
     t = torch.linspace(0.0, 8.2, 50, dtype=torch.float64)
@@ -30,16 +36,14 @@ def demo_vdp(args):
 
     print("Van der Pol (mu=2), batch %d, t in [0, 8.2], rtol=atol=1e-6" % args.batch)
     print("%-14s %6s %7s %10s %10s %12s" % ("method", "nfe", "steps", "fused ms", "ref ms", "max |diff|"))
-    from .solvers.adaptive import AdaptiveRKSolver
-
-    # the explicit Runge-Kutta methods (the implicit, multistep and scipy ones are other demos' business)
-    methods = [m for m, cls in odecore.SOLVERS.items() if issubclass(cls, AdaptiveRKSolver) or m in FIXED]
+    # the implicit, multistep and scipy methods are other demos' business
+    methods = [m for m, cls in SOLVERS.items() if issubclass(cls, AdaptiveRKSolver) or m in FIXED]
     for method in methods:
         options = {"step_size": 0.01} if method in FIXED else {}
         results = {}
         for backend in ("fused", "reference"):
             start = time.perf_counter()
-            y, stats = odecore.odeint(
+            y, stats = odeint(
                 van_der_pol,
                 y0,
                 t,
@@ -57,37 +61,26 @@ def demo_vdp(args):
     return 0
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _save(fig, out, name):
-    fig.tight_layout()
-    os.makedirs(out, exist_ok=True)
-    path = os.path.join(out, name)
-    fig.savefig(path, dpi=100)
-    print("wrote", path)
+def save_demo_figure(fig, out: str, name: str) -> int:
+    """Writes <out>/<name>, says so; the demo's exit status."""
+    print("wrote", save_figure(fig, os.path.join(out, name)))
     return 0
 
 
-def demo_spiral(args):
+def demo_spiral(args: argparse.Namespace) -> int:
+    """Learns the spiral dynamics from one trajectory; spiral.png shows the true and fitted one."""
     torch.manual_seed(args.seed)
     true_a = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]])
     true_y0 = torch.tensor([[2.0, 0.0]])
     t = torch.linspace(0.0, 25.0, 1000)
     with torch.no_grad():
-        true_y = odecore.odeint(lambda t, y: (y**3) @ true_a, true_y0, t, method="dopri5")
+        true_y = odeint(lambda t, y: (y**3) @ true_a, true_y0, t, method="dopri5")
     func = SpiralFunc()
     optimizer = torch.optim.RMSprop(func.parameters(), lr=1e-3)
-    solve = odecore.odeint_adjoint if args.adjoint else odecore.odeint
+    solve = odeint_adjoint if args.adjoint else odeint
     start = time.perf_counter()
     for itr in range(1, args.iterations + 1):
-        s = torch.from_numpy(__import__("numpy").random.RandomState(itr).choice(990, 20, replace=False))
+        s = torch.from_numpy(np.random.RandomState(itr).choice(990, 20, replace=False))
         batch_y0, batch_t, batch_y = true_y[s], t[:10], torch.stack([true_y[s + i] for i in range(10)], dim=0)
         optimizer.zero_grad()
         pred_y = solve(func, batch_y0, batch_t, rtol=1e-6, atol=1e-6)
@@ -96,36 +89,34 @@ def demo_spiral(args):
         optimizer.step()
         if itr % max(1, args.iterations // 10) == 0 or itr == args.iterations:
             with torch.no_grad():
-                full = odecore.odeint(func, true_y0, t, rtol=1e-6, atol=1e-6)
+                full = odeint(func, true_y0, t, rtol=1e-6, atol=1e-6)
             print(
                 "iteration %4d  batch loss %.4f  trajectory loss %.4f  (%.1fs)"
                 % (itr, loss.item(), (full - true_y).abs().mean().item(), time.perf_counter() - start)
             )
-    plt = _plt()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(t, true_y[:, 0, 0], "g-", label="true x")
-    ax1.plot(t, full[:, 0, 0], "b--", label="fitted x")
-    ax1.plot(t, true_y[:, 0, 1], "g-", alpha=0.5, label="true y")
-    ax1.plot(t, full[:, 0, 1], "b--", alpha=0.5, label="fitted y")
+    fig, (ax1, ax2) = pyplot().subplots(1, 2, figsize=(10, 4))
+    plot_line(ax1, t, true_y[:, 0, 0], "g-", label="true x")
+    plot_line(ax1, t, full[:, 0, 0], "b--", label="fitted x")
+    plot_line(ax1, t, true_y[:, 0, 1], "g-", alpha=0.5, label="true y")
+    plot_line(ax1, t, full[:, 0, 1], "b--", alpha=0.5, label="fitted y")
     ax1.set_xlabel("t")
     ax1.legend()
-    ax2.plot(true_y[:, 0, 0], true_y[:, 0, 1], "g-", label="true")
-    ax2.plot(full[:, 0, 0], full[:, 0, 1], "b--", label="fitted")
+    plot_line(ax2, true_y[:, 0, 0], true_y[:, 0, 1], "g-", label="true")
+    plot_line(ax2, full[:, 0, 0], full[:, 0, 1], "b--", label="fitted")
     ax2.set_title("phase portrait")
     ax2.legend()
-    return _save(fig, args.out, "spiral.png")
+    return save_demo_figure(fig, args.out, "spiral.png")
 
 
-def demo_latent(args):
-    from .nn import LatentODE, generate_spiral2d
-
+def demo_latent(args: argparse.Namespace) -> int:
+    """Trains a latent ODE on noisy spirals; latent.png shows a reconstruction and extrapolation."""
     torch.manual_seed(args.seed)
     orig_trajs, samp_trajs, orig_ts, samp_ts = generate_spiral2d(
         nspiral=args.nspiral,
         ntotal=500,
         nsample=100,
         start=0.0,
-        stop=6 * 3.141592653589793,
+        stop=6 * math.pi,
         noise_std=0.3,
         a=0.0,
         b=0.3,
@@ -142,22 +133,21 @@ def demo_latent(args):
         if itr % max(1, args.iterations // 10) == 0 or itr == args.iterations:
             print("iteration %4d  -elbo %.3f  (%.1fs)" % (itr, loss.item(), time.perf_counter() - start))
     with torch.no_grad():
-        ts_pos = torch.linspace(0.0, 2 * 3.141592653589793, 200)
-        ts_neg = torch.linspace(-3.141592653589793, 0.0, 100).flip(0)
+        ts_pos = torch.linspace(0.0, 2 * math.pi, 200)
+        ts_neg = torch.linspace(-math.pi, 0.0, 100).flip(0)
         qz0_mean, _ = model.encode(samp_trajs[:1])
         pos = model.decode(qz0_mean, ts_pos)[0]
         neg = model.decode(qz0_mean, ts_neg)[0].flip(0)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5, 5))
-    ax.plot(orig_trajs[0, :, 0], orig_trajs[0, :, 1], "g", label="true trajectory")
-    ax.plot(pos[:, 0], pos[:, 1], "r", label="learned trajectory (t > 0)")
-    ax.plot(neg[:, 0], neg[:, 1], "c", label="learned trajectory (t < 0)")
+    fig, ax = pyplot().subplots(figsize=(5, 5))
+    plot_line(ax, orig_trajs[0, :, 0], orig_trajs[0, :, 1], "g", label="true trajectory")
+    plot_line(ax, pos[:, 0], pos[:, 1], "r", label="learned trajectory (t > 0)")
+    plot_line(ax, neg[:, 0], neg[:, 1], "c", label="learned trajectory (t < 0)")
     ax.scatter(samp_trajs[0, :, 0], samp_trajs[0, :, 1], s=3, label="sampled data")
     ax.legend()
-    return _save(fig, args.out, "latent.png")
+    return save_demo_figure(fig, args.out, "latent.png")
 
 
-def main(argv):
+def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="odecore demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )

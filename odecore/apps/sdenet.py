@@ -9,16 +9,18 @@ against the same network without diffusion, out-of-distribution rows from the bu
 breast cancer (or wine) data."""
 
 import argparse
-import json
 import math
 import os
 import time
 
+import numpy as np
 import torch
 from torch import nn
 
-from . import data as datasets
+from ..nn import ResNet, SDENet, SDENetRegression, sdenet_train_step
+from . import data
 from .metrics import detection_metrics
+from .outputs import pyplot, save_figure, write_json, write_text
 
 METRICS = ("tnr_at_tpr95", "auroc", "detection_accuracy", "aupr_in", "aupr_out")
 DATA = ("digits", "diabetes")
@@ -53,9 +55,8 @@ REGRESSION_MODELS = ("sdenet", "mlp")
 MAX_THREADS = 1024
 
 
-def build(name, num_classes, args):
-    from .nn import ResNet, SDENet
-
+def build(name: str, num_classes: int, args: argparse.Namespace) -> nn.Module:
+    """SDE-Net or the ResNet baseline for the 8x8 digits."""
     if name == "sdenet":
         return SDENet(
             1, num_classes, dim=args.dim, layer_depth=args.layer_depth, sigma_max=args.sigma_max, image_size=8
@@ -63,7 +64,8 @@ def build(name, num_classes, args):
     return ResNet(1, num_classes, dim=args.dim)
 
 
-def fit(name, x, y, num_classes, args):
+def fit(name: str, x: torch.Tensor, y: torch.Tensor, num_classes: int, args: argparse.Namespace) -> nn.Module:
+    """Model `name` trained on (x, y): SDE-Net with its two optimisers, the ResNet with one."""
     torch.manual_seed(args.seed)
     model = build(name, num_classes, args)
     params = model.task_parameters() if name == "sdenet" else list(model.parameters())
@@ -76,17 +78,21 @@ def fit(name, x, y, num_classes, args):
     return train_epochs(model, task, diffusion, schedules, x, y, nn.functional.cross_entropy, args)
 
 
-def train_epochs(model, task, diffusion, schedules, x, y, loss_fn, args):
+def train_epochs(
+    model: nn.Module,
+    task: torch.optim.Optimizer,
+    diffusion: torch.optim.Optimizer | None,
+    schedules: list,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    loss_fn,
+    args: argparse.Namespace,
+) -> nn.Module:
     """args.epochs of shuffled mini-batches: SDE-Net's alternating step when there is a
     diffusion optimiser, else the task loss alone; the schedules step once per epoch."""
-    from .nn import sdenet_train_step
-
     generator = torch.Generator().manual_seed(args.seed)
     for _epoch in range(args.epochs):
-        order = torch.randperm(len(x), generator=generator)
-        for start in range(0, len(x), args.batch_size):
-            idx = order[start : start + args.batch_size]
-            xb, yb = x[idx], y[idx]
+        for xb, yb in data.batches(x, y, args.batch_size, generator):
             if diffusion is not None:
                 sdenet_train_step(model, task, diffusion, xb, yb, loss_fn)
             else:
@@ -98,7 +104,7 @@ def train_epochs(model, task, diffusion, schedules, x, y, loss_fn, args):
     return model
 
 
-def predict(model, x, passes):
+def predict(model: nn.Module, x: torch.Tensor, passes: int) -> torch.Tensor:
     """Mean class probabilities over `passes` stochastic forward passes."""
     model.eval()
     with torch.no_grad():
@@ -107,7 +113,17 @@ def predict(model, x, passes):
     return probs
 
 
-def evaluate(model, x_test, y_test, ood_sets, passes, sigma_max=None):
+def evaluate(
+    model: nn.Module,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    ood_sets: dict,
+    passes: int,
+    sigma_max: float | None = None,
+) -> dict:
+    """Test accuracy, and the detection metrics of the test images (in) against each of
+    `ood_sets` (out) and of the right against the wrong predictions, the score being the
+    highest mean probability; the scores too, for the histograms."""
     if sigma_max is not None and hasattr(model, "sigma_max"):
         model.sigma_max = sigma_max  # the diffusion's scale at test time may differ from training's
     probs = predict(model, x_test, passes)
@@ -124,19 +140,16 @@ def evaluate(model, x_test, y_test, ood_sets, passes, sigma_max=None):
     return result
 
 
-def run(args):
+def run(args: argparse.Namespace) -> dict:
+    """The classification experiment: SDE-Net and the ResNet on all digits (against photo
+    patches and noise) and on digits 0-4 (against 5-9); writes ood.md, ood.json and
+    confidence.png in args.out and returns the summary."""
     start = time.perf_counter()
-    (x_train, y_train), (x_test, y_test), (mean, std) = datasets.load_digits(return_normalisation=True)
-    if args.limit:
-        x_train, y_train, x_test, y_test = (
-            x_train[: args.limit],
-            y_train[: args.limit],
-            x_test[: args.limit],
-            y_test[: args.limit],
-        )
+    (x_train, y_train), (x_test, y_test), (mean, std) = data.load_digits(return_normalisation=True)
+    x_train, y_train, x_test, y_test = data.take_first(args.limit, x_train, y_train, x_test, y_test)
     n = len(x_test)
     ood = {
-        "photo_patches": (datasets.photo_patches(n, seed=args.seed) - mean) / std,
+        "photo_patches": (data.photo_patches(n, seed=args.seed) - mean) / std,
         "gaussian_noise": torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(args.seed)),
     }
     seen, unseen = y_train < 5, y_test >= 5
@@ -159,33 +172,36 @@ def run(args):
         )
         results[name]["heldout_classes"] = held["heldout_classes"]
         results[name]["heldout_classes_scores"] = held["heldout_classes_scores"]
-    os.makedirs(args.out, exist_ok=True)
-    table = format_table(results)
-    print(table)
-    with open(os.path.join(args.out, "ood.md"), "w") as handle:
-        handle.write(table + "\n")
-    summary = {m: {k: v for k, v in r.items() if not k.endswith("scores")} for m, r in results.items()}
-    summary["seconds"] = time.perf_counter() - start
-    with open(os.path.join(args.out, "ood.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
+    summary = write_report(args.out, format_table(results), results, start)
     plot_histogram(results, args.out)
     return summary
 
 
+def write_report(out: str, table: str, results: dict, start: float, **settings) -> dict:
+    """Prints `table` and writes it to <out>/ood.md; writes <out>/ood.json: the results
+    without the scores, then `settings` and the seconds since `start`. Returns that summary."""
+    os.makedirs(out, exist_ok=True)
+    print(table)
+    write_text(os.path.join(out, "ood.md"), table)
+    summary = {m: {k: v for k, v in r.items() if not k.endswith("scores")} for m, r in results.items()}
+    summary.update(settings)
+    summary["seconds"] = time.perf_counter() - start
+    write_json(os.path.join(out, "ood.json"), summary)
+    return summary
+
+
 # -- regression (--data diabetes) ---------------------------------------------------------
-def regression_loss(output, y):
+def regression_loss(output: tuple, y: torch.Tensor) -> torch.Tensor:
     """The task loss of the regression models: Gaussian negative log-likelihood of the mean
     and variance heads (``output`` as SDENetRegression returns it)."""
     mean, var = output
     return nn.functional.gaussian_nll_loss(mean, y, var)
 
 
-def fit_regression(name, x, y, args):
+def fit_regression(name: str, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace) -> nn.Module:
     """SDE-Net trained as in the paper (task loss, then the diffusion net's in/out BCE each
     batch), or the baseline: the same network with ``sigma_max = 0`` (no diffusion, a
     residual MLP with mean and variance heads) trained on the task loss alone."""
-    from .nn import SDENetRegression
-
     torch.manual_seed(args.seed)
     model = SDENetRegression(
         x.shape[1], hidden=args.dim, layer_depth=args.layer_depth, sigma_max=args.sigma_max if name == "sdenet" else 0.0
@@ -201,7 +217,7 @@ def fit_regression(name, x, y, args):
     return train_epochs(model, task, diffusion, schedules, x, y, regression_loss, args)
 
 
-def predict_regression(model, x, passes):
+def predict_regression(model: nn.Module, x: torch.Tensor, passes: int) -> tuple:
     """Over `passes` stochastic forward passes: the mean prediction, the predictive variance
     (of the equally weighted mixture of the passes' Gaussians) and the spread (std) of the
     predicted means."""
@@ -215,7 +231,17 @@ def predict_regression(model, x, passes):
     return means.mean(0), variances.mean(0) + between, between.sqrt()
 
 
-def evaluate_regression(model, x_test, y_test, x_ood, ood_name, passes, y_std, uncertainty, sigma_max=None):
+def evaluate_regression(
+    model: nn.Module,
+    x_test: torch.Tensor,
+    y_test: torch.Tensor,
+    x_ood: torch.Tensor,
+    ood_name: str,
+    passes: int,
+    y_std: float,
+    uncertainty: str,
+    sigma_max: float | None = None,
+) -> dict:
     """Test RMSE and Gaussian NLL (with its 0.5 log(2 pi)) in the target's original units, and
     OOD detection with the test rows as in-distribution, the score being minus the uncertainty:
     ``"spread"``, the std of the predicted means across passes, or ``"variance"``, the
@@ -244,13 +270,14 @@ def evaluate_regression(model, x_test, y_test, x_ood, ood_name, passes, y_std, u
     return result
 
 
-def run_regression(args):
+def run_regression(args: argparse.Namespace) -> dict:
+    """The regression experiment (--data diabetes): SDE-Net and the MLP without diffusion,
+    against the rows of args.ood; writes ood.md, ood.json and uncertainty.png in args.out and
+    returns the summary."""
     start = time.perf_counter()
-    (x_train, y_train), (x_test, y_test), (_, _, _, y_std) = datasets.load_diabetes(return_normalisation=True)
-    if args.limit:
-        x_train, y_train = x_train[: args.limit], y_train[: args.limit]
-        x_test, y_test = x_test[: args.limit], y_test[: args.limit]
-    x_ood = datasets.regression_ood(args.ood, n_features=x_train.shape[1])
+    (x_train, y_train), (x_test, y_test), (_, _, _, y_std) = data.load_diabetes(return_normalisation=True)
+    x_train, y_train, x_test, y_test = data.take_first(args.limit, x_train, y_train, x_test, y_test)
+    x_ood = data.regression_ood(args.ood, n_features=x_train.shape[1])
     results = {}
     for name in REGRESSION_MODELS:
         print("== %s: diabetes" % name)
@@ -261,17 +288,9 @@ def run_regression(args):
             )
         else:  # deterministic: one pass, its own predicted variance as the uncertainty
             results[name] = evaluate_regression(model, x_test, y_test, x_ood, args.ood, 1, y_std, "variance")
-    os.makedirs(args.out, exist_ok=True)
     table = format_regression_table(results, args.ood, len(x_test), len(x_ood))
-    print(table)
-    with open(os.path.join(args.out, "ood.md"), "w") as handle:
-        handle.write(table + "\n")
-    summary = {m: {k: v for k, v in r.items() if not k.endswith("scores")} for m, r in results.items()}
-    summary["data"], summary["ood_data"] = "diabetes", args.ood
-    summary["n_test"], summary["n_ood"] = len(x_test), len(x_ood)
-    summary["seconds"] = time.perf_counter() - start
-    with open(os.path.join(args.out, "ood.json"), "w") as handle:
-        json.dump(summary, handle, indent=2)
+    settings = dict(data="diabetes", ood_data=args.ood, n_test=len(x_test), n_ood=len(x_ood))
+    summary = write_report(args.out, table, results, start, **settings)
     plot_uncertainty(results, args.ood, args.out)
     return summary
 
@@ -282,7 +301,7 @@ OOD_DESCRIPTION = {
 }
 
 
-def format_regression_table(results, ood, n_test, n_ood):
+def format_regression_table(results: dict, ood: str, n_test: int, n_ood: int) -> str:
     lines = [
         "| model | test RMSE | test NLL | OOD set | " + " | ".join(METRICS) + " |",
         "|---|---:|---:|---|" + "---:|" * len(METRICS),
@@ -302,13 +321,9 @@ def format_regression_table(results, ood, n_test, n_ood):
     return "\n".join(lines)
 
 
-def plot_uncertainty(results, ood, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
+def plot_uncertainty(results: dict, ood: str, out: str) -> str:
+    """uncertainty.png: per model, histograms of the log10 uncertainty in and out of distribution."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5))
     for ax, (model, r) in zip(axes, results.items()):
         scores_in = np.log10(np.maximum(r["in_scores"], 1e-12))
@@ -319,13 +334,11 @@ def plot_uncertainty(results, ood, out):
         ax.set_title("%s: uncertainty" % model)
         ax.set_xlabel("log10 " + ("std of means over passes" if r["uncertainty"] == "spread" else "predicted variance"))
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "uncertainty.png"), dpi=100)
-    plt.close(fig)
+    return save_figure(fig, os.path.join(out, "uncertainty.png"))
 
 
 # -- output ---------------------------------------------------------------------------------
-def format_table(results):
+def format_table(results: dict) -> str:
     lines = ["| model | accuracy | OOD set | " + " | ".join(METRICS) + " |", "|---|---:|---|" + "---:|" * len(METRICS)]
     for model, r in results.items():
         for key in ("photo_patches", "gaussian_noise", "heldout_classes", "misclassification"):
@@ -337,12 +350,9 @@ def format_table(results):
     return "\n".join(lines)
 
 
-def plot_histogram(results, out):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def plot_histogram(results: dict, out: str) -> str:
+    """confidence.png: per model, histograms of the confidence on digits and on photo patches."""
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.5))
     for ax, (model, r) in zip(axes, results.items()):
         ax.hist(r["in_scores"], bins=30, alpha=0.6, label="digits (in)", density=True)
@@ -350,12 +360,15 @@ def plot_histogram(results, out):
         ax.set_title("%s: confidence" % model)
         ax.set_xlabel("max mean probability")
         ax.legend()
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "confidence.png"), dpi=100)
-    plt.close(fig)
+    return save_figure(fig, os.path.join(out, "confidence.png"))
 
 
-def main(argv):
+def default_help(key: str) -> str:
+    """The per data set defaults of option `key`, for its help."""
+    return "(digits %s, diabetes %s)" % (DEFAULTS["digits"][key], DEFAULTS["diabetes"][key])
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="odecore train sdenet", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -371,20 +384,16 @@ def main(argv):
         default="breast_cancer",
         help="--data diabetes: the bundled data set whose rows are out of distribution",
     )
-
-    def default(key):
-        return "(digits %s, diabetes %s)" % (DEFAULTS["digits"][key], DEFAULTS["diabetes"][key])
-
-    parser.add_argument("--epochs", type=int, default=None, help=default("epochs"))
-    parser.add_argument("--batch-size", type=int, default=None, help=default("batch_size"))
-    parser.add_argument("--lr", type=float, default=None, help=default("lr"))
-    parser.add_argument("--lr-diffusion", type=float, default=None, help=default("lr_diffusion"))
+    parser.add_argument("--epochs", type=int, default=None, help=default_help("epochs"))
+    parser.add_argument("--batch-size", type=int, default=None, help=default_help("batch_size"))
+    parser.add_argument("--lr", type=float, default=None, help=default_help("lr"))
+    parser.add_argument("--lr-diffusion", type=float, default=None, help=default_help("lr_diffusion"))
     parser.add_argument(
         "--weight-decay", type=float, default=0.0, help="--data diabetes: Adam's weight decay (default 0)"
     )
-    parser.add_argument("--dim", type=int, default=None, help="channels / hidden units " + default("dim"))
-    parser.add_argument("--layer-depth", type=int, default=None, help=default("layer_depth"))
-    parser.add_argument("--sigma-max", type=float, default=None, help=default("sigma_max"))
+    parser.add_argument("--dim", type=int, default=None, help="channels / hidden units " + default_help("dim"))
+    parser.add_argument("--layer-depth", type=int, default=None, help=default_help("layer_depth"))
+    parser.add_argument("--sigma-max", type=float, default=None, help=default_help("sigma_max"))
     parser.add_argument(
         "--test-sigma-max", type=float, default=None, help="sigma_max at test time (default: --sigma-max)"
     )
@@ -398,18 +407,18 @@ def main(argv):
         help="torch intra-op threads for the run (digits: torch's default, diabetes: 1)",
     )
     parser.add_argument("--out", default=os.path.join("runs", "sdenet"))
-    args = parser.parse_args(argv)
-    for key, value in DEFAULTS[args.data].items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
+    return parser
+
+
+def check_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """parser.error on a value the run could not use."""
     if args.epochs < 1 or args.batch_size < 1 or args.passes < 1 or args.layer_depth < 1:
         parser.error("--epochs, --batch-size, --passes and --layer-depth must be positive")
     if args.threads is not None and not 1 <= args.threads <= MAX_THREADS:
         parser.error("--threads must be positive and at most %d" % MAX_THREADS)
     if args.dim < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--dim and --limit must be positive")
-    finite = {"--lr": args.lr, "--lr-diffusion": args.lr_diffusion}
-    if not all(0 < v < math.inf for v in finite.values()):
+    if not all(0 < v < math.inf for v in (args.lr, args.lr_diffusion)):
         parser.error("--lr and --lr-diffusion must be positive and finite")
     for name, value in (
         ("--sigma-max", args.sigma_max),
@@ -418,9 +427,17 @@ def main(argv):
     ):
         if value is not None and not 0 <= value < math.inf:
             parser.error("%s must be non-negative and finite, got %r" % (name, value))
-    if args.data == "diabetes":
-        if args.passes < 2:
-            parser.error("--data diabetes needs --passes >= 2 (SDE-Net's uncertainty is the spread across passes)")
+    if args.data == "diabetes" and args.passes < 2:
+        parser.error("--data diabetes needs --passes >= 2 (SDE-Net's uncertainty is the spread across passes)")
+
+
+def main(argv: list[str]) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for key, value in DEFAULTS[args.data].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    check_arguments(parser, args)
     threads = torch.get_num_threads()
     if args.threads is not None:
         torch.set_num_threads(args.threads)
