@@ -1,17 +1,11 @@
-"""Neural-network modules of Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary
-Differential Equations", NeurIPS 2018, on odecore's solvers.
+"""The neural-network models of the papers odecore reproduces, on odecore's solvers.
 
-- Section 3 / Table 1 (MNIST): :class:`ConcatConv2d`, :class:`ODEFunc`, :class:`ODEBlock`
-  (gradients by the adjoint, by direct backpropagation or by checkpointed backpropagation),
-  the classifiers :class:`ODENet`, :class:`RKNet`, :class:`ResNet` and their
-  :class:`ResBlock`. Layer layout and parameter names follow torchdiffeq's
-  examples/odenet_mnist.py. Default downsampling is ``'res'`` (0.233M / 0.601M parameters
-  for ODE-Net / ResNet at MNIST size, the paper's 0.22M / 0.60M); ``'conv'`` gives
-  0.208M / 0.577M.
-- Section 5 (latent ODEs for time series): :class:`RecognitionRNN`,
-  :class:`LatentODEfunc`, :class:`Decoder`, :class:`LatentODE`, :func:`elbo`,
-  :func:`log_normal_pdf`, :func:`normal_kl` and the spiral data :func:`generate_spiral2d`,
-  following torchdiffeq's examples/latent_ode.py.
+- Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations", NeurIPS
+  2018: the MNIST classifiers of section 3 / Table 1 (:class:`ODENet`, :class:`RKNet`,
+  :class:`ResNet` and their parts, after torchdiffeq's examples/odenet_mnist.py) and the
+  latent ODE of section 5 with its spiral data (:class:`LatentODE`, :func:`elbo`,
+  :func:`generate_spiral2d`, after torchdiffeq's examples/latent_ode.py).
+- Kong, Sun & Zhang, "SDE-Net", ICML 2020: :class:`SDENet`, :class:`SDENetRegression`.
 
 ``import odecore.nn`` (``import odecore`` does not import it).
 """

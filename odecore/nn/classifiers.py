@@ -1,30 +1,15 @@
 """The MNIST classifiers of Chen et al. 2018, Table 1: ResNet, RK-Net and ODE-Net.
 
 Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations",
-NeurIPS 2018, section 3: a small residual network downsamples the input twice and applies
-6 residual blocks; the ODE-Net replaces the 6 blocks by one ODE block (trained with the
-adjoint), the RK-Net is the same network trained by backpropagating through the
-Runge-Kutta solver. The layer layout and the parameter names follow torchdiffeq's
-examples/odenet_mnist.py, so a ``state_dict`` of that example's model (an
-``nn.Sequential`` of the downsampling layers, the feature layers and the head) loads into
-the corresponding network here.
-
-Downsampling (``downsampling=``):
-
-- ``'res'`` (the default here): Conv2d(in, dim, 3, 1), then two ResBlocks with stride 2
-  and a 1x1 stride-2 convolution on the shortcut. At MNIST size (1x28x28, 10 classes) the
-  ODE-Net has 232,970 parameters and the ResNet 601,482: the paper's 0.22M and 0.60M within
-  6% and 0.3%.
-- ``'conv'`` (the default of torchdiffeq's example script): Conv2d(in, dim, 3, 1) -> GN ->
-  ReLU -> Conv2d(dim, dim, 4, 2, 1) -> GN -> ReLU -> Conv2d(dim, dim, 4, 2, 1): 208,266 and
-  576,778 parameters (within 6% and 4%).
-
-Both are within 10% of Table 1; ``'res'`` is the default because it reproduces the paper's
-ResNet count and is closer overall.
+NeurIPS 2018, section 3. The layer layout and the parameter names follow torchdiffeq's
+examples/odenet_mnist.py, so a ``state_dict`` of that example's model (an ``nn.Sequential``
+of the downsampling layers, the feature layers and the head) loads into the network here.
 """
 
 from collections import OrderedDict
+from typing import Any
 
+import torch
 from torch import nn
 
 from .odeblock import ODEBlock
@@ -35,11 +20,11 @@ __all__ = ["ResBlock", "ODENet", "RKNet", "ResNet", "downsampling_layers", "head
 DOWNSAMPLING = ("res", "conv")
 
 
-def conv3x3(in_planes, out_planes, stride=1):
+def conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
-def conv1x1(in_planes, out_planes, stride=1):
+def conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_planes, out_planes, kernel_size=1, stride=stride, bias=False)
 
 
@@ -50,7 +35,7 @@ class ResBlock(nn.Module):
     pre-activation, e.g. a strided 1x1 convolution) on the shortcut when the shape
     changes."""
 
-    def __init__(self, inplanes, planes, stride=1, downsample=None):
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.norm1 = norm(inplanes)
         self.relu = nn.ReLU(inplace=True)
@@ -59,7 +44,7 @@ class ResBlock(nn.Module):
         self.norm2 = norm(planes)
         self.conv2 = conv3x3(planes, planes)
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu(self.norm1(x))
         shortcut = x if self.downsample is None else self.downsample(out)
         out = self.conv1(out)
@@ -68,10 +53,22 @@ class ResBlock(nn.Module):
         return out + shortcut
 
 
-def downsampling_layers(in_channels=1, dim=64, downsampling="res"):
+def downsampling_layers(in_channels: int = 1, dim: int = 64, downsampling: str = "res") -> list[nn.Module]:
     """The two-fold downsampling stem as a list of layers: 28x28 MNIST to 7x7 ('res') or
     6x6 ('conv'); 8x8 digits to 2x2 or 1x1 (where the GroupNorms of the ODE block
-    normalise pairs of values: usable for inference, too ill-conditioned to train)."""
+    normalise pairs of values: usable for inference, too ill-conditioned to train).
+
+    - ``'res'`` (the default here): Conv2d(in, dim, 3, 1), then two ResBlocks with stride 2
+      and a 1x1 stride-2 convolution on the shortcut. At MNIST size (1x28x28, 10 classes)
+      the ODE-Net has 232,970 parameters and the ResNet 601,482: Table 1's 0.22M and 0.60M
+      within 6% and 0.3%.
+    - ``'conv'`` (the default of torchdiffeq's example script): Conv2d(in, dim, 3, 1) -> GN
+      -> ReLU -> Conv2d(dim, dim, 4, 2, 1) -> GN -> ReLU -> Conv2d(dim, dim, 4, 2, 1):
+      208,266 and 576,778 parameters (within 6% and 4%).
+
+    Both are within 10% of Table 1; ``'res'`` is the default because it reproduces the
+    paper's ResNet count and is closer overall.
+    """
     if downsampling == "res":
         return [
             nn.Conv2d(in_channels, dim, 3, 1),
@@ -91,7 +88,7 @@ def downsampling_layers(in_channels=1, dim=64, downsampling="res"):
     raise ValueError("downsampling must be one of %s, got %r" % (", ".join(map(repr, DOWNSAMPLING)), downsampling))
 
 
-def head_layers(dim=64, num_classes=10):
+def head_layers(dim: int = 64, num_classes: int = 10) -> list[nn.Module]:
     """GN -> ReLU -> global average pool -> flatten -> linear classifier."""
     return [norm(dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d((1, 1)), nn.Flatten(), nn.Linear(dim, num_classes)]
 
@@ -100,7 +97,7 @@ class _Sequential(nn.Sequential):
     """nn.Sequential whose slices are plain nn.Sequential (the subclasses' constructors
     take model arguments, not modules), e.g. ``net[:net.stem_length]`` is the stem."""
 
-    def __getitem__(self, idx):
+    def __getitem__(self, idx: int | slice) -> nn.Module:
         if isinstance(idx, slice):
             return nn.Sequential(OrderedDict(list(self._modules.items())[idx]))
         return super().__getitem__(idx)
@@ -113,8 +110,8 @@ class ODENet(_Sequential):
     (GN -> ReLU -> average pool -> linear). Input (B, in_channels, H, W), output
     (B, num_classes) logits.
 
-    ``downsampling='res'`` (default) or ``'conv'``: see the module docstring (0.233M or
-    0.208M parameters at MNIST size). ``method``, ``rtol``, ``atol``, ``gradient``,
+    ``downsampling='res'`` (default) or ``'conv'``: see :func:`downsampling_layers` (0.233M
+    or 0.208M parameters at MNIST size). ``method``, ``rtol``, ``atol``, ``gradient``,
     ``checkpoints`` and ``options`` go to the :class:`ODEBlock` (defaults: dopri5,
     rtol = atol = 1e-3, adjoint gradients), reachable as ``.ode_block`` (its nfe counters
     too).
@@ -122,17 +119,17 @@ class ODENet(_Sequential):
 
     def __init__(
         self,
-        in_channels=1,
-        num_classes=10,
-        dim=64,
-        downsampling="res",
-        method="dopri5",
-        rtol=1e-3,
-        atol=1e-3,
-        gradient="adjoint",
-        checkpoints=8,
-        options=None,
-    ):
+        in_channels: int = 1,
+        num_classes: int = 10,
+        dim: int = 64,
+        downsampling: str = "res",
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        gradient: str = "adjoint",
+        checkpoints: int = 8,
+        options: dict[str, Any] | None = None,
+    ) -> None:
         stem = downsampling_layers(in_channels, dim, downsampling)
         block = ODEBlock(
             ODEFunc(dim),
@@ -148,10 +145,10 @@ class ODENet(_Sequential):
         self.stem_length = len(stem)
 
     @property
-    def ode_block(self):
+    def ode_block(self) -> ODEBlock:
         return self[self.stem_length]
 
-    def reset_nfe(self):
+    def reset_nfe(self) -> None:
         self.ode_block.reset_nfe()
 
 
@@ -162,16 +159,16 @@ class RKNet(ODENet):
 
     def __init__(
         self,
-        in_channels=1,
-        num_classes=10,
-        dim=64,
-        downsampling="res",
-        method="dopri5",
-        rtol=1e-3,
-        atol=1e-3,
-        options=None,
-        gradient="direct",
-    ):
+        in_channels: int = 1,
+        num_classes: int = 10,
+        dim: int = 64,
+        downsampling: str = "res",
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        options: dict[str, Any] | None = None,
+        gradient: str = "direct",
+    ) -> None:
         if gradient != "direct":
             raise ValueError(
                 "RKNet backpropagates through the solver (gradient='direct'); use ODENet for %r" % (gradient,)
@@ -195,7 +192,9 @@ class ResNet(_Sequential):
     (0.601M parameters at MNIST size with the default ``'res'`` downsampling, 0.577M with
     ``'conv'``)."""
 
-    def __init__(self, in_channels=1, num_classes=10, dim=64, num_blocks=6, downsampling="res"):
+    def __init__(
+        self, in_channels: int = 1, num_classes: int = 10, dim: int = 64, num_blocks: int = 6, downsampling: str = "res"
+    ) -> None:
         stem = downsampling_layers(in_channels, dim, downsampling)
         blocks = [ResBlock(dim, dim) for _ in range(num_blocks)]
         super().__init__(*stem, *blocks, *head_layers(dim, num_classes))

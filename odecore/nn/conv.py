@@ -1,9 +1,8 @@
 """Convolutions that see the time: the layers inside the ODE-Net's dynamics function.
 
 Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations",
-NeurIPS 2018, section 3: the dynamics f(h(t), t, theta) of an ODE-Net may depend on t.
-As in the paper's MNIST experiments (and torchdiffeq's examples/odenet_mnist.py), the
-time enters each convolution as one extra, constant input channel.
+NeurIPS 2018, section 3: as in the paper's MNIST experiments (and torchdiffeq's
+examples/odenet_mnist.py), the time enters each convolution as one extra, constant channel.
 """
 
 import torch
@@ -12,7 +11,7 @@ from torch import nn
 __all__ = ["ConcatConv2d", "time_channel"]
 
 
-def time_channel(t, x):
+def time_channel(t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``t`` as a (B, 1, H, W) map shaped like one channel of ``x`` (B, C, H, W).
 
     ``t`` may be a Python number, a 0-d / one-element tensor (one time for the batch) or a
@@ -40,7 +39,18 @@ class ConcatConv2d(nn.Module):
     :class:`torch.nn.ConvTranspose2d` (``transpose=True``).
     """
 
-    def __init__(self, dim_in, dim_out, ksize=3, stride=1, padding=0, dilation=1, groups=1, bias=True, transpose=False):
+    def __init__(
+        self,
+        dim_in: int,
+        dim_out: int,
+        ksize: int | tuple[int, int] = 3,
+        stride: int | tuple[int, int] = 1,
+        padding: int | tuple[int, int] = 0,
+        dilation: int | tuple[int, int] = 1,
+        groups: int = 1,
+        bias: bool = True,
+        transpose: bool = False,
+    ) -> None:
         super().__init__()
         module = nn.ConvTranspose2d if transpose else nn.Conv2d
         self.dim_in, self.dim_out, self.transpose = dim_in, dim_out, transpose
@@ -55,8 +65,8 @@ class ConcatConv2d(nn.Module):
             bias=bias,
         )
 
-    def forward(self, t, x):
+    def forward(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self._layer(torch.cat([time_channel(t, x), x], dim=1))
 
-    def extra_repr(self):
+    def extra_repr(self) -> str:
         return "time channel + %d -> %d%s" % (self.dim_in, self.dim_out, ", transpose" if self.transpose else "")

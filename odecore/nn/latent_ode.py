@@ -1,18 +1,13 @@
-"""The latent ODE time-series model of Chen et al. 2018, section 5.
+"""The latent ODE time-series model of Chen et al. 2018, section 5, and its ELBO.
 
 Chen, Rubanova, Bettencourt & Duvenaud, "Neural Ordinary Differential Equations",
-NeurIPS 2018, section 5 (figure 6, "A continuous-time, generative approach to modeling time
-series"): a recognition RNN reads the observations backwards in time and outputs the
-approximate posterior q(z_t0 | x) = N(mu, sigma^2); a latent initial state sampled from it
-(reparameterisation trick) is integrated by an ODE solver through the latent dynamics to
-every observation time, and a decoder maps each latent state to the observation's mean.
-Training maximises the evidence lower bound (ELBO) with Gaussian observation noise and a
-standard normal prior on z_t0. Sizes and defaults follow torchdiffeq's
-examples/latent_ode.py (4 latent dimensions, 25 RNN hidden units, 20 hidden units in the
-dynamics and the decoder, observation noise 0.3).
+NeurIPS 2018, section 5 (figure 6): a recognition RNN encodes the observations into
+q(z_t0 | x), an ODE carries a sample of z_t0 to the observation times and a decoder maps it
+back. Sizes and defaults follow torchdiffeq's examples/latent_ode.py.
 """
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,19 +20,19 @@ __all__ = ["RecognitionRNN", "LatentODEfunc", "Decoder", "LatentODE", "log_norma
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
-def log_normal_pdf(x, mean, logvar):
+def log_normal_pdf(x: torch.Tensor, mean: torch.Tensor, logvar: float | torch.Tensor) -> torch.Tensor:
     """Elementwise log N(x; mean, exp(logvar))."""
     logvar = torch.as_tensor(logvar, dtype=x.dtype, device=x.device)
     return -0.5 * (_LOG_2PI + logvar + (x - mean) ** 2 / torch.exp(logvar))
 
 
-def normal_kl(mu1, lv1, mu2, lv2):
+def normal_kl(mu1: torch.Tensor, lv1: torch.Tensor, mu2: torch.Tensor, lv2: torch.Tensor) -> torch.Tensor:
     """Elementwise KL(N(mu1, exp(lv1)) || N(mu2, exp(lv2))) of diagonal Gaussians."""
     v1, v2 = torch.exp(lv1), torch.exp(lv2)
     return 0.5 * (lv2 - lv1) + (v1 + (mu1 - mu2) ** 2) / (2.0 * v2) - 0.5
 
 
-def _reduce(value, reduction):
+def _reduce(value: torch.Tensor, reduction: str) -> torch.Tensor:
     if reduction == "mean":
         return value.mean()
     if reduction == "sum":
@@ -47,7 +42,14 @@ def _reduce(value, reduction):
     raise ValueError("reduction must be 'mean', 'sum' or 'none', got %r" % (reduction,))
 
 
-def elbo(samp_trajs, pred_x, qz0_mean, qz0_logvar, noise_std=0.3, reduction="mean"):
+def elbo(
+    samp_trajs: torch.Tensor,
+    pred_x: torch.Tensor,
+    qz0_mean: torch.Tensor,
+    qz0_logvar: torch.Tensor,
+    noise_std: float = 0.3,
+    reduction: str = "mean",
+) -> torch.Tensor:
     """The evidence lower bound of Chen et al. 2018, section 5, per trajectory:
     ``sum_t log N(x_t; pred_x_t, noise_std^2) - KL(q(z_t0 | x) || N(0, I))``.
 
@@ -65,7 +67,7 @@ class LatentODEfunc(nn.Module):
     """The latent dynamics dz/dt = f(z): an MLP latent_dim -> nhidden -> nhidden ->
     latent_dim with ELU activations (autonomous: ``t`` is ignored). ``nfe`` counts calls."""
 
-    def __init__(self, latent_dim=4, nhidden=20):
+    def __init__(self, latent_dim: int = 4, nhidden: int = 20) -> None:
         super().__init__()
         self.elu = nn.ELU(inplace=True)
         self.fc1 = nn.Linear(latent_dim, nhidden)
@@ -73,7 +75,7 @@ class LatentODEfunc(nn.Module):
         self.fc3 = nn.Linear(nhidden, latent_dim)
         self.nfe = 0
 
-    def forward(self, t, z):
+    def forward(self, t: float | torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         out = self.elu(self.fc1(z))
         out = self.elu(self.fc2(out))
@@ -90,7 +92,7 @@ class RecognitionRNN(nn.Module):
     ``nbatch`` is only the default batch size of :meth:`init_hidden`.
     """
 
-    def __init__(self, latent_dim=4, obs_dim=2, nhidden=25, nbatch=1):
+    def __init__(self, latent_dim: int = 4, obs_dim: int = 2, nhidden: int = 25, nbatch: int = 1) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.nhidden = nhidden
@@ -98,11 +100,13 @@ class RecognitionRNN(nn.Module):
         self.i2h = nn.Linear(obs_dim + nhidden, nhidden)
         self.h2o = nn.Linear(nhidden, latent_dim * 2)
 
-    def forward(self, x, h):
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = torch.tanh(self.i2h(torch.cat((x, h), dim=1)))
         return self.h2o(h), h
 
-    def init_hidden(self, nbatch=None, dtype=None, device=None):
+    def init_hidden(
+        self, nbatch: int | None = None, dtype: torch.dtype | None = None, device: torch.device | str | None = None
+    ) -> torch.Tensor:
         """Zero hidden state (nbatch or self.nbatch, nhidden), on the parameters' device
         and dtype unless given."""
         weight = self.i2h.weight
@@ -115,7 +119,7 @@ class RecognitionRNN(nn.Module):
 
     initHidden = init_hidden  # torchdiffeq's name
 
-    def encode(self, samp_trajs):
+    def encode(self, samp_trajs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, obs_dim) observations -> (qz0_mean, qz0_logvar), each (B, latent_dim)."""
         if samp_trajs.dim() != 3 or samp_trajs.shape[1] == 0:
             raise ValueError("samp_trajs must be (batch, time >= 1, obs_dim), got %s" % (tuple(samp_trajs.shape),))
@@ -128,19 +132,21 @@ class RecognitionRNN(nn.Module):
 class Decoder(nn.Module):
     """Latent state -> observation mean: latent_dim -> nhidden -> obs_dim with ReLU."""
 
-    def __init__(self, latent_dim=4, obs_dim=2, nhidden=20):
+    def __init__(self, latent_dim: int = 4, obs_dim: int = 2, nhidden: int = 20) -> None:
         super().__init__()
         self.relu = nn.ReLU(inplace=True)
         self.fc1 = nn.Linear(latent_dim, nhidden)
         self.fc2 = nn.Linear(nhidden, obs_dim)
 
-    def forward(self, z):
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.relu(self.fc1(z)))
 
 
 class LatentODE(nn.Module):
     """The latent ODE of Chen et al. 2018, section 5: :class:`RecognitionRNN` ->
-    z_t0 ~ q(z_t0 | x) -> ``odeint`` through :class:`LatentODEfunc` -> :class:`Decoder`.
+    z_t0 ~ q(z_t0 | x) -> ``odeint`` through :class:`LatentODEfunc` -> :class:`Decoder`,
+    trained by maximising :meth:`elbo` (Gaussian observation noise, a standard normal prior
+    on z_t0).
 
     Args:
         latent_dim, obs_dim: sizes of the latent state and of one observation.
@@ -159,17 +165,17 @@ class LatentODE(nn.Module):
 
     def __init__(
         self,
-        latent_dim=4,
-        obs_dim=2,
-        nhidden=20,
-        rnn_nhidden=25,
-        noise_std=0.3,
-        method="dopri5",
-        rtol=1e-7,
-        atol=1e-9,
-        options=None,
-        adjoint=False,
-    ):
+        latent_dim: int = 4,
+        obs_dim: int = 2,
+        nhidden: int = 20,
+        rnn_nhidden: int = 25,
+        noise_std: float = 0.3,
+        method: str = "dopri5",
+        rtol: float = 1e-7,
+        atol: float = 1e-9,
+        options: dict[str, Any] | None = None,
+        adjoint: bool = False,
+    ) -> None:
         super().__init__()
         self.latent_dim = latent_dim
         self.func = LatentODEfunc(latent_dim, nhidden)
@@ -178,18 +184,18 @@ class LatentODE(nn.Module):
         self.noise_std = noise_std
         self.method, self.rtol, self.atol, self.options, self.adjoint = method, rtol, atol, options, adjoint
 
-    def encode(self, samp_trajs):
+    def encode(self, samp_trajs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, T, obs_dim) -> (qz0_mean, qz0_logvar)."""
         return self.rec.encode(samp_trajs)
 
     @staticmethod
-    def sample_z0(qz0_mean, qz0_logvar, sample=True):
+    def sample_z0(qz0_mean: torch.Tensor, qz0_logvar: torch.Tensor, sample: bool = True) -> torch.Tensor:
         """z0 = mean + exp(logvar / 2) * eps, eps ~ N(0, I) (the mean when ``sample`` is false)."""
         if not sample:
             return qz0_mean
         return qz0_mean + torch.exp(0.5 * qz0_logvar) * torch.randn_like(qz0_mean)
 
-    def decode(self, z0, ts):
+    def decode(self, z0: torch.Tensor, ts: torch.Tensor) -> torch.Tensor:
         """Integrates the latent state z0 (B, latent_dim), at time ts[0], to every time of
         ``ts`` and decodes: (B, len(ts), obs_dim)."""
         ts = ts.to(z0.dtype)
@@ -197,7 +203,14 @@ class LatentODE(nn.Module):
         pred_z = solve(self.func, z0, ts, rtol=self.rtol, atol=self.atol, method=self.method, options=self.options)
         return self.dec(pred_z.permute(1, 0, 2))
 
-    def forward(self, samp_trajs, samp_ts, ts=None, sample=True, return_posterior=False):
+    def forward(
+        self,
+        samp_trajs: torch.Tensor,
+        samp_ts: torch.Tensor,
+        ts: torch.Tensor | None = None,
+        sample: bool = True,
+        return_posterior: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Predicted observation means (B, len(ts), obs_dim) at ``ts`` (default
         ``samp_ts``) from the observations ``samp_trajs`` (B, len(samp_ts), obs_dim).
         With ``return_posterior`` also returns ``(qz0_mean, qz0_logvar)``."""
@@ -210,7 +223,9 @@ class LatentODE(nn.Module):
         pred_x = self.decode(z0, samp_ts if ts is None else ts)
         return (pred_x, (qz0_mean, qz0_logvar)) if return_posterior else pred_x
 
-    def elbo(self, samp_trajs, samp_ts, sample=True, reduction="mean"):
+    def elbo(
+        self, samp_trajs: torch.Tensor, samp_ts: torch.Tensor, sample: bool = True, reduction: str = "mean"
+    ) -> torch.Tensor:
         """The ELBO of the observations (one reparameterised sample of z_t0, or its
         posterior mean when ``sample`` is false); the training loss is ``-elbo``."""
         pred_x, (qz0_mean, qz0_logvar) = self(samp_trajs, samp_ts, sample=sample, return_posterior=True)

@@ -5,6 +5,9 @@ NeurIPS 2018: section 2 (the adjoint method), section 3 and Table 1 (ODE-Net, tr
 the adjoint, against RK-Net, trained by backpropagating through the Runge-Kutta solver).
 """
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,11 +24,11 @@ class _CountingFunc:
     forward runs) or backward (made at any other time: the adjoint's backward solve or the
     checkpointed replay, both of which run inside ``loss.backward()``)."""
 
-    def __init__(self, block):
+    def __init__(self, block: "ODEBlock") -> None:
         self.block = block
         self.func = block.odefunc
 
-    def __call__(self, t, y):
+    def __call__(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.block._in_forward:
             self.block.forward_nfe += 1
         else:
@@ -76,18 +79,18 @@ class ODEBlock(nn.Module):
 
     def __init__(
         self,
-        odefunc,
-        t=(0.0, 1.0),
-        method="dopri5",
-        rtol=1e-3,
-        atol=1e-3,
-        gradient="adjoint",
-        checkpoints=8,
-        options=None,
-        adjoint_rtol=None,
-        adjoint_atol=None,
-        adjoint_options=None,
-    ):
+        odefunc: nn.Module,
+        t: Sequence[float] | torch.Tensor = (0.0, 1.0),
+        method: str = "dopri5",
+        rtol: float = 1e-3,
+        atol: float = 1e-3,
+        gradient: str = "adjoint",
+        checkpoints: int = 8,
+        options: dict[str, Any] | None = None,
+        adjoint_rtol: float | None = None,
+        adjoint_atol: float | None = None,
+        adjoint_options: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.odefunc = odefunc
         t = torch.as_tensor(t, dtype=torch.float64).detach().clone()
@@ -106,66 +109,69 @@ class ODEBlock(nn.Module):
         self.adjoint_options = adjoint_options
         self.forward_nfe = 0
         self.backward_nfe = 0
-        self.last_stats = None
+        self.last_stats: dict[str, Any] | None = None
         self._in_forward = False
 
     @property
-    def gradient(self):
+    def gradient(self) -> str:
         return self._gradient
 
     @gradient.setter
-    def gradient(self, value):
+    def gradient(self, value: str) -> None:
         if value not in GRADIENT_MODES:
             raise ValueError("gradient must be one of %s, got %r" % (", ".join(map(repr, GRADIENT_MODES)), value))
         self._gradient = value
 
     @property
-    def nfe(self):
+    def nfe(self) -> int:
         """forward_nfe + backward_nfe."""
         return self.forward_nfe + self.backward_nfe
 
-    def reset_nfe(self):
+    def reset_nfe(self) -> None:
         """Zeroes ``forward_nfe``, ``backward_nfe`` and the odefunc's own ``nfe`` counter."""
         self.forward_nfe = 0
         self.backward_nfe = 0
         if hasattr(self.odefunc, "nfe"):
             self.odefunc.nfe = 0
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.integration_time.to(dtype=x.dtype, device=x.device)
-        func = _CountingFunc(self)
-        options = dict(self.options) if self.options else {}
-        options["return_stats"] = True
         self._in_forward = True
         try:
-            if self.gradient == "adjoint":
-                adjoint_options = None
-                if self.adjoint_options is not None:
-                    adjoint_options = dict(self.adjoint_options)
-                    adjoint_options["return_stats"] = True
-                out, stats = odeint_adjoint(
-                    func,
-                    x,
-                    t,
-                    rtol=self.rtol,
-                    atol=self.atol,
-                    method=self.method,
-                    options=options,
-                    adjoint_rtol=self.adjoint_rtol,
-                    adjoint_atol=self.adjoint_atol,
-                    adjoint_options=adjoint_options,
-                    adjoint_params=tuple(self.odefunc.parameters()),
-                )
-            else:
-                if self.gradient == "checkpoint":
-                    options["checkpoint"] = self.checkpoints
-                out, stats = odeint(func, x, t, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
+            out, stats = self._solve(_CountingFunc(self), x, t)
         finally:
             self._in_forward = False
         self.last_stats = stats
         return out[-1]
 
-    def extra_repr(self):
+    def _solve(self, func: _CountingFunc, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The solution at every time of ``t`` and the solver's statistics, by the solver of
+        the gradient mode."""
+        options = dict(self.options) if self.options else {}
+        options["return_stats"] = True
+        if self.gradient == "adjoint":
+            adjoint_options = None
+            if self.adjoint_options is not None:
+                adjoint_options = dict(self.adjoint_options)
+                adjoint_options["return_stats"] = True
+            return odeint_adjoint(
+                func,
+                x,
+                t,
+                rtol=self.rtol,
+                atol=self.atol,
+                method=self.method,
+                options=options,
+                adjoint_rtol=self.adjoint_rtol,
+                adjoint_atol=self.adjoint_atol,
+                adjoint_options=adjoint_options,
+                adjoint_params=tuple(self.odefunc.parameters()),
+            )
+        if self.gradient == "checkpoint":
+            options["checkpoint"] = self.checkpoints
+        return odeint(func, x, t, rtol=self.rtol, atol=self.atol, method=self.method, options=options)
+
+    def extra_repr(self) -> str:
         return "t=%s, method=%r, rtol=%g, atol=%g, gradient=%r" % (
             self.integration_time.tolist(),
             self.method,

@@ -1,5 +1,6 @@
 """The convolutional dynamics function of the ODE-Net (Chen et al. 2018, section 3)."""
 
+import torch
 from torch import nn
 
 from .conv import ConcatConv2d
@@ -7,7 +8,7 @@ from .conv import ConcatConv2d
 __all__ = ["ODEFunc", "norm"]
 
 
-def norm(dim):
+def norm(dim: int) -> nn.GroupNorm:
     """GroupNorm with min(32, dim) groups, the normalisation used throughout the paper's
     MNIST models (and torchdiffeq's examples/odenet_mnist.py)."""
     return nn.GroupNorm(min(32, dim), dim)
@@ -31,7 +32,7 @@ class ODEFunc(nn.Module):
     gradient converges slowly to the direct one.
     """
 
-    def __init__(self, dim, activation=None):
+    def __init__(self, dim: int, activation: nn.Module | None = None) -> None:
         super().__init__()
         self.dim = dim
         self.norm1 = norm(dim)
@@ -42,7 +43,7 @@ class ODEFunc(nn.Module):
         self.relu = nn.ReLU(inplace=True) if activation is None else activation
         self.nfe = 0
 
-    def forward(self, t, h):
+    def forward(self, t: float | torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         self.nfe += 1
         out = self.relu(self.norm1(h))
         out = self.conv1(t, out)

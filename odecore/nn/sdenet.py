@@ -11,37 +11,49 @@ layout) and :class:`SDENetRegression` (MLP, mean and variance heads).
 """
 
 import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..ops import get_ops
+from .classifiers import downsampling_layers, head_layers
 from .conv import ConcatConv2d
 from .odefunc import ODEFunc, norm
+
+__all__ = ["Diffusion", "SDENet", "SDENetRegression", "euler_maruyama", "sdenet_train_step"]
 
 
 class Diffusion(nn.Module):
     """GN -> ReLU -> ConcatConv -> GN -> ReLU -> ConcatConv -> head to one sigmoid per sample."""
 
-    def __init__(self, dim):
+    def __init__(self, dim: int) -> None:
         super().__init__()
         self.norm1, self.norm2 = norm(dim), norm(dim)
         self.relu = nn.ReLU(inplace=True)
         self.conv1 = ConcatConv2d(dim, dim, 3, 1, 1)
         self.conv2 = ConcatConv2d(dim, dim, 3, 1, 1)
-        self.head = nn.Sequential(
-            norm(dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, 1), nn.Sigmoid()
-        )
+        self.head = nn.Sequential(*head_layers(dim, 1), nn.Sigmoid())
 
-    def forward(self, t, x):
+    def forward(self, t: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(t, self.relu(self.norm1(x)))
         out = self.conv2(t, self.relu(self.norm2(out)))
         return self.head(out)
 
 
-def euler_maruyama(drift, x, g, layer_depth, horizon, ops):
+def euler_maruyama(
+    drift: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    x: torch.Tensor,
+    g: torch.Tensor,
+    layer_depth: int,
+    horizon: float,
+    ops: ModuleType,
+) -> torch.Tensor:
     """x after `layer_depth` Euler-Maruyama steps of dx = drift(t, x) dt + g dW on [0, horizon],
-    g (per sample) broadcast over x; one fused update per step."""
+    g (per sample) broadcast over x; one update per step by the backend ``ops`` (see
+    :func:`odecore.ops.get_ops`)."""
     dt = horizon / layer_depth
     g = g.reshape(g.shape[0], *([1] * (x.dim() - 1))).expand_as(x)
     for i in range(layer_depth):
@@ -61,38 +73,28 @@ class SDENet(nn.Module):
 
     def __init__(
         self,
-        in_channels=1,
-        num_classes=10,
-        dim=64,
-        layer_depth=6,
-        sigma_max=500.0,
-        horizon=6.0,
-        backend=None,
-        image_size=28,
-    ):
+        in_channels: int = 1,
+        num_classes: int = 10,
+        dim: int = 64,
+        layer_depth: int = 6,
+        sigma_max: float = 500.0,
+        horizon: float = 6.0,
+        backend: str | None = None,
+        image_size: int = 28,
+    ) -> None:
         super().__init__()
         self.layer_depth, self.sigma_max, self.horizon, self.backend = layer_depth, sigma_max, horizon, backend
         if image_size >= 16:  # the paper's stem: 28x28 -> 6x6
-            self.downsampling = nn.Sequential(
-                nn.Conv2d(in_channels, dim, 3, 1),
-                norm(dim),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(dim, dim, 4, 2, 1),
-                norm(dim),
-                nn.ReLU(inplace=True),
-                nn.Conv2d(dim, dim, 4, 2, 1),
-            )
+            self.downsampling = nn.Sequential(*downsampling_layers(in_channels, dim, "conv"))
         else:  # small images (8x8 digits) keep a 4x4 map
             self.downsampling = nn.Sequential(
                 nn.Conv2d(in_channels, dim, 3, 1, 1), norm(dim), nn.ReLU(inplace=True), nn.Conv2d(dim, dim, 4, 2, 1)
             )
         self.drift = ODEFunc(dim)
         self.diffusion = Diffusion(dim)
-        self.head = nn.Sequential(
-            norm(dim), nn.ReLU(inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(dim, num_classes)
-        )
+        self.head = nn.Sequential(*head_layers(dim, num_classes))
 
-    def forward(self, x, training_diffusion=False):
+    def forward(self, x: torch.Tensor, training_diffusion: bool = False) -> torch.Tensor:
         out = self.downsampling(x)
         t0 = torch.zeros((), dtype=out.dtype, device=out.device)
         if training_diffusion:
@@ -101,7 +103,7 @@ class SDENet(nn.Module):
         out = euler_maruyama(self.drift, out, g, self.layer_depth, self.horizon, get_ops(self.backend, out.device))
         return self.head(out)
 
-    def task_parameters(self):
+    def task_parameters(self) -> list[nn.Parameter]:
         """Downsampling, drift and head: what the task loss trains."""
         return [p for name, p in self.named_parameters() if not name.startswith("diffusion.")]
 
@@ -110,7 +112,15 @@ class SDENetRegression(nn.Module):
     """SDE-Net for regression (the paper's YearPredictionMSD model): an MLP drift over
     ``layer_depth`` Euler-Maruyama steps; the head gives a mean and a positive variance."""
 
-    def __init__(self, in_features, hidden=50, layer_depth=4, sigma_max=0.5, horizon=4.0, backend=None):
+    def __init__(
+        self,
+        in_features: int,
+        hidden: int = 50,
+        layer_depth: int = 4,
+        sigma_max: float = 0.5,
+        horizon: float = 4.0,
+        backend: str | None = None,
+    ) -> None:
         super().__init__()
         self.layer_depth, self.sigma_max, self.horizon, self.backend = layer_depth, sigma_max, horizon, backend
         self.downsampling = nn.Linear(in_features, hidden)
@@ -120,10 +130,12 @@ class SDENetRegression(nn.Module):
         )
         self.head = nn.Sequential(nn.ReLU(inplace=True), nn.Linear(hidden, 2))
 
-    def drift(self, t, x):
+    def drift(self, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         return self.drift_net(torch.cat([x, t.expand(x.shape[0], 1)], dim=1))
 
-    def forward(self, x, training_diffusion=False):
+    def forward(
+        self, x: torch.Tensor, training_diffusion: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         out = self.downsampling(x)
         if training_diffusion:
             return self.diffusion_net(out.detach())
@@ -132,11 +144,20 @@ class SDENetRegression(nn.Module):
         mean, raw = self.head(out).unbind(-1)
         return mean, nn.functional.softplus(raw) + 1e-3
 
-    def task_parameters(self):
+    def task_parameters(self) -> list[nn.Parameter]:
+        """Downsampling, drift and head: what the task loss trains."""
         return [p for name, p in self.named_parameters() if not name.startswith("diffusion_net.")]
 
 
-def sdenet_train_step(model, task_optimizer, diffusion_optimizer, x, y, task_loss, ood_noise=2.0):
+def sdenet_train_step(
+    model: SDENet | SDENetRegression,
+    task_optimizer: torch.optim.Optimizer,
+    diffusion_optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    task_loss: Callable[[Any, torch.Tensor], torch.Tensor],
+    ood_noise: float = 2.0,
+) -> tuple[float, float]:
     """One step of the paper's alternating training: the task loss for downsampling, drift and
     head; then binary cross-entropy for the diffusion net, 0 on the batch and 1 on the batch
     perturbed by N(0, ood_noise^2) (pseudo out-of-distribution data). Returns both losses."""

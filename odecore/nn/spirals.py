@@ -8,13 +8,16 @@ trained on either generator sees the same distribution.
 """
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from torch import nn
 
 __all__ = ["SpiralFunc", "generate_spiral2d", "spiral_curves"]
 
 
-def spiral_curves(ts, stop=1.0, a=0.0, b=1.0):
+def spiral_curves(
+    ts: npt.ArrayLike, stop: float = 1.0, a: float = 0.0, b: float = 1.0
+) -> tuple[np.ndarray, np.ndarray]:
     """The two noise-free curves at the times ``ts`` (a numpy array), each (len(ts), 2):
 
     - counter-clockwise, centred at (5, 0): the Archimedean spiral r = a + b theta with
@@ -33,18 +36,18 @@ def spiral_curves(ts, stop=1.0, a=0.0, b=1.0):
 
 
 def generate_spiral2d(
-    nspiral=1000,
-    ntotal=500,
-    nsample=100,
-    start=0.0,
-    stop=1,
-    noise_std=0.1,
-    a=0.0,
-    b=1.0,
-    savefig=False,
-    seed=None,
-    dtype=torch.float32,
-):
+    nspiral: int = 1000,
+    ntotal: int = 500,
+    nsample: int = 100,
+    start: float = 0.0,
+    stop: float = 1,
+    noise_std: float = 0.1,
+    a: float = 0.0,
+    b: float = 1.0,
+    savefig: bool = False,
+    seed: int | np.random.Generator | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Noisy clockwise / counter-clockwise spirals (Chen et al. 2018, section 5.1).
 
     The time grid ``orig_ts`` has ``ntotal`` points from ``start`` to ``stop``; each spiral
@@ -95,10 +98,7 @@ def generate_spiral2d(
     if savefig:
         _plot(clockwise, counter_clockwise, samp_trajs)
 
-    def as_tensor(x):
-        return torch.as_tensor(np.ascontiguousarray(x)).to(dtype)
-
-    return as_tensor(orig_trajs), as_tensor(samp_trajs), as_tensor(orig_ts), as_tensor(samp_ts)
+    return tuple(torch.as_tensor(np.ascontiguousarray(x)).to(dtype) for x in (orig_trajs, samp_trajs, orig_ts, samp_ts))
 
 
 def _plot(clockwise, counter_clockwise, samp_trajs):  # pragma: no cover - optional dependency
@@ -124,7 +124,7 @@ class SpiralFunc(nn.Module):
     """torchdiffeq examples/ode_demo.py's model: Linear(2, hidden) -> tanh -> Linear(hidden, 2)
     applied to y^3, weights N(0, 0.1), biases 0."""
 
-    def __init__(self, hidden=50):
+    def __init__(self, hidden: int = 50) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(2, hidden), nn.Tanh(), nn.Linear(hidden, 2))
         for m in self.net.modules():
@@ -132,5 +132,5 @@ class SpiralFunc(nn.Module):
                 nn.init.normal_(m.weight, mean=0, std=0.1)
                 nn.init.constant_(m.bias, val=0)
 
-    def forward(self, t, y):
+    def forward(self, t: float | torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return self.net(y**3)
