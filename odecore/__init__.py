@@ -4,15 +4,11 @@
 method names and gives the same results.
 """
 
-from ._extension import backend_info
 from .adjoint import odeint_adjoint
-from .api import odeint
-from .brownian import BrownianInterval, BrownianPath, BrownianTree
+from .api import odeint, odeint_event
 from .dense import DenseSolution, odeint_dense
-from .events import odeint_event
-from .ops import get_backend, set_backend
-from .sde import sdeint
-from .sde_adjoint import sdeint_adjoint
+from .ops import backend_info, get_backend, set_backend
+from .sde import BrownianInterval, BrownianPath, BrownianTree, sdeint, sdeint_adjoint
 from .solvers import SOLVERS
 from .solvers.base import Perturb
 

@@ -12,15 +12,29 @@ tensor [a_t (1), y (N), a (N), a_theta (P)] that the same solver classes and fus
 integrate, with its error norm computed in the same kernel pass (one segment per part).
 """
 
+import copy
 import functools
 import warnings
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from .api import _prepare, _solve, _tolerance, _warn_unsupported_callbacks, wrap_callbacks
+from . import events
+from ._problem import (
+    SolverFactory,
+    TensorOrTuple,
+    Tolerance,
+    prepare,
+    solve,
+    tolerance,
+    warn_unsupported_callbacks,
+    wrap_callbacks,
+)
 from .ops import get_ops
 from .solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
+from .solvers.per_sample import odeint_per_sample
 
 # Whether the augmented dynamics evaluate in C++ (odecore._C.AdjointDynamics) with the fused
 # backend; the tests compare it with the Python evaluation.
@@ -33,21 +47,21 @@ def find_parameters(module):
 
 
 def odeint_adjoint(
-    func,
-    y0,
-    t,
+    func: Callable,
+    y0: TensorOrTuple,
+    t: torch.Tensor,
     *,
-    rtol=1e-7,
-    atol=1e-9,
-    method=None,
-    options=None,
-    event_fn=None,
-    adjoint_rtol=None,
-    adjoint_atol=None,
-    adjoint_method=None,
-    adjoint_options=None,
-    adjoint_params=None,
-):
+    rtol: Tolerance = 1e-7,
+    atol: Tolerance = 1e-9,
+    method: str | None = None,
+    options: dict | None = None,
+    event_fn: Callable | None = None,
+    adjoint_rtol: Tolerance | None = None,
+    adjoint_atol: Tolerance | None = None,
+    adjoint_method: str | None = None,
+    adjoint_options: dict | None = None,
+    adjoint_params: Sequence[torch.Tensor] | None = None,
+) -> Any:
     """Like `odeint`, with gradients from the adjoint method (memory constant in the steps).
 
     ``func`` must be an ``nn.Module`` unless ``adjoint_params`` (possibly ``()``) lists the
@@ -65,32 +79,10 @@ def odeint_adjoint(
             "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
             "then it is allowable to set `adjoint_params=()`."
         )
-    if adjoint_rtol is None:
-        adjoint_rtol = rtol
-    if adjoint_atol is None:
-        adjoint_atol = atol
-    if adjoint_method is None:
-        adjoint_method = method
-    if adjoint_method != method and options is not None and adjoint_options is None:
-        raise ValueError(
-            "If `adjoint_method != method` then we cannot infer `adjoint_options` from `options`. So as "
-            "`options` has been passed then `adjoint_options` must be passed as well."
-        )
-    if adjoint_options is None:
-        adjoint_options = {k: v for k, v in options.items() if k != "norm"} if options is not None else {}
-    else:
-        adjoint_options = dict(adjoint_options)
-    params = tuple(find_parameters(func)) if adjoint_params is None else tuple(adjoint_params)
-    for i, q in enumerate(params):
-        if not isinstance(q, torch.Tensor):
-            raise TypeError("adjoint_params[%d] must be a torch.Tensor, got %s" % (i, type(q).__name__))
-    n_given = len(params)
-    params = tuple(p for p in params if p.requires_grad)
-    if len(params) != n_given and callable(adjoint_options.get("norm")):
-        warnings.warn(
-            "An adjoint parameter was passed without requiring gradient. For efficiency this will be "
-            "excluded from the adjoint pass, and will not appear as a tensor in the adjoint norm."
-        )
+    adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options = _adjoint_settings(
+        rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options
+    )
+    params = _adjoint_params(func, adjoint_params, adjoint_options)
 
     per_sample = None
     if isinstance(options, dict) and options.get("batch_dim") is not None:
@@ -100,14 +92,12 @@ def odeint_adjoint(
         per_sample = dict(options)
         options.pop("batch_dim")
         adjoint_options.pop("batch_dim", None)
-    p = _prepare(func, y0, t, rtol, atol, method, options)
+    p = prepare(func, y0, t, rtol, atol, method, options)
     p.per_sample = None if per_sample is None else (func, y0, t, rtol, atol, method, per_sample)
     # torchdiffeq checks the callbacks twice on the forward pass (odeint_adjoint, then its odeint)
-    _warn_unsupported_callbacks(p.method, func)
+    warn_unsupported_callbacks(p.method, func)
     back = _Backward(p, params, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options)
     if event_fn is not None:  # odecore.events: forward until the event, adjoint from the event time
-        from .events import adjoint_event_solve
-
         return adjoint_event_solve(p, back, params, t, event_fn)
     if len(p.times) == 1:
         solution, stats = (
@@ -123,6 +113,42 @@ def odeint_adjoint(
         solution = _AdjointSolve.apply(p, back, func_solve, stats, p.y0, t_solve, *params)
     solution = p.unflatten(solution)
     return (solution, stats) if p.return_stats else solution
+
+
+def _adjoint_settings(rtol, atol, method, options, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options):
+    """The backward pass's tolerances, method and options, defaulting to the forward ones (torchdiffeq's)."""
+    if adjoint_rtol is None:
+        adjoint_rtol = rtol
+    if adjoint_atol is None:
+        adjoint_atol = atol
+    if adjoint_method is None:
+        adjoint_method = method
+    if adjoint_method != method and options is not None and adjoint_options is None:
+        raise ValueError(
+            "If `adjoint_method != method` then we cannot infer `adjoint_options` from `options`. So as "
+            "`options` has been passed then `adjoint_options` must be passed as well."
+        )
+    if adjoint_options is None:
+        adjoint_options = {k: v for k, v in options.items() if k != "norm"} if options is not None else {}
+    else:
+        adjoint_options = dict(adjoint_options)
+    return adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options
+
+
+def _adjoint_params(func, adjoint_params, adjoint_options):
+    """The tensors the backward pass differentiates: func's parameters unless given, those requiring grad."""
+    params = tuple(find_parameters(func)) if adjoint_params is None else tuple(adjoint_params)
+    for i, q in enumerate(params):
+        if not isinstance(q, torch.Tensor):
+            raise TypeError("adjoint_params[%d] must be a torch.Tensor, got %s" % (i, type(q).__name__))
+    n_given = len(params)
+    params = tuple(p for p in params if p.requires_grad)
+    if len(params) != n_given and callable(adjoint_options.get("norm")):
+        warnings.warn(
+            "An adjoint parameter was passed without requiring gradient. For efficiency this will be "
+            "excluded from the adjoint pass, and will not appear as a tensor in the adjoint norm."
+        )
+    return params
 
 
 class _Reversed:
@@ -171,13 +197,13 @@ class _Backward:
                     "%s has %d entries, but the augmented state has %d parts (a_t, y, adj_y and one per "
                     "parameter)" % (name, len(tol), len(self.parts))
                 )
-            return torch.cat([_tolerance(name, v, None, like[:1]).expand(size) for v, size in zip(tol, self.parts)])
+            return torch.cat([tolerance(name, v, None, like[:1]).expand(size) for v, size in zip(tol, self.parts)])
         if isinstance(tol, torch.Tensor) and tol.numel() != 1:
             raise ValueError(
                 "%s must be a float, a one-element tensor or one entry per augmented part; got a tensor of "
                 "shape %s (pass adjoint_rtol/adjoint_atol explicitly)" % (name, tuple(tol.shape))
             )
-        return _tolerance(name, tol, None, like)
+        return tolerance(name, tol, None, like)
 
     def _wrap_norm(self, norm, p):
         def adjoint_norm(flat):
@@ -307,15 +333,13 @@ class _AdjointSolve(torch.autograd.Function):
     def forward(ctx, p, back, func, stats, y0, t, *params):
         with torch.no_grad():
             if getattr(p, "per_sample", None) is not None:
-                from .solvers.per_sample import odeint_per_sample
-
                 user_func, user_y0, user_t, rtol, atol, method, options = p.per_sample
                 solution, forward_stats = odeint_per_sample(
                     user_func, user_y0.detach(), user_t.detach(), rtol, atol, method, dict(options, return_stats=True)
                 )
                 solution = solution.reshape(len(user_t), -1)
             else:
-                solution, forward_stats = _solve(
+                solution, forward_stats = solve(
                     func, y0, t.tolist(), t.detach(), False, p.rtol, p.atol, p.method, p.options, p.backend, p.segments
                 )
         stats.update(forward_stats)
@@ -347,8 +371,8 @@ class _AdjointSolve(torch.autograd.Function):
                     dl_dt = (f_i.reshape(-1) * grad_solution[i]).sum()
                     aug[0] -= dl_dt
                     time_vjps[i] = dl_dt
-                _warn_unsupported_callbacks(back.method, ctx.func, ADJOINT_CALLBACK_NAMES)  # per solve, as torchdiffeq
-                out, step_stats = _solve(
+                warn_unsupported_callbacks(back.method, ctx.func, ADJOINT_CALLBACK_NAMES)  # per solve, as torchdiffeq
+                out, step_stats = solve(
                     dynamics,
                     aug,
                     [times[i], times[i - 1]],
@@ -377,3 +401,54 @@ class _AdjointSolve(torch.autograd.Function):
         _, _, adj_y, *adj_params = back.split(aug)
         grad_params = [g.view_as(q).to(q.dtype) for g, q in zip(adj_params, back.params)]
         return (None, None, None, None, adj_y.view(shape), time_vjps, *grad_params)
+
+
+def adjoint_event_solve(p, back, params, t, event_fn):
+    """odeint_adjoint(..., event_fn=event_fn), from odeint_adjoint's prepared problem `p` and
+    backward system `back`: the adjoint pass runs from the event time (held fixed) to t0."""
+    events.check_event_problem(p)
+    p = copy.copy(p)
+    p.event = events.combine_event_fn(event_fn, t[0], p.y0, events.event_splitter(p))
+    # solve in increasing time, as odeint_adjoint does
+    t_solve = -t if p.reverse else t
+    func_solve = _Reversed(p.func) if p.reverse else p.func
+    stats = {}
+    event_t, solution = _AdjointEventSolve.apply(p, back, func_solve, stats, p.y0, t_solve, *params)
+    if p.reverse:
+        event_t = -event_t
+    solution = p.unflatten(solution)
+    return (event_t, solution, stats) if p.return_stats else (event_t, solution)
+
+
+class _AdjointEventSolve(_AdjointSolve):
+    """_AdjointSolve whose forward pass stops at the event; the backward pass is the adjoint
+    from [t0, event_t] (event_t fixed, as in torchdiffeq: its gradient is odeint_event's)."""
+
+    @staticmethod
+    def forward(ctx, p, back, func, stats, y0, t, *params):
+        opts = dict(p.options)
+        opts.pop("checkpoint", None)
+        with torch.no_grad():
+            times = t.tolist()
+            factory = SolverFactory(
+                func, times, t.detach(), False, p.rtol, p.atol, p.method, opts, p.backend, p.segments
+            )
+            # the event function sees the user's time: -s when the solve runs in negated time
+            sign = -1.0 if p.reverse else 1.0
+            combined = p.event if sign > 0 else (lambda tt, y: p.event(-tt, y))
+            s, y_event, forward_stats = events.solve_until_event(factory, y0, combined)
+            solution = torch.stack([y0, y_event])
+        stats.update(forward_stats)
+        event_s = torch.tensor(s, dtype=t.dtype, device=t.device)
+        ctx.p, ctx.back, ctx.func, ctx.stats = p, back, func, stats
+        ctx.t_requires_grad = t.requires_grad
+        ctx.save_for_backward(torch.stack([t[0].detach(), event_s]), solution)
+        ctx.mark_non_differentiable(event_s)
+        return event_s, solution
+
+    @staticmethod
+    def backward(ctx, grad_event_t, grad_solution):
+        grads = list(_AdjointSolve.backward(ctx, grad_solution))
+        if grads[5] is not None:  # only t0 gets a gradient (torchdiffeq's event mode)
+            grads[5] = torch.cat([grads[5][:1], torch.zeros_like(grads[5][1:])])
+        return tuple(grads)

@@ -17,10 +17,11 @@ are formed at once (one gather and multiply-add per stage).
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 
-from .api import _prepare, _SolverFactory
+from ._problem import SolverFactory, TensorOrTuple, Tolerance, prepare
 from .solvers import AdaptiveRKSolver, FixedGridRKSolver
 
 
@@ -65,7 +66,17 @@ def _as_time(value, name):
     return value
 
 
-def odeint_dense(func, y0, t0, t1, *, rtol=1e-7, atol=1e-9, method=None, options=None):
+def odeint_dense(
+    func: Callable,
+    y0: TensorOrTuple,
+    t0: torch.Tensor | float,
+    t1: torch.Tensor | float,
+    *,
+    rtol: Tolerance = 1e-7,
+    atol: Tolerance = 1e-9,
+    method: str | None = None,
+    options: dict | None = None,
+) -> "DenseSolution":
     """Solves dy/dt = func(t, y), y(t0) = y0 up to t1 once and returns a `DenseSolution`:
     ``sol(t)`` is y at any t in [t0, t1] (either direction: t1 < t0 integrates backwards)
     from each step's own dense output.
@@ -83,13 +94,13 @@ def odeint_dense(func, y0, t0, t1, *, rtol=1e-7, atol=1e-9, method=None, options
     like = y0 if isinstance(y0, torch.Tensor) else (y0[0] if isinstance(y0, tuple) and y0 else None)
     device = like.device if isinstance(like, torch.Tensor) else None
     t = torch.tensor([t0, t1], dtype=torch.float64, device=device)
-    p = _prepare(func, y0, t, rtol, atol, method, options)
+    p = prepare(func, y0, t, rtol, atol, method, options)
     opts = dict(p.options)
     if opts.pop("checkpoint", None) is not None:
         raise ValueError("options['checkpoint'] is not supported by odeint_dense")
     if opts.get("batch_dim") is not None:
         raise NotImplementedError("options['batch_dim'] (per-sample solves) is not supported by odeint_dense")
-    factory = _SolverFactory(p.func, p.times, t, p.reverse, p.rtol, p.atol, p.method, opts, p.backend, p.segments)
+    factory = SolverFactory(p.func, p.times, t, p.reverse, p.rtol, p.atol, p.method, opts, p.backend, p.segments)
     solver = factory(p.y0)
     if isinstance(solver, AdaptiveRKSolver):
         log = _StepLog(solver)

@@ -26,21 +26,19 @@ which it raises). The event time returned is the last point found before the sig
 within 2 ulp of the crossing, so that a solve restarted there sees event_fn with its old sign.
 """
 
-import copy
 import math
 import warnings
 
 import torch
 
-from .adjoint import _AdjointSolve, _Reversed
-from .api import _prepare, _SolverFactory, _time_sensitivity, _TupleFunc, odeint
+from ._problem import SolverFactory, TupleFunc, prepare, time_sensitivity
 from .solvers import AdaptiveRKSolver, FixedGridRKSolver
 
 MAX_ROOT_ITERS = 200
 MAX_FIXED_GRID_STEPS = 20000  # torchdiffeq's limit for fixed-grid event solves
 
 
-def _check_event_problem(p):
+def check_event_problem(p):
     if len(p.times) != 2:
         raise ValueError(f"We require len(t) == 2 when in event handling mode, but got len(t)={len(p.times)}.")
     if getattr(p, "complex_shape", None) is not None:
@@ -51,7 +49,7 @@ def _check_event_problem(p):
         raise NotImplementedError("options['batch_dim'] (per-sample solves) is not supported with event_fn")
 
 
-def _combine(event_fn, t0, y0_flat, split):
+def combine_event_fn(event_fn, t0, y0_flat, split):
     """event_fn as one scalar that starts positive: min(event_fn(t, y) * sign(event_fn(t0, y0)))
     over its entries (torchdiffeq's combine_event_functions), on the flat state."""
     if not callable(event_fn):
@@ -74,7 +72,7 @@ def _combine(event_fn, t0, y0_flat, split):
     return combined
 
 
-def _splitter(p):
+def event_splitter(p):
     return p.func.split if p.shapes is not None else (lambda y: y)
 
 
@@ -95,7 +93,7 @@ class _Probe:
         return value
 
 
-def _find_root(h, a, b, ha, hb, eps):
+def find_root(h, a, b, ha, hb, eps):
     """A crossing of h in [a, b] with h(a) = ha > 0 > h(b) = hb, by the ITP method (Oliveira &
     Takahashi, "An Enhancement of the Bisection Method Average Performance Preserving Minmax
     Optimality", ACM TOMS 47(1), 2020; kappa1 = 0.2 / (b - a), kappa2 = 2, n0 = 1): regula
@@ -135,7 +133,7 @@ def _find_root(h, a, b, ha, hb, eps):
     )
 
 
-def _solve_until_event(factory, y0, combined):
+def solve_until_event(factory, y0, combined):
     """Integrates from factory.times[0] until the combined event function is <= 0 at the end
     of a step; returns (s, y, stats) with s the event time in the solver's (increasing) frame
     and y the state there (differentiable at fixed s when y0 or func's parameters are)."""
@@ -211,7 +209,7 @@ def _solve_until_event(factory, y0, combined):
         with torch.no_grad():
             return probe(s, ops.rk_interp(ya, k, poly, dt, [(s - ta) / span])[0])
 
-    s, iterations = _find_root(h, ta, tb, ga, gb, eps)
+    s, iterations = find_root(h, ta, tb, ga, gb, eps)
     return s, ops.rk_interp(ya, k, poly, dt, [(s - ta) / span])[0], _stats(solver, probe, iterations)
 
 
@@ -224,105 +222,32 @@ def _stats(solver, probe, iterations):
 
 def event_odeint(func, y0, t, rtol, atol, method, options, event_fn):
     """odeint(..., event_fn=event_fn): see the module docstring."""
-    p = _prepare(func, y0, t, rtol, atol, method, options)
-    _check_event_problem(p)
+    p = prepare(func, y0, t, rtol, atol, method, options)
+    check_event_problem(p)
     opts = dict(p.options)
     if opts.pop("checkpoint", None) is not None:
         raise ValueError("options['checkpoint'] is not supported with event_fn")
-    combined = _combine(event_fn, t[0], p.y0, _splitter(p))
+    combined = combine_event_fn(event_fn, t[0], p.y0, event_splitter(p))
     start = p.y0
     if t.requires_grad and torch.is_grad_enabled():
         # y(event_t) depends on t0 through -(dy/dy0) f(t0, y0), as in odeint
-        start = p.y0 - _time_sensitivity(p.func, t[:1], p.y0.unsqueeze(0)).squeeze(0)
-    factory = _SolverFactory(
+        start = p.y0 - time_sensitivity(p.func, t[:1], p.y0.unsqueeze(0)).squeeze(0)
+    factory = SolverFactory(
         p.func, p.times, t.detach(), p.reverse, p.rtol, p.atol, p.method, opts, p.backend, p.segments
     )
-    s, y_event, stats = _solve_until_event(factory, start, combined)
+    s, y_event, stats = solve_until_event(factory, start, combined)
     event_t = torch.tensor(factory.sign * s, dtype=t.dtype, device=t.device)
     solution = p.unflatten(torch.stack([p.y0, y_event]))
     return (event_t, solution, stats) if p.return_stats else (event_t, solution)
 
 
-def adjoint_event_solve(p, back, params, t, event_fn):
-    """odeint_adjoint(..., event_fn=event_fn), from odeint_adjoint's prepared problem `p` and
-    backward system `back`: the adjoint pass runs from the event time (held fixed) to t0."""
-    _check_event_problem(p)
-    p = copy.copy(p)
-    p.event = _combine(event_fn, t[0], p.y0, _splitter(p))
-    # solve in increasing time, as odeint_adjoint does
-    t_solve = -t if p.reverse else t
-    func_solve = _Reversed(p.func) if p.reverse else p.func
-    stats = {}
-    event_t, solution = _AdjointEventSolve.apply(p, back, func_solve, stats, p.y0, t_solve, *params)
-    if p.reverse:
-        event_t = -event_t
-    solution = p.unflatten(solution)
-    return (event_t, solution, stats) if p.return_stats else (event_t, solution)
-
-
-class _AdjointEventSolve(_AdjointSolve):
-    """_AdjointSolve whose forward pass stops at the event; the backward pass is the adjoint
-    from [t0, event_t] (event_t fixed, as in torchdiffeq: its gradient is odeint_event's)."""
-
-    @staticmethod
-    def forward(ctx, p, back, func, stats, y0, t, *params):
-        opts = dict(p.options)
-        opts.pop("checkpoint", None)
-        with torch.no_grad():
-            times = t.tolist()
-            factory = _SolverFactory(
-                func, times, t.detach(), False, p.rtol, p.atol, p.method, opts, p.backend, p.segments
-            )
-            # the event function sees the user's time: -s when the solve runs in negated time
-            sign = -1.0 if p.reverse else 1.0
-            combined = p.event if sign > 0 else (lambda tt, y: p.event(-tt, y))
-            s, y_event, forward_stats = _solve_until_event(factory, y0, combined)
-            solution = torch.stack([y0, y_event])
-        stats.update(forward_stats)
-        event_s = torch.tensor(s, dtype=t.dtype, device=t.device)
-        ctx.p, ctx.back, ctx.func, ctx.stats = p, back, func, stats
-        ctx.t_requires_grad = t.requires_grad
-        ctx.save_for_backward(torch.stack([t[0].detach(), event_s]), solution)
-        ctx.mark_non_differentiable(event_s)
-        return event_s, solution
-
-    @staticmethod
-    def backward(ctx, grad_event_t, grad_solution):
-        grads = list(_AdjointSolve.backward(ctx, grad_solution))
-        if grads[5] is not None:  # only t0 gets a gradient (torchdiffeq's event mode)
-            grads[5] = torch.cat([grads[5][:1], torch.zeros_like(grads[5][1:])])
-        return tuple(grads)
-
-
-def odeint_event(func, y0, t0, *, event_fn, reverse_time=False, odeint_interface=odeint, **kwargs):
-    """Integrates from `t0` until ``event_fn(t, y)`` changes sign; returns ``(event_t, solution)``
-    with ``solution = [y0, y(event_t)]`` (a tuple of such for a tuple `y0`), both
-    differentiable: the event time by the implicit function theorem.
-
-    As torchdiffeq 0.2.5's ``odeint_event``: `event_fn` may return several values (the first
-    to change sign ends the solve), ``reverse_time=True`` integrates backwards from `t0`,
-    `odeint_interface` is ``odecore.odeint`` or ``odecore.odeint_adjoint`` (or any function
-    with their event semantics), and `kwargs` (rtol, atol, method, options, adjoint_*) go to
-    it. With ``options={'return_stats': True}`` the statistics dict comes third.
-    """
-    if not isinstance(t0, torch.Tensor):
-        like = y0 if isinstance(y0, torch.Tensor) else y0[0]
-        t0 = torch.tensor(float(t0), dtype=like.dtype, device=like.device)
-    step = -1.0 if reverse_time else 1.0
-    t = torch.cat([t0.reshape(-1), t0.reshape(-1).detach() + step])
-    out = odeint_interface(func, y0, t, event_fn=event_fn, **kwargs)
-    event_t, solution, rest = out[0], out[1], tuple(out[2:])
-    event_t, solution = _implicit_gradient(func, y0, t, event_fn, event_t, solution)
-    return (event_t, solution) + rest
-
-
-def _implicit_gradient(func, y0, t, event_fn, event_t, solution):
+def implicit_gradient(func, y0, t, event_fn, event_t, solution):
     """(event_t, solution) with the implicit function theorem's gradient of the event time
     added (zero in value): see the module docstring."""
     is_tuple = not isinstance(y0, torch.Tensor)
     if is_tuple:
         shapes = [y.shape for y in y0]
-        flat_func = _TupleFunc(func, shapes)
+        flat_func = TupleFunc(func, shapes)
         split = flat_func.split
         state = torch.cat([s[-1].reshape(-1) for s in solution])
         y0_flat = torch.cat([y.reshape(-1) for y in y0])
@@ -331,7 +256,7 @@ def _implicit_gradient(func, y0, t, event_fn, event_t, solution):
     t_star = event_t.detach()
     if not torch.is_grad_enabled():
         return t_star, solution
-    combined = _combine(event_fn, t[0], y0_flat, split)
+    combined = combine_event_fn(event_fn, t[0], y0_flat, split)
     g_live = combined(t_star, state)
     if not g_live.requires_grad:
         return t_star, solution

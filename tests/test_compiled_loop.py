@@ -1,4 +1,4 @@
-"""The compiled host loop (odecore._C.host_loop, csrc/loop.cpp): the Python host loop's
+"""The compiled host loop (odecore._C.host_loop, csrc/host_loop.cpp): the Python host loop's
 results, bitwise, with the same statistics, errors and gradients; and the cases it leaves
 to the Python loop."""
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import odecore
-from odecore.ops import reference
-from odecore.solvers import adaptive as adaptive_mod
+from odecore.ops import control, reference
+from odecore.ops.control import Slot, Status
 from odecore.solvers.adaptive import AdaptiveRKSolver
 
 from .testing import forced_rotation, require_fused
@@ -287,10 +287,10 @@ def test_dt_ops_name_themselves_in_errors(samples):
 
 
 def _control_args(dtype, n_times=6, ratio=0.5):
-    state = torch.zeros(adaptive_mod.NUM_SLOTS, dtype=torch.float64)
-    state[adaptive_mod.T], state[adaptive_mod.DT] = 0.0, 0.25
-    state[adaptive_mod.T0], state[adaptive_mod.T1], state[adaptive_mod.DT_USED] = 0.0, 0.25, 0.25
-    state[adaptive_mod.NEXT_OUT] = 1
+    state = torch.zeros(control.NUM_SLOTS, dtype=torch.float64)
+    state[Slot.T], state[Slot.DT] = 0.0, 0.25
+    state[Slot.T0], state[Slot.T1], state[Slot.DT_USED] = 0.0, 0.25, 0.25
+    state[Slot.NEXT_OUT] = 1
     times = torch.linspace(0, 1, n_times, dtype=torch.float64)
     return (
         state,
@@ -321,8 +321,8 @@ def test_rk_control_matches_reference_over_a_sequence(dtype):
         reference.rk_control(*ra, c, params)
         torch.testing.assert_close(fa[0], ra[0], rtol=0, atol=0, equal_nan=True)
         assert torch.equal(fa[1], ra[1]) and torch.equal(fa[2], ra[2]) and torch.equal(fa[3], ra[3])
-        status.append(int(fa[0][adaptive_mod.STATUS]))
-    assert status[0] == adaptive_mod.RUNNING and status[-1] in (adaptive_mod.DONE, adaptive_mod.NON_FINITE)
+        status.append(int(fa[0][Slot.STATUS]))
+    assert status[0] == Status.RUNNING and status[-1] in (Status.DONE, Status.NON_FINITE)
 
 
 def test_rk_control_statuses():
@@ -330,15 +330,15 @@ def test_rk_control_statuses():
     params = [5.0, 0.9, 10.0, 0.2, 0.0, math.inf, 1e9, 1.0, 0.0, 0.0]
     state, accept, stage_t, dt, ratio, times = _control_args(dtype)
     fused.rk_control(state, accept, stage_t, dt, ratio, times, c, params)
-    assert bool(accept) and state[adaptive_mod.T] == 0.25 and state[adaptive_mod.N_ACCEPTED] == 1
-    assert state[adaptive_mod.NEXT_OUT] == 2  # the output time 0.2 fell in [0, 0.25]
-    assert stage_t[1].item() == math.nextafter(state[adaptive_mod.T1].item(), -math.inf)
+    assert bool(accept) and state[Slot.T] == 0.25 and state[Slot.N_ACCEPTED] == 1
+    assert state[Slot.NEXT_OUT] == 2  # the output time 0.2 fell in [0, 0.25]
+    assert stage_t[1].item() == math.nextafter(state[Slot.T1].item(), -math.inf)
     ratio.fill_(math.inf)  # an infinite ratio is rejected, not an error
     fused.rk_control(state, accept, stage_t, dt, ratio, times, c, params)
-    assert not bool(accept) and state[adaptive_mod.STATUS] == adaptive_mod.RUNNING
+    assert not bool(accept) and state[Slot.STATUS] == Status.RUNNING
     ratio.fill_(math.nan)
     fused.rk_control(state, accept, stage_t, dt, ratio, times, c, params)
-    assert state[adaptive_mod.STATUS] == adaptive_mod.NON_FINITE
+    assert state[Slot.STATUS] == Status.NON_FINITE
     frozen = state.clone()
     ratio.fill_(0.1)
     fused.rk_control(state, accept, stage_t, dt, ratio, times, c, params)
@@ -369,8 +369,8 @@ def test_rk_dense_into_matches_reference(dtype):
     y0, k = _stages(dtype, m=tab.stages)
     y1 = fused.rk_stage(y0, k, list(tab.b), 0.3)
     times = torch.tensor([0.0, 0.05, 0.1, 0.2, 0.3, 0.5], dtype=torch.float64)
-    state = torch.zeros(adaptive_mod.NUM_SLOTS, dtype=torch.float64)
-    state[adaptive_mod.FIRST_OUT], state[adaptive_mod.NEXT_OUT] = 1, 5
+    state = torch.zeros(control.NUM_SLOTS, dtype=torch.float64)
+    state[Slot.FIRST_OUT], state[Slot.NEXT_OUT] = 1, 5
     state[14], state[15], state[16] = 0.0, 0.3, 0.3  # the accepted step [0, 0.3], dt 0.3
     outs = []
     for ops in (fused, reference):

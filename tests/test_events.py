@@ -302,7 +302,7 @@ def test_root_finder_is_within_an_ulp_of_bisection_count(name):
         "large_t": (lambda s: 1e5 + 0.37 - s, 1e5, 1e5 + 1.0, 1e5 + 0.37),
     }[name]
     eps = 2.0**-52
-    s, iterations = events._find_root(h, a, b, h(a), h(b), eps)
+    s, iterations = events.find_root(h, a, b, h(a), h(b), eps)
     delta = eps * max(abs(a), abs(b), b - a)
     bisections = math.ceil(math.log2((b - a) / (2 * delta)))
     assert iterations <= bisections + 1

@@ -32,8 +32,9 @@ try:
     from odecore.ops import fused
 except (ImportError, AttributeError):  # the extension is not built: the fused tests skip
     fused = None
+from odecore.ops.control import NUM_SLOTS, Slot
 from odecore.solvers import SOLVERS, FixedGridImplicitRKSolver
-from odecore.solvers.adaptive import FIRST_OUT, NEXT_OUT, NUM_SLOTS, AdaptiveRKSolver
+from odecore.solvers.adaptive import AdaptiveRKSolver
 from odecore.solvers.per_sample import SampleFailure
 
 ALLOWED = (TypeError, ValueError, RuntimeError, NotImplementedError)
@@ -1218,8 +1219,8 @@ def control_case(draw):
         row[2] = draw(st.sampled_from([0.0, 0.0, 0.0, 1.0, 2.0, 3.0, 4.0]))  # status
         row[3] = row[4] = float(draw(st.integers(0, 5)))
         row[5] = float(draw(st.integers(0, 5)))  # steps here
-        row[NEXT_OUT] = float(draw(st.integers(0, n_times)))
-        row[FIRST_OUT] = float(draw(st.integers(0, int(row[NEXT_OUT]))))
+        row[Slot.NEXT_OUT] = float(draw(st.integers(0, n_times)))
+        row[Slot.FIRST_OUT] = float(draw(st.integers(0, int(row[Slot.NEXT_OUT]))))
         row[8] = row[0]
         row[10] = row[1]
         row[9] = row[0] + row[1] if math.isfinite(row[0] + row[1]) else row[0]
@@ -1366,7 +1367,7 @@ def test_fuzz_rk_dense_into(case, args, data, direct):
     poly = [0.1 * (i + 1) for i in range(2 * len(k))]
     out = torch.zeros((len(times), *y0.shape), dtype=torch.float64)
     if fault == "rows" and samples >= 1:
-        state.view(samples, NUM_SLOTS)[0, NEXT_OUT] = data.draw(
+        state.view(samples, NUM_SLOTS)[0, Slot.NEXT_OUT] = data.draw(
             st.sampled_from([-1.0, len(times) + 1.0, 1e18]), label="row"
         )
         names = names + ["rows", "output"]
@@ -1549,7 +1550,8 @@ class Ran(Exception):
 def stub_runs(monkeypatch, tmp_path):
     """Replaces every long run by a check of the parsed arguments: what the parser lets
     through must be usable (finite, positive where it has to be)."""
-    from odecore import bench, demos, ood, train
+    from odecore import bench
+    from odecore.apps import demos, sdenet, table1, train
 
     def check_train(args):
         assert args.epochs >= 1 and args.batch_size >= 1 and 0 < args.tol < math.inf and 0 < args.lr < math.inf, vars(
@@ -1579,13 +1581,13 @@ def stub_runs(monkeypatch, tmp_path):
         raise Ran
 
     monkeypatch.setattr(train, "train", check_train)
-    monkeypatch.setattr(train, "table1", check_train)
-    monkeypatch.setattr(ood, "run", check_ood)
-    monkeypatch.setattr(ood, "run_regression", check_ood)
+    monkeypatch.setattr(table1, "table1", check_train)
+    monkeypatch.setattr(sdenet, "run", check_ood)
+    monkeypatch.setattr(sdenet, "run_regression", check_ood)
     for name in ("demo_vdp", "demo_spiral", "demo_latent"):
         monkeypatch.setattr(demos, name, check_demo)
-    monkeypatch.setattr(bench, "run", check_bench)
-    monkeypatch.setattr(bench, "run_adjoint", check_bench)
+    monkeypatch.setattr(bench.cli, "run", check_bench)
+    monkeypatch.setattr(bench.cli, "run_adjoint", check_bench)
     monkeypatch.chdir(tmp_path)
     return tmp_path
 

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 import odecore
-from odecore.solvers.fixed_grid_implicit import FixedGridImplicitRKSolver, ImplicitTableau
+from odecore.solvers.fixed_grid_implicit import FixedGridImplicitRKSolver
 from odecore.solvers.order_conditions import (
     check_order,
     order_residuals,
@@ -30,6 +30,7 @@ from odecore.solvers.order_conditions import (
     tree_density,
     tree_order,
 )
+from odecore.solvers.tableau import ImplicitTableau
 
 from .testing import dtypes, product
 

@@ -23,16 +23,15 @@ The ops (``y0`` and every ``k[j]`` share shape, dtype and device):
   ``y0 + dt * sum_j P_j(x) k[j]`` with ``P_j(x) = sum_d poly[j * D + d] * x**(d + 1)``.
 """
 
-import threading
+import torch
 
-from .._extension import _C, has_fused
+from .._extension import LOAD_ERROR, extension, has_fused
 from . import reference
 
-if _C is not None:
-    from . import fused  # noqa: F401  (registers the fake kernels with the ops)
+if extension is not None:
+    from . import fused  # registers the fake kernels with the ops
 
 BACKENDS = ("fused", "reference")
-_state = threading.local()
 _default = ["fused"]
 
 
@@ -52,6 +51,12 @@ def _check_name(name):
         raise ValueError("backend must be one of %s, got %r" % (", ".join(map(repr, BACKENDS)), name))
 
 
+def check_backend(backend):
+    """Checks options['backend'] (None: the global backend)."""
+    if backend is not None and backend not in BACKENDS:
+        raise ValueError("options['backend'] must be one of %s, got %r" % (", ".join(map(repr, BACKENDS)), backend))
+
+
 def get_ops(name=None, device=None):
     """The op namespace of backend `name` (None: the global one) for tensors on `device`.
 
@@ -63,3 +68,25 @@ def get_ops(name=None, device=None):
     if name == "fused" and has_fused(device):
         return fused
     return reference
+
+
+def backend_info() -> dict:
+    """Which kernels odecore was built with, and against which versions.
+
+    Returns a dict: ``cpu`` / ``cuda`` (fused kernels built for that device), ``torch_version``
+    and ``cuda_version`` (what the extension was built against; None when not built or CPU-only),
+    ``runtime_torch_version``, ``extension`` (whether odecore._C loaded), ``load_error`` and
+    ``backend`` (the current global backend).
+    """
+    return {
+        "extension": extension is not None,
+        "cpu": has_fused("cpu"),
+        "cuda": has_fused("cuda"),
+        "torch_version": None if extension is None else extension.torch_version,
+        "cuda_version": getattr(extension, "cuda_version", None),
+        "runtime_torch_version": torch.__version__,
+        "runtime_cuda_available": torch.cuda.is_available(),
+        "num_threads": torch.get_num_threads(),
+        "load_error": LOAD_ERROR,
+        "backend": get_backend(),
+    }

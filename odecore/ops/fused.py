@@ -7,21 +7,21 @@ skip its boxed argument conversion; use ``torch.ops.odecore.*`` under torch.comp
 
 import torch
 
-from .._extension import _C
+from .._extension import extension
 
-rk_stage = _C.rk_stage
-rk_finish = _C.rk_finish
-rk_error_ratio = _C.rk_error_ratio
-rk_interp = _C.rk_interp
-rk_stage_dt = _C.rk_stage_dt
-rk_finish_dt = _C.rk_finish_dt
-rk_error_ratio_dt = _C.rk_error_ratio_dt
-rk_control = _C.rk_control
-rk_dense_into = _C.rk_dense_into
-# AdaptiveRKSolver's host loop in C++ (csrc/loop.cpp); not an op: it calls the ops above
-host_loop = _C.host_loop
-# odeint_adjoint's augmented dynamics in C++ (csrc/loop.cpp; odecore/adjoint.py)
-AdjointDynamics = _C.AdjointDynamics
+rk_stage = extension.rk_stage
+rk_finish = extension.rk_finish
+rk_error_ratio = extension.rk_error_ratio
+rk_interp = extension.rk_interp
+rk_stage_dt = extension.rk_stage_dt
+rk_finish_dt = extension.rk_finish_dt
+rk_error_ratio_dt = extension.rk_error_ratio_dt
+rk_control = extension.rk_control
+rk_dense_into = extension.rk_dense_into
+# AdaptiveRKSolver's host loop in C++ (csrc/host_loop.cpp); not an op: it calls the ops above
+host_loop = extension.host_loop
+# odeint_adjoint's augmented dynamics in C++ (csrc/adjoint_dynamics.cpp; odecore/adjoint.py)
+AdjointDynamics = extension.AdjointDynamics
 
 
 def _check_terms(op, y0, k, n_coeffs):
@@ -89,7 +89,7 @@ def _(h0, d1, d2, order, round_f32):
     return torch.empty_like(h0)
 
 
-rk_initial_dt = _C.rk_initial_dt
+rk_initial_dt = extension.rk_initial_dt
 
 
 @torch.library.register_fake("odecore::rk_dense_into")

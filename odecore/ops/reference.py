@@ -4,9 +4,10 @@ It is the oracle the kernels are tested against and the path odecore takes when 
 extension is not built. Sums are formed in the same order as in the kernels.
 """
 
-import math
-
 import torch
+
+from . import control
+from .control import Slot
 
 
 def _weighted_sum(k, weights, dtype=None):
@@ -135,134 +136,32 @@ def rk_error_ratio_dt(y0, y1, k, e, dt, rtol, atol, segments):
     return _ratios(y0, y1, k, e, dt, rtol, atol, per)
 
 
-(
-    _T,
-    _DT,
-    _STATUS,
-    _N_STEPS,
-    _N_ACCEPTED,
-    _STEPS_HERE,
-    _NEXT_OUT,
-    _FIRST_OUT,
-    _T0,
-    _T1,
-    _DT_USED,
-    _RATIO,
-    _ERR_T,
-    _ERR_DT,
-    _OUT_T0,
-    _OUT_T1,
-    _OUT_DT,
-) = range(17)
-
-
-def _round_time(v, f32):
-    return float(torch.tensor(v, dtype=torch.float32).item()) if f32 else v
-
-
-def _time_before(t, dtype):
-    import numpy as np
-
-    if dtype == torch.float32:
-        return float(np.nextafter(np.float32(t), np.float32(-math.inf)))
-    return math.nextafter(t, -math.inf)
-
-
-def _control_one(s, r, tl, c, params, stage_dtype):
-    """The host loop's step control on one sample's state list `s` (see rk_math.h);
-    returns (accept, stage times or None)."""
-    order, safety, ifactor, dfactor, min_step, max_step, max_num_steps, time_sign, round_f32, prepare_only = params
-    s[_FIRST_OUT] = s[_NEXT_OUT]
-    ok = False
-    prepare = False
-    if s[_STATUS] == 0 and prepare_only:
-        prepare = True
-    elif s[_STATUS] == 0:
-        dt = s[_DT_USED]
-        s[_RATIO] = r
-        ok = r <= 1.0
-        if dt > max_step:
-            ok = False
-        if dt <= min_step:
-            ok = True
-        if r != r or (ok and math.isinf(r)):
-            s[_STATUS], s[_ERR_T], s[_ERR_DT] = 2, s[_T0], dt
-            ok = False
-        else:
-            s[_N_STEPS] += 1
-            s[_STEPS_HERE] += 1
-            if ok:
-                s[_OUT_T0], s[_OUT_T1], s[_OUT_DT] = s[_T0], s[_T1], dt
-                s[_N_ACCEPTED] += 1
-                s[_T] = t1 = s[_T1]
-                nxt = first = int(s[_NEXT_OUT])
-                while nxt < len(tl) and tl[nxt] <= t1:
-                    nxt += 1
-                if nxt != first:
-                    s[_STEPS_HERE] = 0
-                s[_NEXT_OUT] = nxt
-            if r == 0.0:
-                factor = ifactor
-            else:
-                factor = min(ifactor, max(safety / r ** (1.0 / order), dfactor if r >= 1.0 else 1.0))
-            s[_DT] = _round_time(min(max(dt * factor, min_step), max_step), round_f32)
-            if int(s[_NEXT_OUT]) >= len(tl):
-                s[_STATUS] = 1
-            else:
-                prepare = True
-    stage = None
-    if prepare:
-        t0, dt = s[_T], s[_DT]
-        t1 = _round_time(t0 + dt, round_f32)  # in the time dtype
-        if s[_STEPS_HERE] >= max_num_steps:
-            s[_STATUS] = 4
-        elif not t1 > t0:
-            s[_STATUS] = 3
-        if s[_STATUS] != 0:
-            s[_ERR_T], s[_ERR_DT] = t0, dt
-        else:
-            s[_T0], s[_T1], s[_DT_USED] = t0, t1, dt
-            stage = [time_sign * (_time_before(t1, stage_dtype) if ci == 1.0 else t0 + ci * dt) for ci in c]
-    if s[_STATUS] != 0:  # stopped: queued attempts evaluate func at the current time
-        stage = [time_sign * s[_T]] * len(c)
-    return ok, stage
-
-
-def _ieee_div(a, b):
-    """a / b with the kernels' IEEE semantics (inf or NaN, not ZeroDivisionError, for b = 0)."""
-    if b != 0 or a != a:
-        return a / b if b != 0 else a
-    return math.nan if a == 0 else math.copysign(math.inf, a) * math.copysign(1.0, b)
-
-
 def _time_rows(times):
     """Output times (T,) or (B, T) as a list of rows (T may be 0)."""
     return [times.tolist()] if times.dim() == 1 else times.tolist()
 
 
 def rk_control(state, accept, stage_t, dt, ratio, times, c, params):
-    """The host loop's step control on the state tensor (in place), per sample; see rk_math.h."""
+    """The step control of odecore.ops.control on the state tensor (in place), per sample."""
     rows = state.reshape(-1, state.shape[-1]).tolist()
     ratios = ratio.reshape(-1).tolist()
     time_rows = _time_rows(times)
     stage_rows = stage_t.reshape(len(rows), -1)
+    p = control.ControlParams(*params)
     oks, dts = [], []
     for b, s in enumerate(rows):
-        ok, stage = _control_one(s, ratios[b], time_rows[b if len(time_rows) > 1 else 0], c, params, stage_t.dtype)
+        row_times = time_rows[b if len(time_rows) > 1 else 0]
+        ok, stage, dt_used = control.update(s, ratios[b], row_times, len(row_times), c, p, stage_t.dtype)
         oks.append(ok)
-        dts.append(s[_DT_USED])
-        if stage is not None:
-            stage_rows[b].copy_(torch.tensor(stage, dtype=stage_t.dtype))
+        dts.append(dt_used)
+        stage_rows[b].copy_(torch.tensor(stage, dtype=stage_t.dtype))
     state.copy_(torch.tensor(rows, dtype=torch.float64).reshape(state.shape))
     accept.copy_(torch.tensor(oks, dtype=torch.bool).reshape(accept.shape))
     dt.copy_(torch.tensor(dts, dtype=torch.float64).reshape(dt.shape))
 
 
 def rk_initial_dt(h0, d1, d2, order, round_f32):
-    out = []
-    for h, a, b in zip(h0.tolist(), d1.tolist(), d2.tolist()):
-        h1 = max(1e-6, h * 1e-3) if a <= 1e-15 and b <= 1e-15 else _ieee_div(0.01, max(a, b)) ** (1.0 / order)
-        out.append(_round_time(min(100 * h, h1), round_f32))
+    out = [control.initial_dt(h, a, b, order, round_f32) for h, a, b in zip(h0.tolist(), d1.tolist(), d2.tolist())]
     return torch.tensor(out, dtype=torch.float64, device=h0.device).reshape(h0.shape)
 
 
@@ -275,11 +174,11 @@ def rk_dense_into(out, times, state, y0, y1, k, poly):
     flat_out = out.view(out.shape[0], y0.numel())
     y0f, y1f, kf = y0.reshape(-1), y1.reshape(-1), [kj.reshape(-1) for kj in k]
     for b, s in enumerate(rows):
-        first, last = int(s[_FIRST_OUT]), int(s[_NEXT_OUT])
-        t0, span, dt = s[_OUT_T0], s[_OUT_T1] - s[_OUT_T0], s[_OUT_DT]
+        first, last = int(s[Slot.FIRST_OUT]), int(s[Slot.NEXT_OUT])
+        t0, span, dt = s[Slot.OUT_T0], s[Slot.OUT_T1] - s[Slot.OUT_T0], s[Slot.OUT_DT]
         part = slice(b * per, (b + 1) * per)
         for row in range(first, last):
-            x = _ieee_div(time_rows[b if len(time_rows) > 1 else 0][row] - t0, span)
+            x = control.divide(time_rows[b if len(time_rows) > 1 else 0][row] - t0, span)
             flat_out[row, part] = (
                 y1f[part] if x == 1.0 else rk_interp(y0f[part], [kj[part] for kj in kf], poly, dt, [x])[0]
             )

@@ -12,7 +12,7 @@ Two loops run this arithmetic:
 * the host loop (`_step`): time lives on the host as Python floats; one host read per step
   (the error ratio) decides acceptance. Every feature runs here. With the fused backend its
   common case (no user norm, step_t/jump_t, callbacks or checkpoint recording) runs as the
-  compiled host loop (`odecore._C.host_loop`, csrc/loop.cpp): the same loop, operation for
+  compiled host loop (`odecore._C.host_loop`, csrc/host_loop.cpp): the same loop, operation for
   operation and bitwise, in C++, so that a step costs no Python beyond the user's func.
   `COMPILED_LOOP = False` here turns it off (the tests compare the two).
 * the device loop (`_integrate_device`, option ``sync_every=K``): t, dt, the accept/reject
@@ -32,6 +32,8 @@ import math
 
 import torch
 
+from ..ops import control
+from ..ops.control import NUM_SLOTS, ControlParams, Slot, Status
 from .base import Perturb, check_finite_ratio, warn_unused
 
 _KNOWN = {
@@ -54,10 +56,6 @@ COMPILED_LOOP = True
 
 # Default K of the device loop on CUDA: one host read per 16 steps.
 DEFAULT_SYNC_EVERY = 16
-# Slots of the device loop's control state (csrc/include/odecore/rk_math.h, ControlSlot).
-T, DT, STATUS, N_STEPS, N_ACCEPTED, STEPS_HERE, NEXT_OUT, FIRST_OUT, T0, T1, DT_USED, RATIO, ERR_T, ERR_DT = range(14)
-NUM_SLOTS = 20
-RUNNING, DONE, NON_FINITE, UNDERFLOW, MAX_STEPS = range(5)
 
 
 def rms_segments(x, segments):
@@ -183,6 +181,7 @@ class AdaptiveRKSolver:
         self.n_steps = self.n_accepted = 0
         self.host_reads = 0
         self.loop = "host"
+        self._params = self._control_params()
         tab = self.tableau
         self._stage_plan = [(idx, coeffs, tab.c[i]) for i, (idx, coeffs) in enumerate(tab.stage_terms) if i > 0]
 
@@ -221,18 +220,24 @@ class AdaptiveRKSolver:
     def _initial_step(self, t0, y0, f0):
         if self.norm is None:
             return self._initial_step_fused(t0, y0, f0)
+        return self._initial_step_by_norm(t0, y0, f0)
+
+    def _tolerance_scale(self, y0):
+        """atol + rtol |y0| per element, the initial step's scale."""
+        return self.atol.view(-1) + y0.abs().reshape(-1).to(torch.float64) * self.rtol.view(-1)
+
+    def _scaled_norm(self, x, scale):
+        return abs(self._norm((x.reshape(-1) / scale).view_as(x)))
+
+    def _initial_step_by_norm(self, t0, y0, f0):
+        """torchdiffeq's initial step selection with the solver's own norm."""
         with torch.no_grad():
-            scale = self.atol.view(-1) + y0.abs().reshape(-1).to(torch.float64) * self.rtol.view(-1)
-            d0 = abs(self._norm((y0.reshape(-1) / scale).view_as(y0)))
-            d1 = abs(self._norm((f0.reshape(-1) / scale).view_as(y0)))
+            scale = self._tolerance_scale(y0)
+            d0, d1 = self._scaled_norm(y0, scale), self._scaled_norm(f0, scale)
             h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
             f1 = self.func(t0 + h0, y0 + h0 * f0)
-            d2 = abs(self._norm(((f1 - f0).reshape(-1) / scale).view_as(y0))) / h0
-            if d1 <= 1e-15 and d2 <= 1e-15:
-                h1 = max(1e-6, h0 * 1e-3)
-            else:
-                h1 = (0.01 / max(d1, d2)) ** (1.0 / self.order)
-        return self._round(min(100 * h0, h1))
+            d2 = self._scaled_norm(f1 - f0, scale) / h0
+        return self._round(control.initial_dt(h0, d1, d2, float(self.order), 0.0))
 
     def _initial_step_fused(self, t0, y0, f0):
         """torchdiffeq's initial step with the three scaled norms as fused error-ratio ops:
@@ -248,11 +253,7 @@ class AdaptiveRKSolver:
             f1 = self.func(t0 + h0, ops.rk_stage(y0, [f0], [1.0], h0))
             d2 = ops.rk_error_ratio(y0, y0, [f1, f0], [1.0, -1.0], 1.0, rtol, atol, segments).item() / h0
             self._check_initial(d2, d2, t0 + h0, h0)
-            if d1 <= 1e-15 and d2 <= 1e-15:
-                h1 = max(1e-6, h0 * 1e-3)
-            else:
-                h1 = (0.01 / max(d1, d2)) ** (1.0 / self.order)
-        return self._round(min(100 * h0, h1))
+        return self._round(control.initial_dt(h0, d1, d2, float(self.order), 0.0))
 
     def _check_initial(self, a, b, t, dt):
         """The initial step's norms: NaN or inf there is a non-finite solution or func."""
@@ -292,7 +293,7 @@ class AdaptiveRKSolver:
         while j < len(t):
             if t[j] > self.t:
                 if steps_here >= self.max_num_steps:
-                    self._raise_status(MAX_STEPS, self.t, self.dt)
+                    self._raise_status(Status.MAX_STEPS, self.t, self.dt)
                 self._step()
                 steps_here += 1
                 continue
@@ -322,7 +323,7 @@ class AdaptiveRKSolver:
             and self.time_dtype in (torch.float32, torch.float64)
             and all(
                 getattr(cls, name) is getattr(AdaptiveRKSolver, name)
-                for name in ("_step", "_attempt", "_accept", "_dense_output", "_step_factor", "_round")
+                for name in ("_step", "_attempt", "_accept", "_dense_output", "_next_dt", "_round")
             )
             and not torch.compiler.is_compiling()
         )
@@ -359,7 +360,7 @@ class AdaptiveRKSolver:
         self.host_reads += reads
         if last is not None:
             self.last_step = last[:2] + (list(last[2]), last[3])
-        if status != DONE:
+        if status != Status.DONE:
             self._raise_status(status, err_t, err_dt)
         return out
 
@@ -395,30 +396,30 @@ class AdaptiveRKSolver:
         t0, dt = self.t, self.dt
         # made on the device with fills (a blocking host-to-device copy would synchronise)
         state = torch.zeros(NUM_SLOTS, dtype=torch.float64, device=dev)
-        state[T], state[DT], state[NEXT_OUT], state[FIRST_OUT] = t0, dt, 1, 1
+        state[Slot.T], state[Slot.DT], state[Slot.NEXT_OUT], state[Slot.FIRST_OUT] = t0, dt, 1, 1
         times = torch.tensor(t, dtype=torch.float64)
         times = times.pin_memory().to(dev, non_blocking=True) if dev.type == "cuda" else times
-        control = self._device_control(state, times, ())
+        loop = self._device_control(state, times, ())
         out = y.new_empty((len(t), *y.shape))
         out[0] = y
         self.loop = "device"
         batch, shortened = sync_every, False
         while True:
             for _ in range(batch):
-                y1, k = self._device_attempt(y, f, control, out)
-                y = torch.where(control.accept, y1, y)
-                f = torch.where(control.accept, k[-1], f)
+                y1, k = self._device_attempt(y, f, loop, out)
+                y = torch.where(loop.accept, y1, y)
+                f = torch.where(loop.accept, k[-1], f)
             s = state.tolist()
             self.host_reads += 1
-            self.t, self.dt = s[T], s[DT]
-            self.n_steps, self.n_accepted = int(s[N_STEPS]), int(s[N_ACCEPTED])
-            status = int(s[STATUS])
-            if status == DONE:
+            self.t, self.dt = s[Slot.T], s[Slot.DT]
+            self.n_steps, self.n_accepted = int(s[Slot.N_STEPS]), int(s[Slot.N_ACCEPTED])
+            status = int(s[Slot.STATUS])
+            if status == Status.DONE:
                 break
-            if status != RUNNING:
-                self._raise_status(status, s[ERR_T], s[ERR_DT])
+            if status != Status.RUNNING:
+                self._raise_status(status, s[Slot.ERR_T], s[Slot.ERR_DT])
             # near the end, once, a shorter batch so that few attempts are wasted
-            left = (t[-1] - s[T]) / s[DT] if s[DT] > 0 else math.inf
+            left = (t[-1] - s[Slot.T]) / s[Slot.DT] if s[Slot.DT] > 0 else math.inf
             if not shortened and left < sync_every:
                 batch, shortened = max(1, math.ceil(left)), True
             else:
@@ -432,28 +433,27 @@ class AdaptiveRKSolver:
         dev = state.device
         nodes = [c for _, _, c in self._stage_plan]
         params = self._control_params()
-        control = _DeviceControl(
+        loop = _DeviceControl(
             state,
             times,
             nodes,
-            params,
+            list(params),
             accept=torch.zeros(batch_shape, dtype=torch.bool, device=dev),
             stage_t=torch.empty(*batch_shape, len(nodes), dtype=self.y0.dtype, device=dev),
             dt=torch.empty(batch_shape or (1,), dtype=torch.float64, device=dev),
         )
-        self.ops.rk_control(
-            state, control.accept, control.stage_t, control.dt, control.dt, times, nodes, params[:-1] + [1.0]
-        )  # prepare_only
-        return control
+        first_attempt = list(params._replace(prepare_only=1.0))
+        self.ops.rk_control(state, loop.accept, loop.stage_t, loop.dt, loop.dt, times, nodes, first_attempt)
+        return loop
 
-    def _device_attempt(self, y, f, control, out):
+    def _device_attempt(self, y, f, loop, out):
         """One attempt of the device loops from (y, f = func(t, y)): the stages at dt
-        `control.dt`, the error ratio, rk_control (deciding it and setting up the next one)
+        `loop.dt`, the error ratio, rk_control (deciding it and setting up the next one)
         and the output rows it covers. Returns (y1, k); the caller keeps y1 where accepted.
 
         func gets views of this step's own time tensor: rk_control writes the next step's
         times into a fresh one, so a time func keeps never changes."""
-        ops, tab, func, c = self.ops, self.tableau, self.func, control
+        ops, tab, func, c = self.ops, self.tableau, self.func, loop
         stage_times = c.stage_t.t().contiguous().unbind(0) if c.stage_t.dim() > 1 else c.stage_t.unbind(0)
         c.stage_t = torch.empty_like(c.stage_t)
         k = [f]
@@ -474,25 +474,24 @@ class AdaptiveRKSolver:
     def _control_params(self):
         """rk_control's parameters (csrc/include/odecore/rk_math.h, ControlParams) for this
         solve: the compiled loop's step control too."""
-        return [
-            float(self.order),
-            self.safety,
-            self.ifactor,
-            self.dfactor,
-            self.min_step,
-            self.max_step,
-            float(self.max_num_steps),
-            self.func.time_sign,
-            1.0 if self.time_dtype == torch.float32 else 0.0,
-            0.0,
-        ]
+        return ControlParams(
+            order=float(self.order),
+            safety=self.safety,
+            ifactor=self.ifactor,
+            dfactor=self.dfactor,
+            min_step=self.min_step,
+            max_step=self.max_step,
+            max_num_steps=float(self.max_num_steps),
+            time_sign=self.func.time_sign,
+            round_f32=1.0 if self.time_dtype == torch.float32 else 0.0,
+        )
 
     def _raise_status(self, status, t, dt):
         """Raises the error of a loop that stopped with `status` (rk_control's codes) at
         solver time t with step dt."""
-        if status == NON_FINITE:
+        if status == Status.NON_FINITE:
             check_finite_ratio(math.nan, self.func.time_sign * t, dt)
-        if status == UNDERFLOW:
+        if status == Status.UNDERFLOW:
             self._underflow(t, dt)
         raise RuntimeError(
             "max_num_steps exceeded (%d steps) at t=%r, dt=%r" % (self.max_num_steps, self.func.time_sign * t, dt)
@@ -504,7 +503,7 @@ class AdaptiveRKSolver:
         callbacks = self.func.callbacks
         if callbacks:
             self.func.callback("callback_step", t0, y0, dt, self.time_dtype)
-        t1 = self._round(t0 + dt)
+        t1 = self._round(control.step_end(t0, dt, self._params))
         if not t1 > t0:  # in the time dtype, as torchdiffeq's `t0 + dt <= t0` (float32 times stop here too)
             self._underflow(t0, dt)
         on_step_t = on_jump_t = False
@@ -524,11 +523,7 @@ class AdaptiveRKSolver:
         self.host_reads += 1
         check_finite_ratio(ratio, self.func.time_sign * t0, dt)
 
-        accept = ratio <= 1.0
-        if dt > self.max_step:
-            accept = False
-        if dt <= self.min_step:
-            accept = True
+        accept = control.accepts(ratio, dt, self._params)
         if accept and math.isinf(ratio):
             check_finite_ratio(math.nan, self.func.time_sign * t0, dt)
         self.n_steps += 1
@@ -545,7 +540,7 @@ class AdaptiveRKSolver:
             self._accept(t0, y0, k, dt, t1, y1, on_jump_t)
         elif callbacks:
             self.func.callback("callback_reject_step", t0, y0, dt, self.time_dtype)
-        self.dt = self._round(min(max(dt * self._step_factor(ratio), self.min_step), self.max_step))
+        self.dt = self._next_dt(dt, ratio)
 
     def _attempt(self, t0, y0, f0, dt, t1):
         """The stages of one step from (t0, y0) with f0 = f(t0, y0); returns (k, y1, ratio)."""
@@ -586,11 +581,8 @@ class AdaptiveRKSolver:
             y, f = self.y, self.f
         return chunks, y, f
 
-    def _step_factor(self, ratio):
-        if ratio == 0.0:
-            return self.ifactor
-        dfactor = self.dfactor if ratio >= 1.0 else 1.0
-        return min(self.ifactor, max(self.safety / ratio ** (1.0 / self.order), dfactor))
+    def _next_dt(self, dt, ratio):
+        return self._round(control.next_dt(dt, ratio, self._params))
 
     def _dense_output(self, times):
         """Outputs at `times`, all inside the last accepted step; one op for the interior ones."""

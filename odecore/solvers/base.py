@@ -59,7 +59,7 @@ class RHS:
         self.nfe = 0
         self._checked = False
         self.callbacks = {name: getattr(func, name) for name in CALLBACK_NAMES if callable(getattr(func, name, None))}
-        # a complex state is integrated as its real view (odecore.api._ComplexFunc)
+        # a complex state is integrated as its real view (odecore._problem.ComplexFunc)
         self.complex_view = bool(getattr(func, "complex_view", False))
 
     def callback(self, name, t0, y0, dt, dtype):

@@ -54,19 +54,11 @@ class ComplexStateMixin:
             return float("nan")
         return ratio
 
-    def _initial_step(self, t0, y0, f0):
-        with torch.no_grad():
-            scale = self.atol.view(-1) + as_complex(y0).abs().reshape(-1) * self.rtol.view(-1)
-            d0 = abs(self._complex_norm(self._scaled(y0, scale)))
-            d1 = abs(self._complex_norm(self._scaled(f0, scale)))
-            h0 = 1e-6 if d0 < 1e-5 or d1 < 1e-5 else 0.01 * d0 / d1
-            f1 = self.func(t0 + h0, y0 + h0 * f0)
-            d2 = abs(self._complex_norm(self._scaled(f1 - f0, scale))) / h0
-            if d1 <= 1e-15 and d2 <= 1e-15:
-                h1 = max(1e-6, h0 * 1e-3)
-            else:
-                h1 = (0.01 / max(d1, d2)) ** (1.0 / self.order)
-        return self._round(min(100 * h0, h1))
+    def _tolerance_scale(self, y0):
+        return self.atol.view(-1) + as_complex(y0).abs().reshape(-1) * self.rtol.view(-1)
+
+    def _scaled_norm(self, x, scale):
+        return abs(self._complex_norm(self._scaled(x, scale)))
 
 
 _CLASSES = {}

@@ -26,71 +26,13 @@ the iteration contracts the derivative as it does the error, to about the same t
 """
 
 import math
-from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 
 from .base import Perturb
 from .fixed_grid_increment import FixedGridIncrementSolver
 
-_TOL = 1e-12
 MAX_ITERS = 100
-
-
-@dataclass(frozen=True)
-class ImplicitTableau:
-    """A Runge-Kutta method with a full s x s matrix ``a`` (rows of s entries), nodes ``c``
-    and weights ``b``. Construction checks that rows of ``a`` sum to ``c`` and ``b`` sums to 1,
-    that only the first stage may be explicit (a zero row, c = 0) and that the implicit block
-    of ``a`` is invertible; it derives the weights of the solution from the stage increments."""
-
-    c: tuple[float, ...]
-    a: tuple[tuple[float, ...], ...]
-    b: tuple[float, ...]
-    explicit_first: bool = field(init=False, repr=False, compare=False)
-    implicit: tuple = field(init=False, repr=False, compare=False)  # indices of the implicit stages
-    a_implicit: tuple = field(init=False, repr=False, compare=False)  # a[I][I]
-    a_explicit: tuple = field(init=False, repr=False, compare=False)  # a[I][0] (explicit first stage)
-    d: tuple = field(init=False, repr=False, compare=False)  # y1 = y0 + dt e f0 + sum d_i Z_i
-    e: float = field(init=False, repr=False, compare=False)
-
-    def __post_init__(self):
-        s = len(self.c)
-        if s == 0 or len(self.a) != s or any(len(row) != s for row in self.a) or len(self.b) != s:
-            raise ValueError("implicit tableau: c, b and the rows of a must all have s entries")
-        for i, row in enumerate(self.a):
-            if abs(sum(row) - self.c[i]) > _TOL * max(1.0, sum(abs(v) for v in row)):
-                raise ValueError(
-                    "implicit tableau: row %d of a sums to %r, not c[%d] = %r" % (i, sum(row), i, self.c[i])
-                )
-        if abs(sum(self.b) - 1.0) > _TOL:
-            raise ValueError("implicit tableau: b must sum to 1, got %r" % sum(self.b))
-        zero_rows = [i for i, row in enumerate(self.a) if not any(row)]
-        if zero_rows not in ([], [0]):
-            raise ValueError("implicit tableau: only the first stage may be explicit (a zero row of a)")
-        explicit_first = zero_rows == [0]
-        implicit = tuple(range(1, s) if explicit_first else range(s))
-        a = np.array(self.a, dtype=np.float64)
-        a_ii = a[np.ix_(implicit, implicit)]
-        if abs(np.linalg.det(a_ii)) < _TOL:
-            raise ValueError("implicit tableau: the block of a over the implicit stages must be invertible")
-        if tuple(self.b) == tuple(self.a[-1]):  # stiffly accurate: y1 is the last stage, exactly
-            d = np.eye(len(implicit))[-1]
-        else:
-            d = np.linalg.solve(a_ii.T, np.array(self.b, dtype=np.float64)[list(implicit)])
-        a_i0 = a[list(implicit), 0] if explicit_first else np.zeros(len(implicit))
-        e = (self.b[0] - float(d @ a_i0)) if explicit_first else 0.0
-        object.__setattr__(self, "explicit_first", explicit_first)
-        object.__setattr__(self, "implicit", implicit)
-        object.__setattr__(self, "a_implicit", tuple(tuple(float(v) for v in row) for row in a_ii))
-        object.__setattr__(self, "a_explicit", tuple(float(v) for v in a_i0))
-        object.__setattr__(self, "d", tuple(float(v) for v in d))
-        object.__setattr__(self, "e", float(e))
-
-    @property
-    def stages(self):
-        return len(self.c)
 
 
 def _reaches_other_leaves(f, x):

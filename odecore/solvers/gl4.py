@@ -9,7 +9,8 @@ non-autonomous problems (tests/test_implicit.py checks both).
 
 import math
 
-from .fixed_grid_implicit import FixedGridImplicitRKSolver, ImplicitTableau
+from .fixed_grid_implicit import FixedGridImplicitRKSolver
+from .tableau import ImplicitTableau
 
 _S3 = math.sqrt(3.0)
 

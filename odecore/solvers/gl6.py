@@ -3,7 +3,8 @@
 
 import math
 
-from .fixed_grid_implicit import FixedGridImplicitRKSolver, ImplicitTableau
+from .fixed_grid_implicit import FixedGridImplicitRKSolver
+from .tableau import ImplicitTableau
 
 _S15 = math.sqrt(15.0)
 

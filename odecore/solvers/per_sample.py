@@ -33,29 +33,17 @@ import math
 
 import torch
 
-from .adaptive import (
-    DEFAULT_SYNC_EVERY,
-    DONE,
-    DT,
-    ERR_DT,
-    ERR_T,
-    FIRST_OUT,
-    MAX_STEPS,
-    N_ACCEPTED,
-    N_STEPS,
-    NEXT_OUT,
-    NON_FINITE,
-    NUM_SLOTS,
-    RUNNING,
-    STATUS,
-    UNDERFLOW,
-    T,
-)
+from .. import _problem
+from ..ops import check_backend, get_ops
+from ..ops.control import NUM_SLOTS, Slot, Status
+from . import SOLVERS
+from .adaptive import DEFAULT_SYNC_EVERY, AdaptiveRKSolver
+from .base import CALLBACK_NAMES, RHS
 
 _REASONS = {
-    NON_FINITE: "non-finite values (NaN or inf) in the solution or its error estimate",
-    UNDERFLOW: "step size underflow (t + dt == t)",
-    MAX_STEPS: "max_num_steps exceeded",
+    Status.NON_FINITE: "non-finite values (NaN or inf) in the solution or its error estimate",
+    Status.UNDERFLOW: "step size underflow (t + dt == t)",
+    Status.MAX_STEPS: "max_num_steps exceeded",
 }
 
 
@@ -109,10 +97,10 @@ def integrate_per_sample(solver, times, sync_every=None):
         else:
             dt0 = torch.full((samples,), solver.first_step, dtype=torch.float64, device=dev)
     state = torch.zeros(samples, NUM_SLOTS, dtype=torch.float64, device=dev)
-    state[:, T] = t_first
-    state[:, DT] = dt0
-    state[:, NEXT_OUT] = 1.0
-    state[:, FIRST_OUT] = 1.0
+    state[:, Slot.T] = t_first
+    state[:, Slot.DT] = dt0
+    state[:, Slot.NEXT_OUT] = 1.0
+    state[:, Slot.FIRST_OUT] = 1.0
     control = solver._device_control(state, times, (samples,))
     out = y.new_empty((times.shape[-1], n))
     out[0] = y
@@ -126,8 +114,10 @@ def integrate_per_sample(solver, times, sync_every=None):
                 y = torch.where(keep, y1.view(samples, per), y.view(samples, per)).view(n)
                 f = torch.where(keep, k[-1].view(samples, per), f.view(samples, per)).view(n)
                 evals += len(solver._stage_plan)
-            running = state[:, STATUS] == RUNNING
-            left = torch.where(running, (t_last - state[:, T]) / state[:, DT], torch.zeros_like(state[:, T]))
+            running = state[:, Slot.STATUS] == Status.RUNNING
+            left = torch.where(
+                running, (t_last - state[:, Slot.T]) / state[:, Slot.DT], torch.zeros_like(state[:, Slot.T])
+            )
             n_running, most_left = torch.stack([running.sum().to(torch.float64), left.max()]).tolist()
             host_reads += 1
             if n_running == 0:
@@ -144,17 +134,17 @@ def integrate_per_sample(solver, times, sync_every=None):
 
 def stats_of(solver, state):
     """Per-sample statistics from the final control state."""
-    n_steps = state[:, N_STEPS].to(torch.int64)
-    n_accepted = state[:, N_ACCEPTED].to(torch.int64)
-    status = state[:, STATUS].to(torch.int64)
-    status = torch.where(status == DONE, torch.zeros_like(status), status)
+    n_steps = state[:, Slot.N_STEPS].to(torch.int64)
+    n_accepted = state[:, Slot.N_ACCEPTED].to(torch.int64)
+    status = state[:, Slot.STATUS].to(torch.int64)
+    status = torch.where(status == Status.DONE, torch.zeros_like(status), status)
     initial = 1 if solver.first_step is not None else 2
     return {
         "nfe": solver.func.nfe,
         "n_steps": n_steps,
         "n_accepted": n_accepted,
         "n_rejected": n_steps - n_accepted,
-        "final_dt": state[:, DT].clone(),
+        "final_dt": state[:, Slot.DT].clone(),
         "status": status,
         "nfe_per_sample": initial + len(solver._stage_plan) * n_steps,
         "loop": "per_sample",
@@ -166,30 +156,33 @@ def failure_message(state, failed, labels):
     """Names the failed samples with the t and dt where each stopped (the first few)."""
     rows = state[failed[:5]].tolist()
     parts = [
-        "sample %d: %s at t=%r, dt=%r" % (label, _REASONS.get(int(r[STATUS]), "failed"), r[ERR_T], r[ERR_DT])
+        "sample %d: %s at t=%r, dt=%r"
+        % (label, _REASONS.get(int(r[Slot.STATUS]), "failed"), r[Slot.ERR_T], r[Slot.ERR_DT])
         for label, r in zip(labels, rows)
     ]
     more = "" if len(failed) <= 5 else " (and %d more)" % (len(failed) - 5)
     return "%d of %d samples failed; the others finished: %s%s" % (len(failed), state.shape[0], "; ".join(parts), more)
 
 
-def odeint_per_sample(func, y0, t, rtol, atol, method, options):
-    """odeint with options['batch_dim'] (see the module docstring)."""
-    from ..api import _check_y0, _tolerance
-    from ..ops import BACKENDS, get_ops
-    from . import SOLVERS
-    from .adaptive import AdaptiveRKSolver
-    from .base import RHS
+class PerSampleProblem:
+    """A validated per-sample call: the flat (B * per,) state, func on it (one time per sample),
+    the output times in the solver's increasing time, tolerances, method, options, ops."""
 
-    options = dict(options)
-    batch_dim = options.pop("batch_dim")
-    return_stats = bool(options.pop("return_stats", False))
-    backend = options.pop("backend", None)
-    if backend is not None and backend not in BACKENDS:
-        raise ValueError("options['backend'] must be one of %s, got %r" % (", ".join(map(repr, BACKENDS)), backend))
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
+
+    def to_user(self, flat):
+        """The flat state (..., B * per) as the caller's layout, batch along batch_dim."""
+        return flat.view(*flat.shape[:-1], self.samples, *self.rest).movedim(
+            -1 - len(self.rest), self.batch_dim + flat.dim() - 1
+        )
+
+
+def _check_batch(func, y0, method, options, batch_dim):
+    """The checks of a per-sample call that need no times; returns (batch_dim, method)."""
     if not isinstance(y0, torch.Tensor):
         raise TypeError("options['batch_dim'] needs y0 to be one tensor (not a tuple), got %s" % type(y0).__name__)
-    _check_y0(y0)
+    _problem.check_y0(y0)
     if y0.is_complex() or y0.dtype not in (torch.float32, torch.float64):
         raise TypeError("options['batch_dim'] supports float32 and float64 states, got %s" % y0.dtype)
     if isinstance(batch_dim, bool) or not isinstance(batch_dim, int) or not -y0.dim() <= batch_dim < y0.dim():
@@ -197,9 +190,7 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
             "options['batch_dim'] must be an int naming a dimension of y0 (shape %s), got %r"
             % (tuple(y0.shape), batch_dim)
         )
-    batch_dim %= y0.dim()
-    samples = y0.shape[batch_dim]
-    method = "dopri5" if method is None else method
+    method = _problem.DEFAULT_METHOD if method is None else method
     if method not in SOLVERS or not issubclass(SOLVERS[method], AdaptiveRKSolver):
         adaptive = sorted(name for name, cls in SOLVERS.items() if issubclass(cls, AdaptiveRKSolver))
         raise ValueError(
@@ -208,21 +199,14 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
     for key in ("norm", "step_t", "jump_t", "checkpoint"):
         if options.get(key) is not None:
             raise ValueError("options[%r] is not supported together with options['batch_dim']" % key)
-    if any(
-        callable(getattr(func, name, None))
-        for name in ("callback_step", "callback_accept_step", "callback_reject_step")
-    ):
+    if any(callable(getattr(func, name, None)) for name in CALLBACK_NAMES):
         raise ValueError("step callbacks are not supported together with options['batch_dim']")
-    ops = get_ops(backend, y0.device)
-    if not hasattr(ops, "rk_initial_dt"):
-        raise RuntimeError(
-            "options['batch_dim'] needs odecore's fused kernels for %s (the extension is not built "
-            "for it, or backend='reference' was asked for)" % y0.device.type
-        )
-    if samples == 0 or y0.numel() == 0:
-        raise ValueError("options['batch_dim'] needs a non-empty batch, got y0 of shape %s" % (tuple(y0.shape),))
+    return batch_dim % y0.dim(), method
 
-    # output times: shared (T,) or per sample (B, T), all in one direction
+
+def _per_sample_times(t, y0, samples):
+    """Output times, shared (T,) or per sample (B, T), all in one direction: (float64 times in the
+    solver's increasing time, time sign)."""
     if not isinstance(t, torch.Tensor) or not torch.is_floating_point(t):
         raise TypeError("t must be a floating point tensor")
     if t.device != y0.device:
@@ -237,30 +221,23 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
     times = t.detach().to(torch.float64)
     if not bool(torch.isfinite(times).all()):
         raise ValueError("t contains NaN or inf")
-    steps = times.diff(dim=-1)
+    decreasing = False
     if times.shape[-1] > 1:
+        steps = times.diff(dim=-1)
         increasing, decreasing = bool((steps > 0).all()), bool((steps < 0).all())
         if not (increasing or decreasing):
             raise ValueError("t must be strictly increasing or strictly decreasing (every row, in one direction)")
-    else:
-        decreasing = False
     sign = -1.0 if decreasing else 1.0
-    times = (sign * times).contiguous()
+    return (sign * times).contiguous(), sign
 
-    rtol = _tolerance("rtol", rtol, None, y0)
-    atol = _tolerance("atol", atol, None, y0)
-    if rtol.numel() != 1 or atol.numel() != 1:
-        raise ValueError("options['batch_dim'] takes scalar rtol and atol")
 
-    rest = tuple(s for i, s in enumerate(y0.shape) if i != batch_dim)
+def _sample_major_func(func, y0, batch_dim, samples, rest):
+    """func on the flat sample-major state, taking one time per sample."""
     t_shape = [1] * y0.dim()
     t_shape[batch_dim] = samples
 
-    def to_user(flat):
-        return flat.view(samples, *rest).movedim(0, batch_dim)
-
     def flat_func(t_b, y_flat):
-        out = func(t_b.reshape(t_shape), to_user(y_flat))
+        out = func(t_b.reshape(t_shape), y_flat.view(samples, *rest).movedim(0, batch_dim))
         if not isinstance(out, torch.Tensor):
             raise TypeError("func must return a torch.Tensor, got %s" % type(out).__name__)
         if out.shape != y0.shape:
@@ -270,39 +247,92 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
             )
         return out.movedim(batch_dim, 0).reshape(-1)
 
-    y_flat = y0.detach().movedim(batch_dim, 0).reshape(-1).contiguous()
+    return flat_func
+
+
+def prepare_per_sample(func, y0, t, rtol, atol, method, options):
+    """Checks and normalises a per-sample call (see the module docstring)."""
+    options = dict(options)
+    batch_dim = options.pop("batch_dim")
+    return_stats = bool(options.pop("return_stats", False))
+    backend = options.pop("backend", None)
+    check_backend(backend)
+    batch_dim, method = _check_batch(func, y0, method, options, batch_dim)
+    ops = get_ops(backend, y0.device)
+    if not hasattr(ops, "rk_initial_dt"):
+        raise RuntimeError(
+            "options['batch_dim'] needs odecore's fused kernels for %s (the extension is not built "
+            "for it, or backend='reference' was asked for)" % y0.device.type
+        )
+    samples = y0.shape[batch_dim]
+    if samples == 0 or y0.numel() == 0:
+        raise ValueError("options['batch_dim'] needs a non-empty batch, got y0 of shape %s" % (tuple(y0.shape),))
+    times, sign = _per_sample_times(t, y0, samples)
+    rtol = _problem.tolerance("rtol", rtol, None, y0)
+    atol = _problem.tolerance("atol", atol, None, y0)
+    if rtol.numel() != 1 or atol.numel() != 1:
+        raise ValueError("options['batch_dim'] takes scalar rtol and atol")
     if y0.requires_grad and torch.is_grad_enabled():
         raise ValueError("options['batch_dim'] gives no gradients through odeint; use odeint_adjoint (or detach y0)")
-    rhs = RHS(flat_func, y_flat, time_sign=sign)
-    solver = SOLVERS[method](rhs, y_flat, rtol, atol, ops=ops, segments=[y_flat.numel()], **options)
-    solver.samples = samples
-    if times.shape[-1] == 1:
-        out, state = y_flat.unsqueeze(0), None
-    else:
-        out, state = integrate_per_sample(solver, times, solver.sync_every)
-    solution = out.view(out.shape[0], samples, *rest).movedim(1, batch_dim + 1)
-    if state is None:
-        zeros = torch.zeros(samples, dtype=torch.int64, device=y0.device)
-        stats = {
-            "nfe": 0,
-            "n_steps": zeros,
-            "n_accepted": zeros,
-            "n_rejected": zeros,
-            "final_dt": None,
-            "status": zeros,
-            "nfe_per_sample": zeros,
-            "loop": "per_sample",
-            "host_reads": 0,
-        }
-        return (solution, stats) if return_stats else solution
-    stats = stats_of(solver, state)
+    rest = tuple(s for i, s in enumerate(y0.shape) if i != batch_dim)
+    return PerSampleProblem(
+        func=_sample_major_func(func, y0, batch_dim, samples, rest),
+        y0=y0.detach().movedim(batch_dim, 0).reshape(-1).contiguous(),
+        times=times,
+        sign=sign,
+        rtol=rtol,
+        atol=atol,
+        method=method,
+        options=options,
+        ops=ops,
+        batch_dim=batch_dim,
+        samples=samples,
+        rest=rest,
+        return_stats=return_stats,
+    )
+
+
+def _no_steps_stats(samples, device):
+    zeros = torch.zeros(samples, dtype=torch.int64, device=device)
+    return {
+        "nfe": 0,
+        "n_steps": zeros,
+        "n_accepted": zeros,
+        "n_rejected": zeros,
+        "final_dt": None,
+        "status": zeros,
+        "nfe_per_sample": zeros,
+        "loop": "per_sample",
+        "host_reads": 0,
+    }
+
+
+def raise_failures(p, out, state, solution, stats):
+    """Raises SampleFailure when some samples stopped with an error (their rows after it NaN)."""
     failed = (stats["status"] != 0).nonzero().flatten()
-    if len(failed):
-        state_user = state.clone()
-        state_user[:, ERR_T] *= sign
-        rows = state[failed, NEXT_OUT].to(torch.int64).tolist()
-        flat = out.view(out.shape[0], samples, -1)
-        for b, row in zip(failed.tolist(), rows):
-            flat[row:, b] = math.nan
-        raise SampleFailure(failure_message(state_user, failed, failed.tolist()), failed.tolist(), solution, stats)
-    return (solution, stats) if return_stats else solution
+    if not len(failed):
+        return
+    state_user = state.clone()
+    state_user[:, Slot.ERR_T] *= p.sign
+    rows = state[failed, Slot.NEXT_OUT].to(torch.int64).tolist()
+    flat = out.view(out.shape[0], p.samples, -1)
+    for b, row in zip(failed.tolist(), rows):
+        flat[row:, b] = math.nan
+    raise SampleFailure(failure_message(state_user, failed, failed.tolist()), failed.tolist(), solution, stats)
+
+
+def odeint_per_sample(func, y0, t, rtol, atol, method, options):
+    """odeint with options['batch_dim'] (see the module docstring)."""
+    p = prepare_per_sample(func, y0, t, rtol, atol, method, options)
+    rhs = RHS(p.func, p.y0, time_sign=p.sign)
+    solver = SOLVERS[p.method](rhs, p.y0, p.rtol, p.atol, ops=p.ops, segments=[p.y0.numel()], **p.options)
+    solver.samples = p.samples
+    if p.times.shape[-1] == 1:
+        solution = p.to_user(p.y0.unsqueeze(0))
+        stats = _no_steps_stats(p.samples, y0.device)
+    else:
+        out, state = integrate_per_sample(solver, p.times, solver.sync_every)
+        solution = p.to_user(out)
+        stats = stats_of(solver, state)
+        raise_failures(p, out, state, solution, stats)
+    return (solution, stats) if p.return_stats else solution

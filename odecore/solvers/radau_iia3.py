@@ -1,7 +1,8 @@
 """2-stage Radau IIA: order 3, L-stable, stiffly accurate (Ehle 1969; Hairer & Wanner,
 "Solving ODEs II", section IV.5)."""
 
-from .fixed_grid_implicit import FixedGridImplicitRKSolver, ImplicitTableau
+from .fixed_grid_implicit import FixedGridImplicitRKSolver
+from .tableau import ImplicitTableau
 
 TABLEAU = ImplicitTableau(
     c=(1 / 3, 1.0),

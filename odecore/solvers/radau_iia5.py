@@ -3,7 +3,8 @@ RADAU5 and scipy's Radau (Hairer & Wanner, "Solving ODEs II", section IV.5)."""
 
 import math
 
-from .fixed_grid_implicit import FixedGridImplicitRKSolver, ImplicitTableau
+from .fixed_grid_implicit import FixedGridImplicitRKSolver
+from .tableau import ImplicitTableau
 
 _S6 = math.sqrt(6.0)
 

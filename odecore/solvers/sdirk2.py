@@ -4,7 +4,8 @@ SIAM J. Numer. Anal. 14, 1977)."""
 
 import math
 
-from .fixed_grid_implicit import FixedGridImplicitRKSolver, ImplicitTableau
+from .fixed_grid_implicit import FixedGridImplicitRKSolver
+from .tableau import ImplicitTableau
 
 _GAMMA = 1 - math.sqrt(2.0) / 2
 

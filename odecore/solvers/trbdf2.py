@@ -4,7 +4,8 @@ Shampine, "Analysis and implementation of TR-BDF2", Appl. Numer. Math. 20, 1996)
 
 import math
 
-from .fixed_grid_implicit import FixedGridImplicitRKSolver, ImplicitTableau
+from .fixed_grid_implicit import FixedGridImplicitRKSolver
+from .tableau import ImplicitTableau
 
 _GAMMA = 1 - math.sqrt(2.0) / 2
 _BETA = math.sqrt(2.0) / 4  # = (1 - gamma) / 2

@@ -1,7 +1,7 @@
 // Direct entry points of the fused ops: each enters the dispatcher (autograd, CPU/CUDA
 // kernels, Python dispatch modes) through a typed handle, without the boxed argument
 // conversion of torch.ops. Used by the Python module (odecore._C.rk_*) and by the compiled
-// host loop (loop.cpp).
+// host loop (host_loop.cpp).
 #pragma once
 
 #include <ATen/core/dispatch/Dispatcher.h>
