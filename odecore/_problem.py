@@ -13,7 +13,7 @@ import torch
 
 from .checkpoint import checkpointed_solve
 from .ops import check_backend, get_ops
-from .solvers import SOLVERS, AdaptiveRKSolver, FixedGridRKSolver
+from .solvers import SOLVERS, AdaptiveRKSolver, FixedGridRKSolver, compiled
 from .solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES, RHS
 from .solvers.complex_state import as_complex, for_complex_state
 
@@ -341,9 +341,12 @@ def solve(func, y0, times, t, reverse, rtol, atol, method, options, backend, seg
     for the backward pass instead of the whole graph (odecore.checkpoint)."""
     options = dict(options)
     checkpoints = options.pop("checkpoint", None)
+    mode = compiled.check_mode(options.pop("compile", False))
     factory = SolverFactory(func, times, t, reverse, rtol, atol, method, options, backend, segments)
     if checkpoints is not None:
         if torch.is_grad_enabled():
             return checkpointed_solve(factory, y0, checkpoints)
+    if mode:
+        return compiled.solve(factory, y0, mode)
     solver = factory(y0)
     return factory.integrate(solver), solver.stats()

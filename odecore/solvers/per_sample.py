@@ -36,7 +36,7 @@ import torch
 from .. import _problem
 from ..ops import check_backend, get_ops
 from ..ops.control import NUM_SLOTS, Slot, Status
-from . import SOLVERS
+from . import SOLVERS, compiled
 from .adaptive import DEFAULT_SYNC_EVERY, AdaptiveRKSolver
 from .base import CALLBACK_NAMES, RHS
 
@@ -255,6 +255,7 @@ def prepare_per_sample(func, y0, t, rtol, atol, method, options):
     options = dict(options)
     batch_dim = options.pop("batch_dim")
     return_stats = bool(options.pop("return_stats", False))
+    mode = compiled.check_mode(options.pop("compile", False))
     backend = options.pop("backend", None)
     check_backend(backend)
     batch_dim, method = _check_batch(func, y0, method, options, batch_dim)
@@ -289,6 +290,7 @@ def prepare_per_sample(func, y0, t, rtol, atol, method, options):
         samples=samples,
         rest=rest,
         return_stats=return_stats,
+        compile=mode,
     )
 
 
@@ -331,8 +333,11 @@ def odeint_per_sample(func, y0, t, rtol, atol, method, options):
         solution = p.to_user(p.y0.unsqueeze(0))
         stats = _no_steps_stats(p.samples, y0.device)
     else:
-        out, state = integrate_per_sample(solver, p.times, solver.sync_every)
+        ran = compiled.solve_per_sample(solver, p.times, p.compile) if p.compile else None
+        out, state = ran[:2] if ran else integrate_per_sample(solver, p.times, solver.sync_every)
         solution = p.to_user(out)
         stats = stats_of(solver, state)
+        if ran:
+            stats.update(nfe=ran[2], loop="compiled", host_reads=1, compiles=ran[3])
         raise_failures(p, out, state, solution, stats)
     return (solution, stats) if p.return_stats else solution
