@@ -97,6 +97,9 @@ def odeint_adjoint(
     # torchdiffeq checks the callbacks twice on the forward pass (odeint_adjoint, then its odeint)
     warn_unsupported_callbacks(p.method, func)
     back = _Backward(p, params, adjoint_rtol, adjoint_atol, adjoint_method, adjoint_options)
+    # a compiled backward solve needs func's VJP in traceable form: its parameters by name
+    params_by_name = isinstance(func, nn.Module) and params == tuple(find_parameters(func))
+    back.module = func if params_by_name else None
     if event_fn is not None:  # odecore.events: forward until the event, adjoint from the event time
         return adjoint_event_solve(p, back, params, t, event_fn)
     if len(p.times) == 1:
@@ -328,6 +331,53 @@ class _AugmentedDynamics:
                 )
 
 
+class _Reparametrized(nn.Module):
+    """func with `module`'s parameters swappable by torch.func.functional_call ("module.<name>")."""
+
+    def __init__(self, func, module):
+        super().__init__()
+        self.module = module
+        object.__setattr__(self, "func", func)  # a wrapper of module, not a second registration
+
+    def forward(self, t, y):
+        return self.func(t, y)
+
+
+class TracedAugmentedDynamics:
+    """The augmented dynamics of `_AugmentedDynamics` written with torch.func.vjp, so that a compiled
+    backward solve (options['compile']) traces func and its vector-Jacobian product into the program.
+    Its compiled programs belong to the module (`compile_owner`), so every backward pass reuses them."""
+
+    negated_when_reversed = True
+
+    def __init__(self, func, module, shape, n):
+        self.swap = _Reparametrized(func, module)
+        self.names = ["module." + name for name, q in module.named_parameters() if q.requires_grad]
+        self.shape, self.n = shape, n
+        self.compile_owner = module
+
+    def __call__(self, t, z):
+        n, shape = self.n, self.shape
+        y, a = z[1 : 1 + n].view(shape), z[1 + n : 1 + 2 * n].view(shape)
+        params = [self.swap.get_parameter(name) for name in self.names]
+
+        def f(tt, yy, *qs):
+            return torch.func.functional_call(self.swap, dict(zip(self.names, qs)), (tt, yy))
+
+        out, pullback = torch.func.vjp(f, t, y, *params)
+        vjp_t, vjp_y, *vjp_params = pullback(a)
+        pieces = [vjp_t.reshape(-1), out.reshape(-1).neg(), vjp_y.reshape(-1)] + [v.reshape(-1) for v in vjp_params]
+        return torch.cat(pieces)
+
+
+def _backward_dynamics(func, back, shape):
+    """The augmented dynamics the backward solves integrate: traceable when they will be compiled."""
+    has_callbacks = any(callable(getattr(func, name, None)) for name in ADJOINT_CALLBACK_NAMES)
+    if back.options.get("compile") and back.module is not None and not has_callbacks:
+        return TracedAugmentedDynamics(func, back.module, shape, back.n)
+    return _AugmentedDynamics(func, back, shape)
+
+
 class _AdjointSolve(torch.autograd.Function):
     @staticmethod
     def forward(ctx, p, back, func, stats, y0, t, *params):
@@ -353,7 +403,7 @@ class _AdjointSolve(torch.autograd.Function):
         t, solution = ctx.saved_tensors
         p, back, stats = ctx.p, ctx.back, ctx.stats
         n, shape = back.n, p.y0.shape
-        dynamics = _AugmentedDynamics(ctx.func, back, shape)
+        dynamics = _backward_dynamics(ctx.func, back, shape)
         times = t.tolist()
         with torch.no_grad():
             grad_solution = grad_solution.reshape(len(times), -1)
@@ -363,7 +413,7 @@ class _AdjointSolve(torch.autograd.Function):
             aug[1 + n : 1 + 2 * n] = grad_solution[-1]
             time_vjps = torch.zeros(len(times), dtype=t.dtype, device=t.device) if ctx.t_requires_grad else None
             totals = dict.fromkeys(("nfe", "n_steps", "n_accepted", "n_rejected"), 0)
-            final_dt = None
+            final_dt, loop = None, (None, None)
             for i in range(len(times) - 1, 0, -1):
                 if ctx.t_requires_grad:
                     # moving the output time t_i moves y(t_i) along f(t_i, y_i)
@@ -391,12 +441,14 @@ class _AdjointSolve(torch.autograd.Function):
                         None if totals[key] is None or step_stats[key] is None else totals[key] + step_stats[key]
                     )
                 final_dt = step_stats.get("final_dt")
+                loop = (step_stats.get("loop"), step_stats.get("compiles"))
                 aug = out[1].clone()
                 aug[1 : 1 + n] = flat_solution[i - 1]  # the forward pass's state, not the re-integrated one
                 aug[1 + n : 1 + 2 * n] += grad_solution[i - 1]
             if ctx.t_requires_grad:
                 time_vjps[0] = aug[0]
         totals["final_dt"] = final_dt  # of the last backward solve (the one ending at t[0])
+        totals["loop"], totals["compiles"] = loop
         stats.update({"backward_" + key: value for key, value in totals.items()})
         _, _, adj_y, *adj_params = back.split(aug)
         grad_params = [g.view_as(q).to(q.dtype) for g, q in zip(adj_params, back.params)]

@@ -47,6 +47,7 @@ class Settings(NamedTuple):
     samples: int  # 1: one solve; B: per-sample (batch) solving
     first_step: bool  # a given first step (else the initial step selection runs in the program)
     window: int
+    carry_out: bool  # the output buffer carried through the loop rather than written in place
 
 
 # -- traceable pieces ------------------------------------------------------------------------
@@ -164,9 +165,10 @@ def _start(rhs, y0, times, rtol, atol, vector, settings, nodes, dtype):
     return f0, torch.stack(cols, -1)
 
 
-def _write_window(out, times, start, stop, t0, t1, dt, y0, y1, ks, poly, window):
+def _write_window(out, times, start, stop, t0, t1, dt, y0, y1, ks, poly, window, in_place):
     """Writes output rows [start, min(start + window, stop)) of the step (t0, t1, dt) from y0 and
-    its stages ks (B, per each) into out (T + 1, B, per; row T is scratch)."""
+    its stages ks (B, per each) into out (T + 1, B, per; row T is scratch), in place or into a copy
+    (returned)."""
     n_times = times.shape[-1]
     rows = start.to(torch.int64).unsqueeze(-1) + torch.arange(window, device=start.device)  # (B, K)
     valid = rows < stop.to(torch.int64).unsqueeze(-1)
@@ -178,7 +180,7 @@ def _write_window(out, times, start, stop, t0, t1, dt, y0, y1, ks, poly, window)
     values = y0.unsqueeze(1) + sum(w.unsqueeze(-1).to(y0.dtype) * k.unsqueeze(1) for w, k in zip(weights, ks))
     values = torch.where((x == 1.0).unsqueeze(-1), y1.unsqueeze(1), values)  # (B, K, per)
     samples = torch.arange(rows.shape[0], device=rows.device).unsqueeze(-1).expand_as(rows)
-    out.index_put_((rows, samples), values)
+    return out.index_put_((rows, samples), values) if in_place else out.index_put((rows, samples), values)
 
 
 def _attempt(rhs, plan, tab, cols, y, f, rtol, atol, settings, stage_dtype):
@@ -216,10 +218,10 @@ def adaptive_program(func, tab, settings, time_shape, dtype):
         def pending(s):
             return s[:, Slot.FIRST_OUT] + window < s[:, Slot.NEXT_OUT]
 
-        def cond(s, y, f, y_step, ks_step, iterations):
+        def cond(s, y, f, y_step, ks_step, iterations, *buffer):
             return ((s[:, Slot.STATUS] == control.RUNNING) | pending(s)).any()
 
-        def body(s, y, f, y_step, ks_step, iterations):
+        def body(s, y, f, y_step, ks_step, iterations, *buffer):
             p = _params(vector, settings)
             cols = list(s.unbind(-1))
             flushing = pending(s)
@@ -233,8 +235,8 @@ def adaptive_program(func, tab, settings, time_shape, dtype):
             ks_from = torch.where(flushing.view(1, -1, 1), ks_step, ks)
             y_to = torch.where(flushing.unsqueeze(-1), y, y1)
             start = torch.where(flushing, s[:, Slot.FIRST_OUT] + window, new[:, Slot.FIRST_OUT])
-            _write_window(
-                out,
+            written = _write_window(
+                buffer[0] if settings.carry_out else out,
                 times,
                 start,
                 new[:, Slot.NEXT_OUT],
@@ -246,6 +248,7 @@ def adaptive_program(func, tab, settings, time_shape, dtype):
                 list(ks_from.unbind(0)),
                 poly,
                 window,
+                in_place=not settings.carry_out,
             )
             first = torch.where(flushing, start, new[:, Slot.FIRST_OUT])
             new = torch.cat([new[:, : Slot.FIRST_OUT], first.unsqueeze(-1), new[:, Slot.FIRST_OUT + 1 :]], -1)
@@ -256,13 +259,12 @@ def adaptive_program(func, tab, settings, time_shape, dtype):
                 torch.where(accept.unsqueeze(-1), y, y_step),
                 torch.where(keep, ks, ks_step),
                 iterations + 1,
-            )
+            ) + ((written,) if settings.carry_out else ())
 
         zero = torch.zeros((), dtype=torch.int64, device=y0.device)
-        state, y, f, _, _, iterations = torch._higher_order_ops.while_loop(
-            cond, body, (state, y0, f0, y0.clone(), stages, zero)
-        )
-        return out[:n_times], state, y, f, iterations
+        carried = (state, y0, f0, y0.clone(), stages, zero) + ((out,) if settings.carry_out else ())
+        state, y, f, _, _, iterations, *buffer = torch._higher_order_ops.while_loop(cond, body, carried)
+        return (buffer[0] if settings.carry_out else out)[:n_times], state, y, f, iterations
 
     return run
 
@@ -276,6 +278,7 @@ class GridSettings(NamedTuple):
     perturb: bool
     cubic: bool
     window: int
+    carry_out: bool
 
 
 def _grid_stages(rhs, tab, settings, y, t0, t1, dtype):
@@ -314,10 +317,10 @@ def grid_program(func, solver, settings, dtype):
         marks = torch.ones(2, dtype=torch.float64, device=y0.device)  # first_out, next_out
         stages = torch.zeros((n_dense, *y0.shape), dtype=y0.dtype, device=y0.device)
 
-        def cond(i, marks, y, y_step, ks_step):
+        def cond(i, marks, y, y_step, ks_step, *buffer):
             return (i < last) | (marks[0] + window < marks[1])
 
-        def body(i, marks, y, y_step, ks_step):
+        def body(i, marks, y, y_step, ks_step, *buffer):
             flushing = marks[0] + window < marks[1]
             t0, t1 = grid[i.clamp(max=last - 1).view(1)][0], grid[(i + 1).clamp(max=last).view(1)][0]
             ks, y1 = _grid_stages(rhs, tab, settings, y, t0, t1, dtype)
@@ -332,8 +335,8 @@ def grid_program(func, solver, settings, dtype):
             y_from = torch.where(flushing, y_step, y)
             y_to = torch.where(flushing, y, y1)
             ks_from = torch.where(flushing, ks_step, ks)
-            _write_window(
-                out,
+            written = _write_window(
+                buffer[0] if settings.carry_out else out,
                 times,
                 first.view(1),
                 stop.view(1),
@@ -345,6 +348,7 @@ def grid_program(func, solver, settings, dtype):
                 list(ks_from.unbind(0)),
                 poly,
                 window,
+                in_place=not settings.carry_out,
             )
             return (
                 torch.where(flushing, i, i + 1),
@@ -352,10 +356,11 @@ def grid_program(func, solver, settings, dtype):
                 torch.where(flushing, y, y1),
                 torch.where(flushing, y_step, y),
                 torch.where(flushing, ks_step, ks),
-            )
+            ) + ((written,) if settings.carry_out else ())
 
-        _, _, y, _, _ = torch._higher_order_ops.while_loop(cond, body, (zero, marks, y0, y0.clone(), stages))
-        return out[:n_times], y
+        carried = (zero, marks, y0, y0.clone(), stages) + ((out,) if settings.carry_out else ())
+        _, _, y, _, _, *buffer = torch._higher_order_ops.while_loop(cond, body, carried)
+        return (buffer[0] if settings.carry_out else out)[:n_times], y
 
     return run
 
@@ -372,6 +377,7 @@ class Program:
         self.calls = 0
         self.iterations = 0
         self.broken = None  # why the program could not be made, once it failed
+        self.host_evaluations = 0
         self._code = run.__code__.replace()
         fresh = types.FunctionType(self._code, run.__globals__, run.__name__, run.__defaults__, run.__closure__)
         self._compiled = torch.compile(fresh, backend=_inductor, fullgraph=True, dynamic=False)
@@ -400,7 +406,11 @@ _UNHASHABLE = {}
 
 
 def _owner(func):
-    """The object whose life the cached programs of `func` follow (a bound method's object)."""
+    """The object whose life the cached programs of `func` follow (a bound method's object, or the
+    one func names as its `compile_owner`)."""
+    owner = getattr(func, "compile_owner", None)
+    if owner is not None:
+        return owner
     return getattr(func, "__self__", None) if isinstance(func, types.MethodType) else func
 
 
@@ -411,7 +421,7 @@ def program_for(func, key, build):
         programs = _PROGRAMS.setdefault(owner, {})
     except TypeError:  # not weak-referenceable: cached while this process runs
         programs = _UNHASHABLE.setdefault(id(owner), {})
-    full_key = (getattr(func, "__func__", None), key)
+    full_key = (getattr(func, "__func__", None), type(func), key)
     if full_key not in programs:
         programs[full_key] = Program(build())
     return programs[full_key]
@@ -455,10 +465,15 @@ def _check_compilable(solver, y0, f0):
 
 
 def _needs_grad(y0, f0):
-    return torch.is_grad_enabled() and (y0.requires_grad or f0.requires_grad)
+    return torch.is_grad_enabled() and (y0.requires_grad or (f0 is not None and f0.requires_grad))
 
 
-def _settings(solver, samples):
+# outputs few enough to carry the buffer through the loop: a captured buffer written in place cannot
+# be combined with torch.func transforms in the loop (the adjoint's VJP), and costs a copy otherwise
+CARRIED_OUTPUTS = 8
+
+
+def _settings(solver, samples, n_times):
     segments = tuple(solver.segments) if samples == 1 else (solver.y0.numel() // samples,)
     return Settings(
         order=float(solver.order),
@@ -469,6 +484,7 @@ def _settings(solver, samples):
         samples=samples,
         first_step=solver.first_step is not None,
         window=WINDOW,
+        carry_out=n_times <= CARRIED_OUTPUTS,
     )
 
 
@@ -500,11 +516,21 @@ def _call(program, *args):
         raise
 
 
-def run_adaptive(solver, times, samples=1, time_shape=()):
+def _checked(program, check):
+    """Calls check() -- func once on the host, to check its output and whether it records gradients
+    -- unless the program ran before and nothing can record gradients now. Returns the evaluations."""
+    if program.calls and not torch.is_grad_enabled():
+        return 0
+    check()
+    return 1
+
+
+def run_adaptive(solver, times, check, samples=1, time_shape=()):
     """Runs `solver`'s solve over float64 `times` ((T,) or (B, T), the solver's increasing time) as
-    a compiled program; returns (out (T, B * per), state (B, NUM_SLOTS), program)."""
+    a compiled program after check() (see `_checked`); returns (out (T, B * per), state (B, NUM_SLOTS),
+    program)."""
     y0 = solver.y0
-    settings = _settings(solver, samples)
+    settings = _settings(solver, samples, times.shape[-1])
     func, state_shape = solver.func.func, y0.shape
     key = (type(solver), settings, tuple(y0.shape), y0.dtype, y0.device, tuple(time_shape))
 
@@ -512,6 +538,7 @@ def run_adaptive(solver, times, samples=1, time_shape=()):
         return adaptive_program(_shaped(func, state_shape), solver.tableau, settings, time_shape, y0.dtype)
 
     program = program_for(func, key, build)
+    program.host_evaluations = _checked(program, check)
     rows = y0.detach().reshape(samples, -1)
     out, state, _, _, iterations = _call(program, rows, times, solver.rtol, solver.atol, _vector(solver, y0.device))
     program.iterations = int(iterations)
@@ -525,18 +552,20 @@ def _shaped(func, shape):
     return shaped
 
 
-def run_grid(solver, factory):
+def run_grid(solver, factory, check):
     """The fixed-grid solve as a compiled program; returns (solution (T, *y0.shape), program)."""
     y0 = solver.y0
     grid = solver._grid(factory.t)
     rhs = solver.func
-    settings = GridSettings(rhs.time_sign, rhs.negate, solver.perturb, solver.interp == "cubic", WINDOW)
+    carry = len(factory.times) <= CARRIED_OUTPUTS
+    settings = GridSettings(rhs.time_sign, rhs.negate, solver.perturb, solver.interp == "cubic", WINDOW, carry)
     key = (type(solver), settings, tuple(y0.shape), y0.dtype, y0.device)
 
     def build():
         return grid_program(_shaped(rhs.func, y0.shape), solver, settings, y0.dtype)
 
     program = program_for(rhs.func, key, build)
+    program.host_evaluations = _checked(program, check)
     device_times = torch.tensor(factory.times, dtype=torch.float64).to(y0.device)
     out, _ = _call(
         program, y0.detach().reshape(1, -1), device_times, torch.tensor(grid, dtype=torch.float64).to(y0.device)
@@ -552,16 +581,19 @@ def solve(factory, y0, mode):
     """The compiled solve of factory's problem from y0 (options['compile'] = mode); falls back to the
     uncompiled solve with one warning (or raises, mode 'strict') when it cannot run compiled."""
     solver = factory(y0)
+
+    def check():
+        _check_compilable(solver, y0, solver.func(factory.times[0], y0))  # RHS checks func's output
+
     try:
-        f0 = solver.func(factory.times[0], y0)  # checks func's output (shape, dtype) on the host
-        _check_compilable(solver, y0, f0)
+        _check_compilable(solver, y0, None)
         if isinstance(solver, FixedGridRKSolver):
-            solution, program = run_grid(solver, factory)
+            solution, program = run_grid(solver, factory, check)
             stats = solver.stats()
-            stats.update(nfe=_grid_nfe(solver), loop="compiled", compiles=program.compiles)
+            stats.update(nfe=_grid_nfe(solver, program), loop="compiled", compiles=program.compiles)
             return solution, stats
         times = torch.tensor(factory.times, dtype=torch.float64).to(y0.device)
-        out, state, program = run_adaptive(solver, times)
+        out, state, program = run_adaptive(solver, times, check)
     except NotCompilable as error:
         if mode == "strict":
             raise NotCompilable("options['compile']='strict': the solve cannot be compiled: %s" % error) from None
@@ -575,31 +607,38 @@ def solve_per_sample(solver, times, mode):
     """A per-sample solve (odecore.solvers.per_sample) as a compiled program: (out (T, B * per),
     state (B, NUM_SLOTS), batched evaluations, compiles), or None when it falls back (mode True)."""
     y0, samples = solver.y0, solver.samples
-    try:
+
+    def check():
         t_first = times[..., 0].expand(samples).contiguous()
-        f0 = solver.func.call_device_time((solver.func.time_sign * t_first).to(y0.dtype), y0)
-        _check_compilable(solver, y0, f0)
-        out, state, program = run_adaptive(solver, times, samples=samples, time_shape=(samples,))
+        _check_compilable(solver, y0, solver.func.call_device_time((solver.func.time_sign * t_first).to(y0.dtype), y0))
+
+    try:
+        _check_compilable(solver, y0, None)
+        out, state, program = run_adaptive(solver, times, check, samples=samples, time_shape=(samples,))
     except NotCompilable as error:
         if mode == "strict":
             raise NotCompilable("options['compile']='strict': the solve cannot be compiled: %s" % error) from None
         _warn_once(str(error))
         return None
-    evaluations = 2 + (0 if solver.first_step is not None else 1) + program.iterations * len(solver._stage_plan)
-    return out, state, evaluations, program.compiles
+    return out, state, _adaptive_nfe(solver, program), program.compiles
 
 
-def _grid_nfe(solver):
+def _grid_nfe(solver, program):
     per_step = solver.tableau.stages + (1 if solver.interp == "cubic" else 0)
-    return 1 + solver.n_steps * per_step  # and the host's check of func's first output
+    return program.host_evaluations + solver.n_steps * per_step
+
+
+def _adaptive_nfe(solver, program):
+    """The host's check (if made), f0 (and f1 of the initial step selection), then the stages."""
+    initial = 1 if solver.first_step is not None else 2
+    return program.host_evaluations + initial + program.iterations * len(solver._stage_plan)
 
 
 def _finish(solver, solution, state, program):
     """The solution and statistics of a compiled solve, or the uncompiled loop's error."""
     s = state.tolist()
     stats = {
-        # func's first output checked on the host, f0 (and f1 of the initial step), then the stages
-        "nfe": 2 + (0 if solver.first_step is not None else 1) + program.iterations * len(solver._stage_plan),
+        "nfe": _adaptive_nfe(solver, program),
         "n_steps": int(s[Slot.N_STEPS]),
         "n_accepted": int(s[Slot.N_ACCEPTED]),
         "n_rejected": int(s[Slot.N_STEPS]) - int(s[Slot.N_ACCEPTED]),
