@@ -27,9 +27,8 @@ from odecore.solvers.adams import (
     _adams_coefficients,
 )
 
-from .testing import CountingFunc, backends, dtypes, get_problem, product, require_backend, van_der_pol
-
-ADAMS = ["explicit_adams", "implicit_adams", "fixed_adams"]
+from .problems import get_problem, van_der_pol
+from .testing import ADAMS_METHODS, CountingFunc, backends, dtypes, product, require_backend
 
 
 def test_registry():
@@ -94,7 +93,7 @@ def _solve_both(method, f, y0, t, **kwargs):
     return results
 
 
-@pytest.mark.parametrize("method,options,tol", product(ADAMS, OPTION_SETS, [1e-7, 1e-12]))
+@pytest.mark.parametrize("method,options,tol", product(ADAMS_METHODS, OPTION_SETS, [1e-7, 1e-12]))
 def test_parity_float64(method, options, tol):
     f = van_der_pol(1.0)
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)

@@ -13,7 +13,8 @@ from torch.autograd import gradcheck
 
 import odecore
 
-from .testing import GRAD_METHODS, backends, make_func, method_options, product, require_backend
+from .problems import LinearODE, SpiralMLP, make_func
+from .testing import GRAD_METHODS, backends, method_options, product, require_backend
 
 STAT_KEYS = ("nfe", "n_steps", "n_accepted", "n_rejected")
 BACKWARD_KEYS = tuple("backward_" + k for k in STAT_KEYS)
@@ -22,19 +23,6 @@ BACKWARD_KEYS = tuple("backward_" + k for k in STAT_KEYS)
 # --------------------------------------------------------------------------- #
 # Problems with parameters (nn.Modules, float64)
 # --------------------------------------------------------------------------- #
-
-
-class LinearODE(nn.Module):
-    """y' = A y (batched: y @ A^T), A a parameter."""
-
-    def __init__(self):
-        super().__init__()
-        self.A = nn.Parameter(
-            torch.tensor([[-0.5, 1.0, 0.0], [-1.0, -0.3, 0.4], [0.2, 0.0, -0.8]], dtype=torch.float64)
-        )
-
-    def forward(self, t, y):
-        return y @ self.A.t()
 
 
 class SineODE(nn.Module):
@@ -47,22 +35,6 @@ class SineODE(nn.Module):
 
     def forward(self, t, y):
         return self.a * torch.cos(t) + self.b * y
-
-
-class SpiralMLP(nn.Module):
-    """torchdiffeq examples/ode_demo.py's ODEFunc: Linear(2,50)-Tanh-Linear(50,2) on y**3."""
-
-    def __init__(self, seed=0):
-        super().__init__()
-        torch.manual_seed(seed)
-        self.net = nn.Sequential(nn.Linear(2, 50), nn.Tanh(), nn.Linear(50, 2)).double()
-        for m in self.net.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, mean=0, std=0.1)
-                nn.init.constant_(m.bias, val=0)
-
-    def forward(self, t, y):
-        return self.net(y**3)
 
 
 def make_problem(name):
@@ -204,9 +176,7 @@ def test_matches_direct_backprop(problem, backend):
     assert_grads_close(g_adjoint, g_direct, rel=1e-6)
 
 
-@pytest.mark.parametrize("backend", backends)
 def test_matches_direct_backprop_tuple_state(backend):
-    require_backend(backend)
 
     class TupleODE(nn.Module):
         def __init__(self):
@@ -355,9 +325,7 @@ class WithUnused(nn.Module):
         return self.used * y
 
 
-@pytest.mark.parametrize("backend", backends)
 def test_unused_parameter_gets_zero_gradient(backend):
-    require_backend(backend)
     func = WithUnused()
     y0 = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
     t = torch.tensor([0.0, 1.0], dtype=torch.float64)
@@ -369,9 +337,7 @@ def test_unused_parameter_gets_zero_gradient(backend):
     torch.testing.assert_close(y0.grad, torch.exp(func.used.detach()), rtol=1e-7, atol=1e-9)
 
 
-@pytest.mark.parametrize("backend", backends)
 def test_parameters_without_requires_grad_are_skipped(backend):
-    require_backend(backend)
     func = LinearODE()
     func.A.requires_grad_(False)
     extra = nn.Parameter(torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64))
@@ -473,9 +439,7 @@ def test_adjoint_options_default_to_options(backend):
     assert stats["backward_nfe"] > 0
 
 
-@pytest.mark.parametrize("backend", backends)
 def test_backward_stats(backend):
-    require_backend(backend)
     func, y0, t = make_problem("spiral_mlp")
     counting = Counting(func)
     out, stats = odecore.odeint_adjoint(
@@ -667,9 +631,7 @@ def rms(x):
     return x.pow(2).mean().sqrt()
 
 
-@pytest.mark.parametrize("backend", backends)
 def test_custom_adjoint_norm_tensor_state(backend):
-    require_backend(backend)
     func, y0, t = make_problem("spiral_mlp")
     params = list(func.parameters())
     calls = []
@@ -700,9 +662,7 @@ def test_custom_adjoint_norm_tensor_state(backend):
     assert_grads_close(g_custom, g_default, rel=1e-6)
 
 
-@pytest.mark.parametrize("backend", backends)
 def test_custom_adjoint_norm_tuple_state(backend):
-    require_backend(backend)
     w = torch.tensor([0.5, -1.0], dtype=torch.float64, requires_grad=True)
     frozen = torch.tensor(0.2, dtype=torch.float64)  # listed, but does not require grad
 

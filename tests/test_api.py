@@ -13,7 +13,7 @@ import torch
 
 import odecore
 
-from .testing import ADAPTIVE_METHODS, FIXED_METHODS, METHODS, ORDERS, require_fused
+from .testing import ADAPTIVE_METHODS, ALL_METHODS, EXPLICIT_RK_METHODS, FIXED_METHODS, METHOD_KINDS, ORDERS
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -25,11 +25,20 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_solver_registry():
     assert isinstance(odecore.SOLVERS, dict)
-    assert set(METHODS) <= set(odecore.SOLVERS), set(METHODS) - set(odecore.SOLVERS)
-    assert set(ADAPTIVE_METHODS) | set(FIXED_METHODS) == set(METHODS)
+    assert set(EXPLICIT_RK_METHODS) <= set(odecore.SOLVERS), set(EXPLICIT_RK_METHODS) - set(odecore.SOLVERS)
+    assert set(ADAPTIVE_METHODS) | set(FIXED_METHODS) == set(EXPLICIT_RK_METHODS)
 
 
-@pytest.mark.parametrize("method", METHODS)
+def test_every_method_is_of_exactly_one_kind():
+    """The method lists the tests parametrise over come from the registry by solver class:
+    a new solver must land in exactly one of them."""
+    assert ALL_METHODS == list(odecore.SOLVERS)
+    for name in ALL_METHODS:
+        kinds = [kind for kind, methods in METHOD_KINDS.items() if name in methods]
+        assert len(kinds) == 1, (name, kinds)
+
+
+@pytest.mark.parametrize("method", EXPLICIT_RK_METHODS)
 def test_order_attribute(method):
     cls = odecore.SOLVERS[method]
     assert isinstance(cls, type)
@@ -105,8 +114,8 @@ OP_SCHEMAS = {
 
 
 @pytest.mark.parametrize("name", sorted(OP_SCHEMAS))
+@pytest.mark.fused
 def test_operator_schema(name):
-    require_fused()
     schema = getattr(torch.ops.odecore, name).default._schema
     args = [
         (

@@ -10,19 +10,18 @@ from torch.profiler import profile
 
 import odecore
 
+from .problems import get_problem, van_der_pol
 from .testing import (
     ADAPTIVE_METHODS,
+    EXPLICIT_RK_METHODS,
     FIXED_METHODS,
-    METHODS,
     backends,
     devices,
     dtypes,
-    get_problem,
     max_abs_err,
     product,
     require_fused,
     time_grid,
-    van_der_pol,
 )
 
 STEP = {"euler": 0.01, "midpoint": 0.02, "heun2": 0.02, "heun3": 0.05, "rk4": 0.05}
@@ -59,7 +58,7 @@ def restore_backend():
     odecore.set_backend(old)
 
 
-@pytest.mark.parametrize("method,dtype,device", product(METHODS, dtypes, devices))
+@pytest.mark.parametrize("method,dtype,device", product(EXPLICIT_RK_METHODS, dtypes, devices))
 def test_fused_and_reference_take_the_same_steps(method, dtype, device):
     require_fused(device)
     f = van_der_pol(1.0)
@@ -79,9 +78,9 @@ def test_fused_and_reference_take_the_same_steps(method, dtype, device):
 
 
 @pytest.mark.parametrize("method,dtype", product(ADAPTIVE_METHODS, dtypes))
+@pytest.mark.fused
 def test_fused_and_reference_tuple_state_elementwise_tolerances(method, dtype):
     """Tuple state (mixed norm -> several segments) with per-tuple tolerances."""
-    require_fused()
 
     def f(t, y):
         a, b = y
@@ -109,11 +108,11 @@ def test_fused_and_reference_tuple_state_elementwise_tolerances(method, dtype):
         torch.testing.assert_close(a, b, **value_kw(dtype))
 
 
-@pytest.mark.parametrize("method,dtype", product(METHODS, dtypes))
+@pytest.mark.parametrize("method,dtype", product(EXPLICIT_RK_METHODS, dtypes))
+@pytest.mark.fused
 def test_fused_not_less_accurate(method, dtype):
     """Error of the fused path vs the float64 exact solution is at most 2x that
     of the reference path (plus a few ulps)."""
-    require_fused()
     prob = get_problem("linear")
     y0 = prob.y0(dtype)
     t = time_grid("forward", dtype)
@@ -130,16 +129,13 @@ def test_fused_not_less_accurate(method, dtype):
 
 
 @pytest.mark.parametrize("method,dtype", product(["dopri5", "tsit5", "rk4"], dtypes))
+@pytest.mark.fused
 def test_fused_and_reference_gradients_agree(method, dtype):
-    require_fused()
     grads = {}
     for backend in backends:
         y0 = torch.tensor([2.0, 0.0], dtype=dtype, requires_grad=True)
         mu = torch.tensor(1.3, dtype=dtype, requires_grad=True)
-
-        def f(t, y):
-            return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
-
+        f = van_der_pol(mu)
         t = torch.linspace(0.0, 1.0, 3, dtype=dtype)
         out, _ = odecore.odeint(
             f,
@@ -176,9 +172,9 @@ def _solve(method="dopri5", backend=None, grad=False):
     return out
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EXPLICIT_RK_METHODS)
+@pytest.mark.fused
 def test_per_call_backend_selects_kernels(method):
-    require_fused()
     assert odecore_ops_used(lambda: _solve(method, "fused")), "fused backend ran no odecore:: op"
     assert odecore_ops_used(lambda: _solve(method, "reference")) == set()
     # with autograd too
@@ -186,8 +182,8 @@ def test_per_call_backend_selects_kernels(method):
     assert odecore_ops_used(lambda: _solve(method, "fused", grad=True))
 
 
+@pytest.mark.fused
 def test_global_backend(restore_backend):
-    require_fused()
     odecore.set_backend("reference")
     assert odecore.get_backend() == "reference"
     assert odecore_ops_used(lambda: _solve()) == set()

@@ -1,6 +1,7 @@
 """`odecore bench`: the op / host-read counter, the GPU suite at CPU sizes, budgets, JSON."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -130,6 +131,7 @@ _COLUMNS = (
 )
 
 
+@pytest.mark.slow
 def test_gpu_suite_on_the_cpu_writes_every_column(tmp_path, capsys):
     out = tmp_path / "gpu.json"
     problems = ["gpu_vdp_16", "lorenz_rk4_16", "lorenz_tsit5_16", "odenet_block_2"]
@@ -224,3 +226,114 @@ def test_batch_override_and_sync_every_pass_through(tmp_path):
     assert row["batch"] == 8 and row["solver_ops_per_step"] > 0
     # either this odecore takes the option (and the row says so) or the row notes it was ignored
     assert row.get("sync_every") == 4 or any("sync_every ignored" in n for n in row["notes"])
+
+
+# --------------------------------------------------------------------------- #
+# The whole-program implementations: odecore-compiled and diffrax
+# --------------------------------------------------------------------------- #
+
+
+def test_the_whole_program_adapters_are_listed(capsys):
+    assert bench.main(["--list"]) == 0
+    listing = capsys.readouterr().out
+    lines = {line.split()[0]: line for line in listing.splitlines() if line.strip()}
+    assert "available" in lines["odecore-compiled"]
+    assert lines["diffrax"].split(None, 1)[1] in ("available", "not installed")
+    assert bench.whole_program_implementations() == ["odecore-compiled", "diffrax"]
+    # they compile for seconds on every problem: a run without --impls leaves them out
+    assert not set(bench.whole_program_implementations()) & set(bench.default_implementations())
+
+
+@pytest.mark.slow
+def test_a_tiny_compiled_case_runs_and_records_its_compile_time():
+    results = bench.run(["vdp"], ["odecore-reference", "odecore-compiled"], batch=2, repeats=1, warmup=0)
+    rows = {r["impl"]: r for r in results}
+    compiled, reference = rows["odecore-compiled"], rows["odecore-reference"]
+    assert "error" not in compiled, compiled.get("error")
+    assert compiled["loop"] == "compiled" and compiled["compiles"] == 1 and compiled["host_reads"] == 1
+    assert (compiled["steps"], compiled["n_accepted"]) == (reference["steps"], reference["n_accepted"])
+    assert compiled["max_abs_diff_vs_reference"] < 1e-10
+    assert compiled["first_call_s"] > compiled["solve_ms"] / 1e3 and compiled["compile_s"] is not None
+    assert compiled["loop_us_per_step"] is None and compiled.get("solver_ops_per_step") is None
+    table = bench.format_table(results)
+    assert "compile s" in table and "solve speedup vs torchdiffeq" in table
+
+
+def test_a_compiled_solve_that_cannot_compile_is_an_error_row():
+    # gradients through the compiled loop are refused: 'strict' makes that an error, not a fallback
+    (row,) = bench.run(["vdp"], ["odecore-compiled"], batch=2, repeats=1, warmup=0, grad=True)
+    assert "cannot be compiled" in row["error"]
+
+
+def test_without_jax_the_diffrax_row_is_left_out(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "jax", None)  # `import jax` now raises ImportError
+    monkeypatch.setitem(sys.modules, "diffrax", None)
+    assert not bench.IMPLEMENTATIONS["diffrax"].available()
+    args = ["--problems", "vdp", "--batch", "2", "--impls", "odecore-reference", "diffrax", "--repeats", "1", "-q"]
+    assert bench.main(args) == 0
+    table = capsys.readouterr().out
+    assert "| vdp | odecore-reference |" in table and "diffrax" not in table
+
+
+def _diffrax_installed():
+    if not _installed("diffrax"):
+        pytest.skip("jax / diffrax not installed")
+
+
+@pytest.mark.parametrize("problem", ["vdp", "spiral", "small_node", "mlp"])
+def test_diffrax_solves_the_same_problem(problem):
+    _diffrax_installed()
+    results = bench.run([problem], ["odecore-reference", "diffrax"], batch=2, repeats=1, warmup=0)
+    rows = {r["impl"]: r for r in results}
+    row, reference = rows["diffrax"], rows["odecore-reference"]
+    assert "error" not in row, row.get("error")
+    assert row["n_accepted"] + row["n_rejected"] == row["steps"] and row["nfe"] is None
+    assert row["first_call_s"] is not None and row["loop_us_per_step"] is None
+    # another step control, the same solution within the tolerances' reach
+    assert row["max_abs_diff_vs_reference"] < 1e-2
+    if row["steps"] != reference["steps"]:
+        assert any("PIDController" in n for n in row["notes"])
+
+
+def test_diffrax_runs_float32_in_float32():
+    _diffrax_installed()
+    impl = bench.IMPLEMENTATIONS["diffrax"]
+    inst = bench.get_problem("small_node").make("cpu", torch.float32, batch=2)
+    counts = impl.count(inst, bench.prepare_y0(inst, False))
+    assert counts["solution"].dtype == torch.float32 and counts["steps"] > 0
+    assert not impl.applicable(bench.get_problem("mlp_rk4").make("cpu", batch=2))
+
+
+def test_compile_times_share_one_cache_per_case(monkeypatch):
+    seen = []
+
+    def fake_child(spec, cache_dir, timeout_s=None):
+        seen.append((spec["problem"], spec["impl"], cache_dir))
+        return dict(first_call_s=2.0 if len(seen) % 2 else 1.0, solve_s=0.001, compile_s=1.999, process_s=3.0)
+
+    monkeypatch.setattr(bench.compile_times, "fresh_process_first_call", fake_child)
+    rows = bench.run_compile_times(["vdp", "mlp_rk4"], ["odecore-compiled"], batch=2)
+    assert [(r["problem"], r["cold_first_call_s"], r["warm_first_call_s"]) for r in rows] == [
+        ("vdp", 2.0, 1.0),
+        ("mlp_rk4", 2.0, 1.0),
+    ]
+    # the cold and the warm process of a case share one cache directory, a new one per case
+    assert seen[0][2] == seen[1][2] and seen[2][2] == seen[3][2] and seen[0][2] != seen[2][2]
+    assert "first call s (cold / warm cache)" in bench.format_compile_table(rows)
+
+
+def test_compile_times_refuse_what_they_cannot_measure(capsys):
+    assert bench.main(["--compile-times", "--suite", "gpu"]) == 2
+    assert bench.main(["--compile-times", "--impls", "torchdiffeq"]) == 2
+    assert bench.main(["--compile-times", "--problems", "adjoint_spiral"]) == 2
+    assert "--compile-times" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_compile_times_in_fresh_processes():
+    _diffrax_installed()  # the quicker compile of the two; the machinery is the same
+    (row,) = bench.run_compile_times(["vdp"], ["diffrax"], batch=2, threads=1)
+    assert "error" not in row, row.get("error")
+    for key in ("first_call_s", "compile_s", "process_s"):
+        assert row[f"cold_{key}"] > 0 and row[f"warm_{key}"] > 0
+    assert row["solve_ms"] > 0

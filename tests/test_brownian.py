@@ -108,7 +108,6 @@ def test_entropy_none_follows_torch_seed():
     assert not torch.equal(a(0.2, 0.9), b(0.2, 0.9))
 
 
-@pytest.mark.parametrize("dtype", dtypes)
 def test_increments_add_up(dtype):
     rng = random.Random(1)
     bm = BrownianInterval(0.0, 3.0, size=(50,), dtype=dtype, entropy=5)
@@ -147,7 +146,6 @@ def test_hypothesis_order_and_additivity():
     check()
 
 
-@pytest.mark.parametrize("dtype", dtypes)
 def test_point_queries(dtype):
     bm = BrownianInterval(0.5, 2.5, size=(2, 3), dtype=dtype, entropy=3)
     for t in [0.5, 0.75, 1.1234, 2.5]:
@@ -499,7 +497,6 @@ def test_constructor_errors(kwargs, exc, pattern):
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("dtype", dtypes)
 def test_brownian_tree(dtype):
     w0 = torch.tensor([1.0, -2.0, 0.5], dtype=dtype)
     bm = BrownianTree(t0=0.0, w0=w0, entropy=3)
@@ -629,7 +626,6 @@ def test_space_time_area_law_over_entropies():
     assert np.abs(off).max() < 0.1, c
 
 
-@pytest.mark.parametrize("dtype", dtypes)
 def test_space_time_increments_and_areas_add_up(dtype):
     rng = random.Random(1)
     bm = st_bm(dtype, entropy=5, t0=0.0, t1=3.0, size=(50,))

@@ -16,8 +16,11 @@ import torch
 
 import odecore
 
+from .problems import van_der_pol
+
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
+VAN_DER_POL = van_der_pol(1.0)
 KINDS = {"callback_step": "step", "callback_accept_step": "accept", "callback_reject_step": "reject"}
 
 
@@ -37,7 +40,7 @@ class Recording(torch.nn.Module):
         if self.tuple_state:
             a, b = y
             return b, -a - 0.3 * b * (1 - a**2) + 0.1 * torch.sin(t)
-        return torch.stack([y[1], (1 - y[0] ** 2) * y[1] - y[0]]) + 0.1 * (self.weight @ y)
+        return VAN_DER_POL(t, y) + 0.1 * (self.weight @ y)
 
     def _record(self, kind, t0, y0, dt):
         assert isinstance(t0, torch.Tensor) and t0.dim() == 0 and isinstance(dt, torch.Tensor) and dt.dim() == 0

@@ -206,6 +206,7 @@ def _distributed_worker(rank, world, init_file, gradient, out_path, x, y):
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("gradient", ["adjoint", "direct"])
 def test_distributed_gradients_equal_single_process(gradient, tmp_path):
     (x, y), _ = data.load_digits()
@@ -222,6 +223,7 @@ def test_distributed_gradients_equal_single_process(gradient, tmp_path):
         torch.testing.assert_close(distributed[name], p.grad, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_train_command_under_torchrun(tmp_path):
     out = str(tmp_path / "ddp")
     cmd = [
@@ -249,6 +251,7 @@ def test_train_command_under_torchrun(tmp_path):
     assert json.load(open(os.path.join(out, "metrics.json")))["world_size"] == 2
 
 
+@pytest.mark.slow
 def test_demo_vdp_and_bench_commands(tmp_path, capsys):
     assert main(["demo", "vdp", "--batch", "4"]) == 0
     assert "dopri5" in capsys.readouterr().out
@@ -276,6 +279,7 @@ def test_demo_vdp_and_bench_commands(tmp_path, capsys):
     assert "odecore-fused" in json.dumps(results)
 
 
+@pytest.mark.slow
 def test_train_sdenet_writes_the_ood_table(tmp_path):
     out = str(tmp_path / "sdenet")
     assert (

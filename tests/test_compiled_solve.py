@@ -218,3 +218,29 @@ def test_adjoint_compiles_its_forward_and_backward_solves():
         NODE.w1.mul_(0.9)  # a training step: the same programs run the next pass
     _, _, again = _adjoint_grads({"compile": "strict"})
     assert again["compiles"] == stats["compiles"] and again["backward_compiles"] == stats["backward_compiles"]
+
+
+class Block(nn.Module):
+    """An ODE-Net block: odeint inside a module that the user compiles."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 4)).double()
+
+    def f(self, t, y):
+        return self.net(y)
+
+    def forward(self, y):
+        return odecore.odeint(self.f, y, torch.tensor([1.0, 0.0], dtype=torch.float64), rtol=1e-6, atol=1e-6)[-1]
+
+
+def test_inside_a_compiled_module_the_loop_is_traced_into_its_graph():
+    block = Block()
+    x = _y0(batch=8).repeat(1, 2)
+    with torch.no_grad():
+        explained = torch._dynamo.explain(block)(x)
+        assert explained.graph_count == 1 and explained.graph_break_count == 0, explained.break_reasons
+        compiled_block = torch.compile(block, fullgraph=True)
+        torch.testing.assert_close(compiled_block(x), block(x), rtol=0, atol=1e-12)  # reverse time, too
+    with pytest.raises(Exception, match="gradients through odeint inside torch.compile are not supported"):
+        torch.compile(block, fullgraph=True)(x)

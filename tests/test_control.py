@@ -13,12 +13,10 @@ import torch
 from odecore.ops import control, get_ops, reference
 from odecore.ops.control import NUM_SLOTS, ControlParams, Slot, Status
 
-from .testing import require_fused
-
 NODES = [0.2, 0.3, 0.8, 8 / 9, 1.0, 1.0]  # dopri5's
 
 
-@require_fused
+@pytest.mark.fused
 def test_constants_are_the_kernels():
     from odecore import _C
 

@@ -11,25 +11,23 @@ import odecore
 from odecore.ops import control, reference
 from odecore.ops.control import Slot, Status
 from odecore.solvers.adaptive import AdaptiveRKSolver
+from odecore.solvers.dopri5 import Dopri5
 
-from .testing import forced_rotation, require_fused
+from .problems import blowup, forced_rotation, van_der_pol
+from .testing import ADAPTIVE_METHODS
 
 try:
     from odecore.ops import fused
 except ImportError:  # the extension is not built: every test here skips
     fused = None
 
+pytestmark = pytest.mark.fused
 
-@pytest.fixture(autouse=True)
-def _needs_fused():
-    require_fused()
-
-
-ADAPTIVE = sorted(name for name, cls in odecore.SOLVERS.items() if issubclass(cls, AdaptiveRKSolver))
+_van_der_pol = van_der_pol(2.0, dim=-1)
 
 
 def vdp(t, y):
-    return torch.stack([y[..., 1], 2.0 * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1) + 0 * t
+    return _van_der_pol(t, y) + 0 * t  # depends on the time the loop passes, not only on y
 
 
 def solve(func, y0, t, sync_every, method="dopri5", backend=None, **options):
@@ -46,7 +44,7 @@ def assert_same_solve(a, b):
         assert sa[key] == sb[key], key
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", ADAPTIVE_METHODS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_device_loop_equals_host_loop(method, dtype, reverse):
@@ -166,9 +164,6 @@ def test_device_loop_errors_match_host_loop(k):
     host = _error(nan_later, y0, t, 0)
     assert "non-finite" in host and "t=" in host and "dt=" in host
     assert _error(nan_later, y0, t, k) == host
-
-    def blowup(t, y):
-        return y**2
 
     host = _error(blowup, y0, t, 0)
     assert "underflow" in host or "non-finite" in host
@@ -363,8 +358,6 @@ def test_rk_control_rejects_bad_arguments():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_rk_dense_into_matches_reference(dtype):
-    from odecore.solvers.dopri5 import Dopri5
-
     tab = Dopri5.tableau
     y0, k = _stages(dtype, m=tab.stages)
     y1 = fused.rk_stage(y0, k, list(tab.b), 0.3)

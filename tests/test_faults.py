@@ -17,9 +17,10 @@ from torch import nn
 import odecore
 from odecore.solvers.per_sample import SampleFailure
 
+from .problems import blowup
+
 F64 = torch.float64
 LOOPS = {"host": {"sync_every": 0}, "device": {"sync_every": 4}}
-needs_fused = pytest.mark.skipif(not odecore.backend_info()["cpu"], reason="the fused CPU kernels are not built")
 
 
 def t_and_dt(message):
@@ -42,16 +43,12 @@ class Counting:
         return out * math.nan if float(t) > self.t_nan else out
 
 
-def blowup(t, y):  # y' = y^2, y(0) = 1: y = 1 / (1 - t), infinite at t = 1
-    return y * y
-
-
 def stiff(t, y):  # a fast mode at -1e9: an explicit method needs dt ~ 1e-9
     return -1e9 * (y - torch.cos(t))
 
 
 # -- odeint: the host loop and the device loop ----------------------------------------- #
-@needs_fused
+@pytest.mark.fused
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 @pytest.mark.parametrize("method", ["dopri5", "tsit5", "bosh3"])
 def test_blowup_underflows_with_t_and_dt(loop, method):
@@ -62,7 +59,7 @@ def test_blowup_underflows_with_t_and_dt(loop, method):
     assert 0.99 < t < 1.01 and 0 <= dt < 1e-12  # at the singularity, dt below t's resolution
 
 
-@needs_fused
+@pytest.mark.fused
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_stiffness_is_stopped_by_max_num_steps(loop):
     func = Counting(stiff)
@@ -80,7 +77,7 @@ def test_stiffness_is_stopped_by_max_num_steps(loop):
     assert func.calls <= 2 + 6 * (50 + 4)
 
 
-@needs_fused
+@pytest.mark.fused
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 @pytest.mark.parametrize("direction", [1.0, -1.0])
 def test_nan_after_a_while_names_t_and_dt(loop, direction):
@@ -96,7 +93,7 @@ def test_nan_after_a_while_names_t_and_dt(loop, direction):
     assert 0.0 <= abs(t_err) <= 0.5 and dt > 0
 
 
-@needs_fused
+@pytest.mark.fused
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_known_reverse_time_error_reports_solver_time(loop):
     func = Counting(lambda t, y: -y if float(t) > -0.5 else y * math.nan)
@@ -105,7 +102,7 @@ def test_known_reverse_time_error_reports_solver_time(loop):
     assert -0.5 <= t_and_dt(str(info.value))[0] <= 0.0
 
 
-@needs_fused
+@pytest.mark.fused
 @pytest.mark.parametrize("loop", sorted(LOOPS))
 def test_overflow_to_inf_names_t_and_dt(loop):
     # y' = 1e300 y: finite for a step or two, then inf
@@ -151,7 +148,7 @@ def test_implicit_newton_failure_names_t_and_dt(method):
 
 
 # -- per-sample solves ------------------------------------------------------------------ #
-@needs_fused
+@pytest.mark.fused
 @pytest.mark.parametrize("sync_every", [1, 4, 16])
 def test_per_sample_failures_name_sample_t_and_dt(sync_every):
     """Sample 1 blows up (underflow), sample 2 turns NaN, sample 3 is stiff (max_num_steps):
@@ -183,7 +180,7 @@ def test_per_sample_failures_name_sample_t_and_dt(sync_every):
     assert failure.stats["status"].tolist() == [0, 3, 2, 4, 0]
 
 
-@needs_fused
+@pytest.mark.fused
 def test_per_sample_max_num_steps_bounds_the_loop():
     calls = []
 
@@ -201,7 +198,7 @@ def test_per_sample_max_num_steps_bounds_the_loop():
     assert len(calls) <= 2 + 6 * (30 + 8)  # one batched evaluation per stage of every attempt
 
 
-@needs_fused
+@pytest.mark.fused
 def test_per_sample_refuses_to_drop_parameter_gradients():
     """The per-sample loop runs without autograd: with func's parameters requiring grad it
     would silently give them no gradient through the solution, so it refuses."""
@@ -230,7 +227,7 @@ class Decay(nn.Module):
         return self.rate * y
 
 
-@needs_fused
+@pytest.mark.fused
 def test_adjoint_backward_max_num_steps():
     func = Decay(rate=-50.0)
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
@@ -251,7 +248,7 @@ def test_adjoint_backward_max_num_steps():
     assert func.backward_calls <= 2 + 6 * 5
 
 
-@needs_fused
+@pytest.mark.fused
 def test_adjoint_backward_nan_names_t_and_dt():
     func = Decay(nan_in_backward_after=10)
     y0 = torch.ones(2, dtype=F64, requires_grad=True)
@@ -366,7 +363,7 @@ pytestmark_event = pytest.mark.skipif(
 
 
 @pytestmark_event
-@needs_fused
+@pytest.mark.fused
 def test_event_search_bounded_by_max_num_steps():
     func = Counting(lambda t, y: -y)
     with pytest.raises(RuntimeError, match="max_num_steps") as info:
@@ -382,7 +379,7 @@ def test_event_search_bounded_by_max_num_steps():
 
 
 @pytestmark_event
-@needs_fused
+@pytest.mark.fused
 def test_event_nan_in_func_or_event_fn_names_t():
     with pytest.raises(RuntimeError, match="t="):
         odecore.odeint_event(
@@ -402,7 +399,7 @@ def test_event_nan_in_func_or_event_fn_names_t():
 
 
 @pytestmark_event
-@needs_fused
+@pytest.mark.fused
 def test_event_root_finder_is_bounded():
     """An event function that jumps (no root to converge to): bisection's bound still ends it."""
     from odecore import events

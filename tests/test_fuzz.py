@@ -33,9 +33,11 @@ try:
 except (ImportError, AttributeError):  # the extension is not built: the fused tests skip
     fused = None
 from odecore.ops.control import NUM_SLOTS, Slot
-from odecore.solvers import SOLVERS, FixedGridImplicitRKSolver
+from odecore.solvers import SOLVERS
 from odecore.solvers.adaptive import AdaptiveRKSolver
 from odecore.solvers.per_sample import SampleFailure
+
+from .testing import ADAMS_METHODS, ADAPTIVE_METHODS, FIXED_METHODS, IMPLICIT_METHODS
 
 ALLOWED = (TypeError, ValueError, RuntimeError, NotImplementedError)
 
@@ -77,8 +79,6 @@ def _fixed_torch_seed():
     yield
     torch.random.set_rng_state(state)
 
-
-needs_fused = pytest.mark.skipif(not odecore.backend_info()["cpu"], reason="the fused CPU kernels are not built")
 
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPES = FLOATS + (torch.complex64, torch.complex128, torch.int32, torch.int64, torch.bool)
@@ -154,9 +154,10 @@ def tensors(draw, shape=None, dtype=None, allow_special=True, low=-2.0, high=2.0
 # --------------------------------------------------------------------------------------- #
 # odeint
 # --------------------------------------------------------------------------------------- #
-IMPLICIT = sorted(m for m, cls in SOLVERS.items() if issubclass(cls, FixedGridImplicitRKSolver))
-EXPLICIT = [m for m in SOLVERS if m not in IMPLICIT and m != "scipy_solver"]
-ADAPTIVE = sorted(m for m, cls in SOLVERS.items() if issubclass(cls, AdaptiveRKSolver))
+# hypothesis draws by index: these keep the orders the examples were drawn with
+IMPLICIT = sorted(IMPLICIT_METHODS)
+EXPLICIT = ADAPTIVE_METHODS + FIXED_METHODS + ADAMS_METHODS
+ADAPTIVE = sorted(ADAPTIVE_METHODS)
 # implicit methods (Newton) are slow: sampled once for every four explicit draws
 METHODS = EXPLICIT * 4 + IMPLICIT
 
@@ -266,7 +267,7 @@ FAULTS = (
 VALID_TOLERANCES = [1e-3, 1e-6, 1e-9, 0.0, 1e-300, 1e300, math.inf]
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("odeint")
 @given(
     method=st.sampled_from(METHODS),
@@ -363,7 +364,7 @@ def test_fuzz_odeint(
 ADAPTIVE_FLOAT_OPTIONS = ("first_step", "min_step", "max_step", "safety", "ifactor", "dfactor")
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("odeint_options")
 @given(
     method=st.sampled_from(EXPLICIT),
@@ -466,7 +467,7 @@ PER_SAMPLE_FAULTS = [
 ]
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("odeint_per_sample")
 @given(
     method=st.sampled_from(ADAPTIVE),
@@ -574,7 +575,7 @@ class Linear(nn.Module):
         return self.w * y
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("odeint_adjoint")
 @given(
     method=st.sampled_from(ADAPTIVE + ["rk4", "euler"]),
@@ -705,7 +706,8 @@ SDE_FAULTS = [
 ]
 
 
-@needs_fused
+@pytest.mark.slow
+@pytest.mark.fused
 @fuzz("sdeint")
 @given(
     noise_type=st.sampled_from(["diagonal", "diagonal", "scalar", "additive", "general"]),
@@ -906,7 +908,7 @@ def weighted(y0, k, w):
 COEFFS = st.lists(st.sampled_from([0.0, 1.0, -0.5, 0.25, 1e-3, 3.0]), min_size=5, max_size=5)
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("rk_stage")
 @given(
     args=stage_args(n_max=4),
@@ -1043,7 +1045,7 @@ def same_ratio(got, want, dtype, what):
     assert abs(got - want) <= 64 * eps(dtype) * abs(want) + 1e-300, "%s: ratio %r, oracle %r" % (what, got, want)
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("rk_finish")
 @given(
     args=stage_args(n_max=4),
@@ -1121,7 +1123,7 @@ def test_fuzz_rk_finish(args, data, dt, which, direct, as_dt_tensor):
             same_ratio(ratio[s].item(), want, y0.dtype, op + " sample %d" % s)
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("rk_interp")
 @given(
     args=stage_args(n_max=4),
@@ -1153,7 +1155,7 @@ def test_fuzz_rk_interp(args, degree, poly_fault, x, dt, direct):
         close_to(row.reshape(-1), exact, scale, y0.dtype, "rk_interp at x=%r" % xp)
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("sde_step")
 @given(
     dtype=st.sampled_from(FLOATS * 4 + DTYPES),
@@ -1264,7 +1266,7 @@ def same_tensor(a, b, what):
     )
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("rk_control")
 @given(
     case=control_case(),
@@ -1345,7 +1347,7 @@ def test_fuzz_rk_control(case, fault, direct):
         same_tensor(got, want, "rk_control %s" % name)
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("rk_dense_into")
 @given(case=control_case(), args=stage_args(n_max=3, dtype=torch.float64), data=st.data(), direct=st.booleans())
 def test_fuzz_rk_dense_into(case, args, data, direct):
@@ -1395,7 +1397,7 @@ def test_fuzz_rk_dense_into(case, args, data, direct):
     )
 
 
-@needs_fused
+@pytest.mark.fused
 @fuzz("rk_initial_dt")
 @given(
     values=st.lists(
@@ -1646,7 +1648,7 @@ def run_isolated(code):
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120)
 
 
-@needs_fused
+@pytest.mark.fused
 def test_known_segments_overflow_is_refused():
     result = run_isolated("""
         import torch, odecore
@@ -1662,7 +1664,7 @@ def test_known_segments_overflow_is_refused():
     assert result.returncode == 0 and "refused" in result.stdout, (result.returncode, result.stderr[-500:])
 
 
-@needs_fused
+@pytest.mark.fused
 def test_known_rk_control_checks_state_rows():
     result = run_isolated("""
         import torch, odecore
@@ -1732,7 +1734,7 @@ def test_known_fixed_grid_option_types(option):
         )
 
 
-@needs_fused
+@pytest.mark.fused
 def test_known_dt_ops_not_differentiable():
     y0 = torch.ones(3, dtype=torch.float64, requires_grad=True)
     k = [torch.ones(3, dtype=torch.float64)]

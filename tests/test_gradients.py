@@ -8,7 +8,8 @@ from torch.autograd import gradcheck
 
 import odecore
 
-from .testing import GRAD_METHODS, backends, dtypes, make_func, method_options, product, require_backend
+from .problems import make_func
+from .testing import GRAD_METHODS, backends, dtypes, method_options, product, require_backend
 
 
 @pytest.mark.parametrize("method,backend", product(GRAD_METHODS, backends))

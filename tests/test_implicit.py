@@ -32,34 +32,12 @@ from odecore.solvers.order_conditions import (
 )
 from odecore.solvers.tableau import ImplicitTableau
 
-from .testing import dtypes, product
-
-IMPLICIT = [
-    "implicit_euler",
-    "implicit_midpoint",
-    "trapezoid",
-    "gl4",
-    "gl6",
-    "radauIIA3",
-    "radauIIA5",
-    "sdirk2",
-    "trbdf2",
-]
-ORDERS = {
-    "implicit_euler": 1,
-    "implicit_midpoint": 2,
-    "trapezoid": 2,
-    "gl4": 4,
-    "gl6": 6,
-    "radauIIA3": 3,
-    "radauIIA5": 5,
-    "sdirk2": 2,
-    "trbdf2": 2,
-}
+from .problems import robertson
+from .testing import IMPLICIT_METHODS, ORDERS, dtypes, product
 
 
 def test_registry():
-    for method in IMPLICIT:
+    for method in IMPLICIT_METHODS:
         cls = odecore.SOLVERS[method]
         assert issubclass(cls, FixedGridImplicitRKSolver)
         assert cls.order == ORDERS[method] and cls.name == method
@@ -122,7 +100,7 @@ def test_explicit_tableaus_have_their_order():
             assert tableau_order(tab.a, b_hat, tab.c, max_order=cls.order) == cls.order - 1, name
 
 
-@pytest.mark.parametrize("method", IMPLICIT)
+@pytest.mark.parametrize("method", IMPLICIT_METHODS)
 def test_implicit_tableau_order(method):
     cls = odecore.SOLVERS[method]
     tab, order = cls.tableau, cls.order
@@ -238,7 +216,7 @@ def _slope(hs, errs):
     return np.polyfit(np.log(hs), np.log(errs), 1)[0]
 
 
-@pytest.mark.parametrize("method", IMPLICIT)
+@pytest.mark.parametrize("method", IMPLICIT_METHODS)
 def test_convergence_order(method):
     hs = STEPS[method]
     errs = [_final_error(method, h) for h in hs]
@@ -273,7 +251,7 @@ STIFF_BOUNDS = {
 }
 
 
-@pytest.mark.parametrize("method,dtype", product(IMPLICIT, dtypes))
+@pytest.mark.parametrize("method,dtype", product(IMPLICIT_METHODS, dtypes))
 def test_stiff_linear_system(method, dtype):
     """y' = A y with eigenvalues -1 and -1000 and both modes excited: rk4 at dt = 0.01
     explodes, every implicit method is accurate (the A-stable but not L-stable ones damp the
@@ -306,11 +284,6 @@ def test_stiff_transient_l_stable(method):
     assert (out[1:, 0] - exact[1:]).abs().max().item() <= 1e-5
 
 
-def _robertson(t, y):
-    y1, y2, y3 = y[0], y[1], y[2]
-    return torch.stack([-0.04 * y1 + 1e4 * y2 * y3, 0.04 * y1 - 1e4 * y2 * y3 - 3e7 * y2**2, 3e7 * y2**2])
-
-
 ROBERTSON_T = [0.0, 1e-3, 0.4, 4.0, 40.0]
 # largest relative error of any component at ROBERTSON_T[1:] on the 200-point grid
 ROBERTSON_BOUNDS = {
@@ -331,7 +304,7 @@ def robertson_reference():
     scipy_integrate = pytest.importorskip("scipy.integrate")
 
     def f(t, y):
-        return _robertson(t, torch.as_tensor(y)).numpy()
+        return robertson(t, torch.as_tensor(y)).numpy()
 
     sol = scipy_integrate.solve_ivp(
         f, (0.0, ROBERTSON_T[-1]), [1.0, 0.0, 0.0], method="Radau", rtol=1e-10, atol=1e-12, t_eval=ROBERTSON_T
@@ -347,13 +320,13 @@ def _geometric_grid(func, y0, t):
     return torch.unique(torch.cat([torch.zeros(1, dtype=t.dtype), grid, t]))
 
 
-@pytest.mark.parametrize("method,dtype", product(IMPLICIT, dtypes))
+@pytest.mark.parametrize("method,dtype", product(IMPLICIT_METHODS, dtypes))
 def test_robertson_against_scipy_radau(method, dtype, robertson_reference):
     """Robertson's kinetics (k1 = 0.04, k2 = 3e7, k3 = 1e4) to t = 40 on ~200 steps."""
     tol = dict(rtol=1e-10, atol=1e-14) if dtype == torch.float64 else dict(rtol=1e-6, atol=1e-10)
     with torch.no_grad():
         out, stats = odecore.odeint(
-            _robertson,
+            robertson,
             torch.tensor([1.0, 0.0, 0.0], dtype=dtype),
             torch.tensor(ROBERTSON_T, dtype=dtype),
             method=method,
@@ -380,10 +353,10 @@ def test_non_convergence_names_t_and_dt():
         match=r"radauIIA5: Newton's method .* did not converge in 1 iterations at "
         r"t=0\.0, dt=10\.0 .*max_iters",
     ):
-        odecore.odeint(_robertson, y0, t, method="radauIIA5", options=dict(max_iters=1))
+        odecore.odeint(robertson, y0, t, method="radauIIA5", options=dict(max_iters=1))
     # decreasing time: t and dt as the user sees them
     with pytest.raises(RuntimeError, match=r"did not converge in 2 iterations at t=40\.0, dt=-30\.0"):
-        odecore.odeint(_robertson, y0, t.flip(0), method="implicit_euler", options=dict(max_iters=2))
+        odecore.odeint(robertson, y0, t.flip(0), method="implicit_euler", options=dict(max_iters=2))
 
 
 def test_non_finite_iterates_are_reported():
@@ -540,7 +513,7 @@ def _loss(func, y0, method, **options):
     return (out * _WEIGHTS).sum()
 
 
-@pytest.mark.parametrize("method", IMPLICIT)
+@pytest.mark.parametrize("method", IMPLICIT_METHODS)
 def test_gradients_match_finite_differences(method):
     func = _Func()
     y0 = torch.tensor([1.0, -0.5], dtype=torch.float64, requires_grad=True)

@@ -342,9 +342,9 @@ def test_fused_matches_reference(dtype, layout, device):
     )
 
 
+@pytest.mark.fused
 def test_fused_ops_are_the_registered_ops():
     """get_ops('fused') dispatches to torch.ops.odecore.* (same results)."""
-    require_fused()
     fused = odecore.ops.get_ops("fused")
     y0, ks = make_state(torch.float64, 3)
     assert torch.equal(fused.rk_stage(y0, ks, A, DT), torch.ops.odecore.rk_stage(y0, ks, A, DT))
@@ -376,9 +376,8 @@ def test_gradcheck_ops(backend, layout):
     torch.autograd.gradcheck(lambda y, *k: ops.rk_interp(y, list(k), POLY[:6], DT, [0.2, 0.7, 1.0]), (y0, *ks))
 
 
-@pytest.mark.parametrize("dtype", dtypes)
+@pytest.mark.fused
 def test_fused_gradients_match_reference(dtype):
-    require_fused()
     grads = {}
     for backend in backends:
         ops = odecore.ops.get_ops(backend)

@@ -9,17 +9,8 @@ import torch
 
 import odecore
 
-from .testing import (
-    ADAPTIVE_METHODS,
-    FIXED_METHODS,
-    METHODS,
-    CountingFunc,
-    dtypes,
-    get_problem,
-    product,
-    time_grid,
-    van_der_pol,
-)
+from .problems import get_problem, van_der_pol
+from .testing import ADAPTIVE_METHODS, EXPLICIT_RK_METHODS, FIXED_METHODS, CountingFunc, dtypes, product, time_grid
 
 INF = float("inf")
 STAT_KEYS = ("nfe", "n_steps", "n_accepted", "n_rejected")
@@ -211,7 +202,6 @@ def test_custom_norm_is_used(tuple_state):
     assert st["nfe"] >= st_rms["nfe"]  # linf >= rms: at least as many steps
 
 
-@pytest.mark.parametrize("dtype", dtypes)
 def test_time_dtype_option(dtype):
     prob = get_problem("exponential")
     y0 = prob.y0(dtype)
@@ -403,7 +393,7 @@ def test_known_options_do_not_warn(method):
         odecore.odeint(lambda t, y: -y, torch.ones(1), torch.tensor([0.0, 1.0]), method=method, options=opts)
 
 
-@pytest.mark.parametrize("method,dtype", product(METHODS, dtypes))
+@pytest.mark.parametrize("method,dtype", product(EXPLICIT_RK_METHODS, dtypes))
 def test_single_time_point(method, dtype):
     y0 = torch.tensor([[1.0, 2.0]], dtype=dtype)
     t = torch.tensor([0.5], dtype=dtype)
@@ -484,7 +474,7 @@ def test_per_tuple_tolerances():
 # --------------------------------------------------------------------------- #
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", EXPLICIT_RK_METHODS)
 def test_return_stats(method):
     f = CountingFunc(van_der_pol(1.0))
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)

@@ -7,28 +7,12 @@ import pytest
 import torch
 
 import odecore
-from odecore.solvers import SOLVERS
-from odecore.solvers.adaptive import AdaptiveRKSolver
 from odecore.solvers.per_sample import SampleFailure
 
-from .testing import require_fused
+from .problems import van_der_pol
+from .testing import ADAPTIVE_METHODS
 
-ADAPTIVE = sorted(name for name, cls in SOLVERS.items() if issubclass(cls, AdaptiveRKSolver))
-
-
-@pytest.fixture(autouse=True)
-def _needs_fused():
-    require_fused()
-
-
-class VdP:
-    """Van der Pol with one mu per sample (mu broadcast against y's batch dimension)."""
-
-    def __init__(self, mu):
-        self.mu = mu
-
-    def __call__(self, t, y):
-        return torch.stack([y[..., 1], self.mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
+pytestmark = pytest.mark.fused
 
 
 def forced(t, y):
@@ -62,14 +46,14 @@ def check_equal_to_solo(ys, stats, solos, column=lambda ys, b: ys[:, b]):
         assert stats["nfe_per_sample"][b].item() == sb["nfe"]
 
 
-@pytest.mark.parametrize("method", ADAPTIVE)
+@pytest.mark.parametrize("method", ADAPTIVE_METHODS)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_equals_solving_each_sample_alone(method, dtype):
     mu = torch.tensor([1.0, 4.0, 9.0, 16.0, 25.0], dtype=dtype)
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.5, -1.0], [2.0, 0.5], [-1.5, 0.0]], dtype=dtype)
     t = torch.linspace(0, 4, 9, dtype=dtype)
     ys, stats = odecore.odeint(
-        VdP(mu.view(5)[:, None][..., 0]),
+        van_der_pol(mu.view(5)[:, None][..., 0], dim=-1),
         y0,
         t,
         rtol=1e-6,
@@ -78,7 +62,7 @@ def test_equals_solving_each_sample_alone(method, dtype):
         options={"batch_dim": 0, "return_stats": True},
     )
     assert ys.shape == (9, 5, 2) and stats["loop"] == "per_sample"
-    check_equal_to_solo(ys, stats, solo_solves(lambda b: VdP(mu[b]), y0, lambda b: t, method))
+    check_equal_to_solo(ys, stats, solo_solves(lambda b: van_der_pol(mu[b], dim=-1), y0, lambda b: t, method))
 
 
 def test_reverse_time_and_time_dependent_func():
@@ -101,13 +85,17 @@ def test_batch_dim_other_than_zero():
     y0 = torch.randn(2, 6, dtype=torch.float64, generator=g)  # batch along dim 1
     mu = torch.linspace(1, 10, 6, dtype=torch.float64)
 
+    columns = van_der_pol(mu, dim=0)
+
     def vdp_cols(t, y):
         assert t.shape == (1, 6)
-        return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]], 0)
+        return columns(t, y)
 
     t = torch.linspace(0, 3, 4, dtype=torch.float64)
     ys = odecore.odeint(vdp_cols, y0, t, rtol=1e-6, atol=1e-6, options={"batch_dim": 1})
-    rows = odecore.odeint(VdP(mu), y0.t().contiguous(), t, rtol=1e-6, atol=1e-6, options={"batch_dim": 0})
+    rows = odecore.odeint(
+        van_der_pol(mu, dim=-1), y0.t().contiguous(), t, rtol=1e-6, atol=1e-6, options={"batch_dim": 0}
+    )
     assert ys.shape == (4, 2, 6)
     assert torch.equal(ys, rows.transpose(1, 2))
 
@@ -120,11 +108,15 @@ def test_van_der_pol_mu_1_to_25_fewer_evaluations_same_answers():
     mu = 1 + 24 * torch.rand(n, dtype=torch.float64, generator=g)
     y0 = torch.stack([2 * torch.ones(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64)], -1)
     t = torch.linspace(0, 10, 21, dtype=torch.float64)
-    per, stats = odecore.odeint(VdP(mu), y0, t, rtol=1e-7, atol=1e-7, options={"batch_dim": 0, "return_stats": True})
-    shared, shared_stats = odecore.odeint(VdP(mu), y0, t, rtol=1e-7, atol=1e-7, options={"return_stats": True})
+    per, stats = odecore.odeint(
+        van_der_pol(mu, dim=-1), y0, t, rtol=1e-7, atol=1e-7, options={"batch_dim": 0, "return_stats": True}
+    )
+    shared, shared_stats = odecore.odeint(
+        van_der_pol(mu, dim=-1), y0, t, rtol=1e-7, atol=1e-7, options={"return_stats": True}
+    )
     mean_nfe = stats["nfe_per_sample"].double().mean().item()
     assert mean_nfe < 0.8 * shared_stats["nfe"], (mean_nfe, shared_stats["nfe"])
-    truth = odecore.odeint(VdP(mu), y0, t, rtol=1e-11, atol=1e-11)
+    truth = odecore.odeint(van_der_pol(mu, dim=-1), y0, t, rtol=1e-11, atol=1e-11)
     assert (per - truth).abs().max() < 1e-3
     assert (shared - truth).abs().max() < 1e-3
 
@@ -154,7 +146,10 @@ def test_max_num_steps_per_sample():
     y0 = torch.tensor([[2.0, 0.0], [2.0, 0.0]], dtype=torch.float64)
     with pytest.raises(SampleFailure, match="sample 1: max_num_steps exceeded") as info:
         odecore.odeint(
-            VdP(mu), y0, torch.tensor([0.0, 3.0], dtype=torch.float64), options={"batch_dim": 0, "max_num_steps": 200}
+            van_der_pol(mu, dim=-1),
+            y0,
+            torch.tensor([0.0, 3.0], dtype=torch.float64),
+            options={"batch_dim": 0, "max_num_steps": 200},
         )
     assert info.value.failed == [1]
 
@@ -164,7 +159,7 @@ def test_host_reads_at_most_steps_over_k(k):
     mu = torch.linspace(1, 5, 8, dtype=torch.float64)
     y0 = torch.tensor([[2.0, 0.0]], dtype=torch.float64).repeat(8, 1)
     _, stats = odecore.odeint(
-        VdP(mu),
+        van_der_pol(mu, dim=-1),
         y0,
         torch.linspace(0, 10, 3, dtype=torch.float64),
         options={"batch_dim": 0, "return_stats": True, "sync_every": k},
@@ -191,9 +186,9 @@ def test_reference_backend_equals_fused():
     y0 = torch.tensor([[2.0, 0.0], [1.0, 1.0], [0.5, -1.0]], dtype=torch.float64)
     t = torch.linspace(0, 2, 4, dtype=torch.float64)
     ref, ref_stats = odecore.odeint(
-        VdP(mu), y0, t, options={"batch_dim": 0, "backend": "reference", "return_stats": True}
+        van_der_pol(mu, dim=-1), y0, t, options={"batch_dim": 0, "backend": "reference", "return_stats": True}
     )
-    fused, fused_stats = odecore.odeint(VdP(mu), y0, t, options={"batch_dim": 0, "return_stats": True})
+    fused, fused_stats = odecore.odeint(van_der_pol(mu, dim=-1), y0, t, options={"batch_dim": 0, "return_stats": True})
     assert torch.equal(ref_stats["n_steps"], fused_stats["n_steps"])
     torch.testing.assert_close(ref, fused, rtol=1e-12, atol=1e-12)
 

@@ -21,7 +21,6 @@ from odecore.solvers.per_sample import SampleFailure
 
 F64 = torch.float64
 ITERATIONS = 50
-needs_fused = pytest.mark.skipif(not odecore.backend_info()["cpu"], reason="the fused CPU kernels are not built")
 
 
 class Field(nn.Module):
@@ -154,7 +153,8 @@ def live_tensors():
 
 
 # -- memory ------------------------------------------------------------------------------ #
-@needs_fused
+@pytest.mark.slow
+@pytest.mark.fused
 @pytest.mark.parametrize("name", sorted(SOLVES))
 def test_repeated_solves_do_not_grow_memory(name):
     """No tensor outlives its solve, and Python memory settles: after 20 traced warm-up
@@ -194,10 +194,6 @@ def test_repeated_solves_do_not_grow_memory(name):
 
 
 @pytest.mark.cuda
-@pytest.mark.skipif(
-    not torch.cuda.is_available() or not odecore.backend_info()["cuda"],
-    reason="needs a CUDA device and the CUDA kernels",
-)
 @pytest.mark.parametrize("loop", [{"sync_every": 0}, {"sync_every": 16}, {"batch_dim": 0}, "adjoint"])
 def test_repeated_cuda_solves_do_not_grow_memory(loop):
     func = Field().cuda()
@@ -272,7 +268,7 @@ INTERRUPTED = {
 }
 
 
-@needs_fused
+@pytest.mark.fused
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 @pytest.mark.parametrize("name", sorted(INTERRUPTED))
 def test_keyboard_interrupt_leaves_no_broken_state(name, backend):
@@ -353,7 +349,7 @@ def _per_sample(i):
         return odecore.odeint(Field(), y0_batch() * (1 + i), T, options={"batch_dim": 0})
 
 
-@needs_fused
+@pytest.mark.fused
 @pytest.mark.parametrize("backend", ["fused", "reference"])
 def test_threads_give_the_serial_answers(backend):
     """4 threads x 3 solves of each kind at once, against the same solves one after another."""
@@ -386,7 +382,7 @@ def test_threads_give_the_serial_answers(backend):
         assert torch.equal(results[job], serial[job]), "%s differs when solved in a thread" % (job,)
 
 
-@needs_fused
+@pytest.mark.fused
 def test_set_backend_in_one_thread_while_others_solve():
     """set_backend is global: a solve that names its backend is not affected by another
     thread switching the global one, and every answer is still the serial one."""

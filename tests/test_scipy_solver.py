@@ -15,14 +15,20 @@ import torch
 
 import odecore
 
+from .problems import robertson, van_der_pol
+
 scipy_integrate = pytest.importorskip("scipy.integrate")
 torchdiffeq = pytest.importorskip("torchdiffeq")
 
 SCIPY_METHODS = ["RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA"]
 
 
-def van_der_pol(t, y):
-    return torch.stack([y[..., 1], (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], dim=-1) * (1 + 0.1 * torch.sin(t))
+VAN_DER_POL = van_der_pol(1.0, dim=-1)
+
+
+def time_scaled_van_der_pol(t, y):
+    """Van der Pol (mu = 1) with its time scaled by 1 + 0.1 sin(t): func depends on t."""
+    return VAN_DER_POL(t, y) * (1 + 0.1 * torch.sin(t))
 
 
 def scipy_direct(f, y0, t, rtol, atol, solver):
@@ -71,10 +77,10 @@ def test_matches_scipy_and_torchdiffeq(solver, dtype):
     y0 = torch.tensor([[2.0, 0.0], [0.5, -1.0]], dtype=dtype)
     t = torch.tensor([0.0, 0.3, 1.1, 2.5], dtype=dtype)
     opts = {"solver": solver}
-    out = solve(odecore, van_der_pol, y0, t, rtol=1e-7, atol=1e-9, options=opts)
+    out = solve(odecore, time_scaled_van_der_pol, y0, t, rtol=1e-7, atol=1e-9, options=opts)
     assert out.dtype == dtype and out.shape == (4, 2, 2) and not out.requires_grad
-    direct = scipy_direct(van_der_pol, y0, t, 1e-7, 1e-9, solver)
-    td = solve(torchdiffeq, van_der_pol, y0, t, rtol=1e-7, atol=1e-9, options=opts)
+    direct = scipy_direct(time_scaled_van_der_pol, y0, t, 1e-7, 1e-9, solver)
+    td = solve(torchdiffeq, time_scaled_van_der_pol, y0, t, rtol=1e-7, atol=1e-9, options=opts)
     assert (out.double() - direct.double()).abs().max().item() <= 1e-10
     assert (out.double() - td.double()).abs().max().item() <= torchdiffeq_bound(solver, dtype)
 
@@ -105,21 +111,14 @@ def test_rtol_atol_pass_through():
     y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
     t = torch.linspace(0, 3, 4, dtype=torch.float64)
     atol = torch.tensor([1e-6, 1e-10], dtype=torch.float64)
-    out = solve(odecore, van_der_pol, y0, t, rtol=1e-5, atol=atol, options={"solver": "RK45"})
-    td = solve(torchdiffeq, van_der_pol, y0, t, rtol=1e-5, atol=atol, options={"solver": "RK45"})
+    out = solve(odecore, time_scaled_van_der_pol, y0, t, rtol=1e-5, atol=atol, options={"solver": "RK45"})
+    td = solve(torchdiffeq, time_scaled_van_der_pol, y0, t, rtol=1e-5, atol=atol, options={"solver": "RK45"})
     assert (out - td).abs().max().item() <= 1e-12
-    loose = solve(odecore, van_der_pol, y0, t, rtol=1e-5, atol=1e-6, options={"solver": "RK45"})
+    loose = solve(odecore, time_scaled_van_der_pol, y0, t, rtol=1e-5, atol=1e-6, options={"solver": "RK45"})
     assert (out - loose).abs().max().item() > 0
 
 
 ROBERTSON_T40 = [0.7158270687, 9.185534764e-6, 0.2841637457]  # Hairer & Wanner's reference values at t = 40
-
-
-def robertson(t, y):
-    r1 = 0.04 * y[0]
-    r2 = 1e4 * y[1] * y[2]
-    r3 = 3e7 * y[1] ** 2
-    return torch.stack([-r1 + r2, r1 - r2 - r3, r3])
 
 
 @pytest.mark.parametrize("solver", ["Radau", "BDF", "LSODA"])
@@ -239,7 +238,7 @@ def test_stats():
 
     def f(tt, y):
         calls.append(1)
-        return van_der_pol(tt, y)
+        return time_scaled_van_der_pol(tt, y)
 
     for solver in SCIPY_METHODS:
         calls.clear()

@@ -114,6 +114,7 @@ def test_matches_backprop_with_error_shrinking_like_dt(sde_type, noise_type, met
     assert errors[-1] < (1.5e-2 if method in ("euler", "milstein") else 3e-4), errors
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "sde_type,noise_type,method,tol",
     [("ito", "diagonal", "milstein", 2e-3), ("stratonovich", "diagonal", "midpoint", 2e-5)],

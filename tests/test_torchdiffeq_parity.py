@@ -11,7 +11,8 @@ import torch
 
 import odecore
 
-from .testing import FIXED_METHODS, CountingFunc, dtypes, get_problem, product, spiral, time_grid, van_der_pol
+from .problems import get_problem, spiral, van_der_pol
+from .testing import FIXED_METHODS, CountingFunc, dtypes, product, time_grid
 
 torchdiffeq = pytest.importorskip("torchdiffeq")
 

@@ -1,24 +1,33 @@
-"""Shared helpers for the odecore test-suite.
+"""Shared helpers for the odecore test-suite (the problems themselves: tests/problems.py).
 
-Everything that more than one test module needs lives here: the parametrisation
-lists (dtypes, backends, devices, methods), the "fused kernels available?"
-gate, analytic problems with closed-form solutions, and small independent
+The parametrisation lists (dtypes, backends, devices, methods by kind), the gates that skip
+a test without the fused or CUDA kernels, tolerances, a counting func, and small independent
 oracles for the fused operators.
 
 Tests parametrise with ``itertools.product`` over these lists (pytorch_scatter
 style), e.g.::
 
-    @pytest.mark.parametrize('method,dtype', product(METHODS, dtypes))
+    @pytest.mark.parametrize('method,dtype', product(EXPLICIT_RK_METHODS, dtypes))
 """
 
 import itertools
-import math
 import os
+from collections.abc import Callable
 
 import pytest
 import torch
 
 import odecore
+from odecore.solvers import (
+    AdamsBashforthMoulton,
+    AdaptiveRKSolver,
+    FixedGridImplicitRKSolver,
+    FixedGridRKSolver,
+    ScipyWrapperODESolver,
+)
+from odecore.solvers.fixed_grid_increment import FixedGridIncrementSolver
+
+from .problems import VectorField, van_der_pol
 
 # --------------------------------------------------------------------------- #
 # Parametrisation lists
@@ -33,9 +42,34 @@ def product(*iterables):
 dtypes = [torch.float32, torch.float64]
 backends = ["reference", "fused"]
 
-ADAPTIVE_METHODS = ["dopri5", "dopri8", "tsit5", "bosh3", "fehlberg2", "adaptive_heun"]
-FIXED_METHODS = ["euler", "midpoint", "heun2", "heun3", "rk4"]
-METHODS = ADAPTIVE_METHODS + FIXED_METHODS
+
+def registered_methods(is_kind: Callable[[type], bool]) -> list[str]:
+    """The names in odecore.SOLVERS whose solver class passes ``is_kind``, in registry order."""
+    return [name for name, cls in odecore.SOLVERS.items() if is_kind(cls)]
+
+
+# Each kind is tested on its own class, so that test_every_method_is_of_exactly_one_kind
+# catches a solver that falls into none of them or into two.
+ADAPTIVE_METHODS = registered_methods(lambda cls: issubclass(cls, AdaptiveRKSolver))
+# fixed-grid explicit Runge-Kutta; Adams and the implicit methods step on the same grid
+# through FixedGridIncrementSolver
+FIXED_METHODS = registered_methods(
+    lambda cls: issubclass(cls, FixedGridRKSolver) and not issubclass(cls, FixedGridIncrementSolver)
+)
+ADAMS_METHODS = registered_methods(lambda cls: issubclass(cls, AdamsBashforthMoulton))
+IMPLICIT_METHODS = registered_methods(lambda cls: issubclass(cls, FixedGridImplicitRKSolver))
+SCIPY_SOLVER_METHODS = registered_methods(lambda cls: issubclass(cls, ScipyWrapperODESolver))
+METHOD_KINDS = {
+    "adaptive explicit Runge-Kutta": ADAPTIVE_METHODS,
+    "fixed-grid explicit Runge-Kutta": FIXED_METHODS,
+    "Adams": ADAMS_METHODS,
+    "fixed-grid implicit Runge-Kutta": IMPLICIT_METHODS,
+    "scipy_solver": SCIPY_SOLVER_METHODS,
+}
+EXPLICIT_RK_METHODS = ADAPTIVE_METHODS + FIXED_METHODS
+ALL_METHODS = list(odecore.SOLVERS)
+
+# Written out rather than read from the classes: the registry tests check the classes' own.
 ORDERS = {
     "dopri5": 5,
     "dopri8": 8,
@@ -48,15 +82,22 @@ ORDERS = {
     "heun2": 2,
     "heun3": 3,
     "rk4": 4,
+    "implicit_euler": 1,
+    "implicit_midpoint": 2,
+    "trapezoid": 2,
+    "gl4": 4,
+    "gl6": 6,
+    "radauIIA3": 3,
+    "radauIIA5": 5,
+    "sdirk2": 2,
+    "trbdf2": 2,
 }
-# Methods that also exist in torchdiffeq 0.2.5 (tsit5 does not).
-TORCHDIFFEQ_METHODS = [m for m in METHODS if m != "tsit5"]
 
 # Environment switch used by CI: fused kernels *must* be present.
 REQUIRE_EXTENSION = os.environ.get("ODECORE_REQUIRE_EXTENSION", "") == "1"
 
 
-def _cuda_available():
+def _cuda_available() -> bool:
     try:
         return bool(torch.cuda.is_available() and odecore.backend_info()["cuda"])
     except Exception:  # pragma: no cover - backend_info itself is tested elsewhere
@@ -65,8 +106,12 @@ def _cuda_available():
 
 devices = ["cpu"] + (["cuda"] if _cuda_available() else [])
 
+# --------------------------------------------------------------------------- #
+# Gates (the `fused` and `cuda` markers apply them to whole tests: tests/conftest.py)
+# --------------------------------------------------------------------------- #
 
-def require_fused(device="cpu"):
+
+def require_fused(device: str | torch.device = "cpu") -> None:
     """Skip (or, with ODECORE_REQUIRE_EXTENSION=1, fail) when the fused kernels
     for ``device`` are not importable."""
     key = "cuda" if str(device).startswith("cuda") else "cpu"
@@ -77,30 +122,32 @@ def require_fused(device="cpu"):
         pytest.skip(msg)
 
 
-def require_backend(backend, device="cpu"):
+def require_backend(backend: str, device: str | torch.device = "cpu") -> None:
     """Gate for tests parametrised over ``backends``."""
     assert backend in backends, backend
     if backend == "fused":
         require_fused(device)
 
 
-def require_cuda():
+def require_cuda() -> None:
     if "cuda" not in devices:
         pytest.skip("CUDA not available")
 
 
 # --------------------------------------------------------------------------- #
-# Tolerances
+# Output times, tolerances, errors
 # --------------------------------------------------------------------------- #
+
+
+def time_grid(direction: str, dtype: torch.dtype, device: str = "cpu", n: int = 4, a: float = 0.3, b: float = 1.8):
+    """Output times: forward [a..b] or backward [b..a]."""
+    t = torch.linspace(a, b, n, dtype=dtype, device=device)
+    return t if direction == "forward" else t.flip(0)
 
 
 def solver_tol(dtype):
     """rtol=atol used for adaptive solves in the analytic tests."""
     return 1e-8 if dtype == torch.float64 else 1e-5
-
-
-def eps(dtype):
-    return torch.finfo(dtype).eps
 
 
 def max_abs_err(a, b):
@@ -112,162 +159,6 @@ def max_rel_err(a, b, floor=1.0):
     a = a.detach().double().cpu()
     b = b.detach().double().cpu()
     return ((a - b).abs() / b.abs().clamp_min(floor)).max().item()
-
-
-# --------------------------------------------------------------------------- #
-# Analytic problems.  Each problem has a closed-form solution valid for any
-# t0 and any direction of time, so they serve for forward and backward solves.
-# --------------------------------------------------------------------------- #
-
-
-class Problem:
-    name = None
-
-    def func(self, t, y):
-        raise NotImplementedError
-
-    def y0(self, dtype, device="cpu"):
-        raise NotImplementedError
-
-    def exact(self, t, y0):
-        """Closed-form solution at every element of ``t`` (float64),
-        starting from ``y0`` at ``t[0]``."""
-        raise NotImplementedError
-
-
-class Constant(Problem):
-    """y' = c"""
-
-    name = "constant"
-
-    def __init__(self):
-        self.c = torch.tensor([1.5, -0.5, 0.25], dtype=torch.float64)
-
-    def func(self, t, y):
-        return self.c.to(y) + 0 * y
-
-    def y0(self, dtype, device="cpu"):
-        return torch.tensor([0.5, 1.0, -2.0], dtype=dtype, device=device)
-
-    def exact(self, t, y0):
-        t = t.double().cpu()
-        y0 = y0.double().cpu()
-        return y0[None] + self.c[None] * (t - t[0])[:, None]
-
-
-class Exponential(Problem):
-    """y' = lam * y, elementwise, y of shape (2, 3)"""
-
-    name = "exponential"
-
-    def __init__(self):
-        self.lam = torch.tensor([[-1.0, -0.5, 0.3], [0.8, -2.0, 0.1]], dtype=torch.float64)
-
-    def func(self, t, y):
-        return self.lam.to(y) * y
-
-    def y0(self, dtype, device="cpu"):
-        return torch.tensor([[1.0, 2.0, -1.0], [0.5, 1.5, 3.0]], dtype=dtype, device=device)
-
-    def exact(self, t, y0):
-        t = t.double().cpu()
-        y0 = y0.double().cpu()
-        dt = (t - t[0]).view(-1, 1, 1)
-        return y0[None] * torch.exp(self.lam[None] * dt)
-
-
-class Sine(Problem):
-    """y' = a * cos(t)  (non-autonomous)"""
-
-    name = "sine"
-
-    def __init__(self):
-        self.a = torch.tensor([1.0, -2.0], dtype=torch.float64)
-
-    def func(self, t, y):
-        return self.a.to(y) * torch.cos(t)
-
-    def y0(self, dtype, device="cpu"):
-        return torch.tensor([0.0, 1.0], dtype=dtype, device=device)
-
-    def exact(self, t, y0):
-        t = t.double().cpu()
-        y0 = y0.double().cpu()
-        return y0[None] + self.a[None] * (torch.sin(t) - torch.sin(t[0]))[:, None]
-
-
-class Linear(Problem):
-    """y' = A y, solution via the matrix exponential."""
-
-    name = "linear"
-
-    def __init__(self):
-        self.A = torch.tensor([[-0.5, 1.0, 0.0], [-1.0, -0.3, 0.4], [0.2, 0.0, -0.8]], dtype=torch.float64)
-
-    def func(self, t, y):
-        return self.A.to(y) @ y
-
-    def y0(self, dtype, device="cpu"):
-        return torch.tensor([1.0, 0.5, -0.7], dtype=dtype, device=device)
-
-    def exact(self, t, y0):
-        t = t.double().cpu()
-        y0 = y0.double().cpu()
-        return torch.stack([torch.linalg.matrix_exp(self.A * (ti - t[0])) @ y0 for ti in t])
-
-
-PROBLEMS = [Constant(), Exponential(), Sine(), Linear()]
-PROBLEM_NAMES = [p.name for p in PROBLEMS]
-
-
-def get_problem(name):
-    return {p.name: p for p in PROBLEMS}[name]
-
-
-def time_grid(direction, dtype, device="cpu", n=4, a=0.3, b=1.8):
-    """Output times: forward [a..b] or backward [b..a]."""
-    t = torch.linspace(a, b, n, dtype=dtype, device=device)
-    return t if direction == "forward" else t.flip(0)
-
-
-# Non-linear problems (no closed form; scipy is the truth there).
-
-
-def van_der_pol(mu=1.0):
-    def f(t, y):
-        return torch.stack([y[1], mu * (1 - y[0] ** 2) * y[1] - y[0]])
-
-    return f
-
-
-def van_der_pol_batched(mu=1.0):
-    """Van der Pol on a batch of states (..., 2) (van_der_pol takes (2, ...): rows x, v)."""
-
-    def f(t, y):
-        return torch.stack([y[..., 1], mu * (1 - y[..., 0] ** 2) * y[..., 1] - y[..., 0]], -1)
-
-    return f
-
-
-def forced_rotation(t, y):
-    """A rotation forced in time, on states (..., 2)."""
-    return torch.stack([y[..., 1], -y[..., 0]], -1) + 0.3 * torch.sin(3 * t)
-
-
-def lotka_volterra(a=1.5, b=1.0, c=3.0, d=1.0):
-    def f(t, y):
-        return torch.stack([a * y[0] - b * y[0] * y[1], -c * y[1] + d * y[0] * y[1]])
-
-    return f
-
-
-def spiral():
-    A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
-
-    def f(t, y):
-        return (A.to(y) @ (y**3).unsqueeze(-1)).squeeze(-1)
-
-    return f
 
 
 class CountingFunc:
@@ -360,10 +251,6 @@ def transposed(x2d):
     return out
 
 
-def sqrt_mean_square(x):
-    return math.sqrt(float((x.double() ** 2).mean()))
-
-
 # --------------------------------------------------------------------------- #
 # Gradient tests (direct backprop and adjoint)
 # --------------------------------------------------------------------------- #
@@ -378,10 +265,7 @@ def method_options(method, backend, step_size=0.1):
     return opts
 
 
-def make_func(p):
-    """A small non-linear, non-autonomous system with a parameter vector p."""
-
-    def f(t, y):
-        return torch.stack([p[0] * y[1], -y[0] + p[1] * torch.sin(y[1]) * y[0] + 0.1 * torch.cos(t)])
-
-    return f
+# tests/test_compiled_solve.py, being written beside this refactor, still imports this name:
+# remove it once that file calls problems.van_der_pol(mu, dim=-1) itself.
+def van_der_pol_batched(mu: float | torch.Tensor = 1.0) -> VectorField:
+    return van_der_pol(mu, dim=-1)

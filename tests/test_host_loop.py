@@ -6,24 +6,29 @@ import math
 
 import pytest
 import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 import odecore
+from odecore import adjoint as adjoint_mod
 from odecore.solvers import adaptive as adaptive_mod
+from odecore.solvers.base import RHS
+from odecore.solvers.per_sample import SampleFailure
 
+from .problems import blowup, van_der_pol
+from .problems import forced_rotation as forced
 from .testing import ADAPTIVE_METHODS as ADAPTIVE
-from .testing import forced_rotation as forced
-from .testing import require_fused, van_der_pol_batched
 
+try:
+    from odecore.ops import fused
+except ImportError:  # the extension is not built: every test here skips
+    fused = None
 
-@pytest.fixture(autouse=True)
-def _needs_fused():
-    require_fused()
+pytestmark = pytest.mark.fused
 
 
 def count_calls(monkeypatch, name):
     """The list that grows by one at every call of odecore.ops.fused.<name>."""
-    from odecore.ops import fused
-
     calls = []
     inner = getattr(fused, name)
 
@@ -41,16 +46,16 @@ def loop_calls(monkeypatch):
     return count_calls(monkeypatch, "host_loop")
 
 
-vdp = van_der_pol_batched(2.0)
+vdp = van_der_pol(2.0, dim=-1)
 
 
 def run(compiled, fn, *args, **kwargs):
-    saved = adaptive_mod.COMPILED_LOOP
-    adaptive_mod.COMPILED_LOOP = compiled
+    saved = adaptive_mod.CPP_HOST_LOOP
+    adaptive_mod.CPP_HOST_LOOP = compiled
     try:
         return fn(*args, **kwargs)
     finally:
-        adaptive_mod.COMPILED_LOOP = saved
+        adaptive_mod.CPP_HOST_LOOP = saved
 
 
 def solve(func, y0, t, method="dopri5", rtol=1e-5, atol=1e-6, **options):
@@ -185,9 +190,6 @@ def test_compiled_loop_errors_match():
     assert a == errors(True, nan_later, y0, t) and "non-finite" in a[1] and "t=" in a[1]
 
     # blow-up: step-size underflow (or non-finite), reversed time
-    def blowup(t, y):
-        return y**2
-
     tb = torch.tensor([0.0, -2.0], dtype=torch.float64)
     a = errors(False, blowup, -y0, tb)
     assert a == errors(True, blowup, -y0, tb) and ("underflow" in a[1] or "non-finite" in a[1])
@@ -219,8 +221,6 @@ def test_compiled_loop_func_exception_propagates_and_counts():
         if len(calls) == 9:
             raise Boom("from func")
         return -y
-
-    from odecore.solvers.base import RHS
 
     seen = []
     orig = RHS.__init__
@@ -272,10 +272,8 @@ class _MLP(torch.nn.Module):
 
 
 def adjoint_grads(native, func, y0, t, compiled=True, **kwargs):
-    from odecore import adjoint as adjoint_mod
-
-    saved = adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.COMPILED_LOOP
-    adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.COMPILED_LOOP = native, compiled
+    saved = adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.CPP_HOST_LOOP
+    adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.CPP_HOST_LOOP = native, compiled
     try:
         y0 = y0.clone().requires_grad_()
         t = t.clone().requires_grad_()
@@ -284,7 +282,7 @@ def adjoint_grads(native, func, y0, t, compiled=True, **kwargs):
         params = [q for q in func.parameters()]
         return (ys, *torch.autograd.grad(loss, [y0, t, *params]))
     finally:
-        adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.COMPILED_LOOP = saved
+        adjoint_mod.NATIVE_DYNAMICS, adaptive_mod.CPP_HOST_LOOP = saved
 
 
 @pytest.mark.parametrize("time", [False, True], ids=["autonomous", "time_dependent"])
@@ -407,7 +405,7 @@ LOOP_IDS = ["python_loop", "compiled_loop", "device_loop", "per_sample"]
 def _loop_options(loop, monkeypatch):
     loop = dict(loop)
     if not loop.pop("compiled", True):
-        monkeypatch.setattr(adaptive_mod, "COMPILED_LOOP", False)
+        monkeypatch.setattr(adaptive_mod, "CPP_HOST_LOOP", False)
     return loop
 
 
@@ -450,9 +448,7 @@ def test_float32_time_that_stops_moving_is_an_underflow(loop, monkeypatch):
     dt = 5.5e-8 here). Checked in float64, time stood still while the state moved on, until dt
     reached float64's underflow at 1e-16."""
     options = dict(_loop_options(loop, monkeypatch), dtype=torch.float32, max_num_steps=100000)
-    error = RuntimeError
-    if "batch_dim" in loop:
-        from odecore.solvers.per_sample import SampleFailure as error
+    error = SampleFailure if "batch_dim" in loop else RuntimeError
     with pytest.raises(error, match="underflow") as info:
         odecore.odeint(
             lambda t, y: y * y,
@@ -468,9 +464,6 @@ def test_float32_time_that_stops_moving_is_an_underflow(loop, monkeypatch):
 
 
 # -- differential fuzzing: compiled loop vs Python loop ------------------------------------
-
-from hypothesis import HealthCheck, event, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 def _outcome(compiled, func, y0, t, method, rtol, atol, options):
@@ -495,10 +488,11 @@ _FIELDS = {
     "linear": lambda t, y: -0.7 * y + torch.sin(2.0 * t) * y.flip(-1),
     "vdp": vdp,
     "cubic": lambda t, y: -(y**3) + 0.1 * y.flip(-1),
-    "blowup": lambda t, y: y * y,
+    "blowup": blowup,
 }
 
 
+@pytest.mark.slow
 @settings(
     max_examples=150, deadline=None, derandomize=True, database=None, suppress_health_check=[HealthCheck.too_slow]
 )

@@ -14,6 +14,7 @@ import torch
 
 from odecore.__main__ import main
 from odecore.apps import data, sdenet
+from odecore.nn import SDENetRegression
 
 METRICS = {"tnr_at_tpr95", "auroc", "detection_accuracy", "aupr_in", "aupr_out"}
 
@@ -159,8 +160,6 @@ def test_defaults_depend_on_the_data(monkeypatch):
 
 def test_predictions_and_gaussian_nll():
     torch.manual_seed(0)
-    from odecore.nn import SDENetRegression
-
     x, y = torch.randn(40, 10), torch.randn(40)
     quiet = SDENetRegression(10, hidden=8, sigma_max=0.0)
     mean, var, spread = sdenet.predict_regression(quiet, x, passes=3)

@@ -8,7 +8,8 @@ import torch
 
 import odecore
 
-from .testing import ADAPTIVE_METHODS, lotka_volterra, product, van_der_pol
+from .problems import lotka_volterra, van_der_pol
+from .testing import ADAPTIVE_METHODS, product
 
 scipy_integrate = pytest.importorskip("scipy.integrate")
 
