@@ -67,9 +67,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     rows = sorted(rows, key=lambda r: (list(bench.PROBLEMS).index(r["problem"]), order.index(r["impl"])))
     for r in rows:
         b = base.get(r["problem"])
-        r["loop_speedup_vs_torchdiffeq"] = None
+        r["loop_speedup_vs_torchdiffeq"] = r["solve_speedup_vs_torchdiffeq"] = None
         if b and b.get("loop_us_per_step") is not None and r.get("loop_us_per_step"):
             if r["loop_us_per_step"] > 0:
                 r["loop_speedup_vs_torchdiffeq"] = b["loop_us_per_step"] / r["loop_us_per_step"]
+        if b and r.get("solve_ms"):
+            r["solve_speedup_vs_torchdiffeq"] = b["solve_ms"] / r["solve_ms"]
     terminalreporter.write_sep("-", "odecore loop time per step (from the benchmark minimum)")
     terminalreporter.write_line(bench.format_table(rows))

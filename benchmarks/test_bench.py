@@ -10,7 +10,9 @@ come from :mod:`odecore.bench` (the engine behind ``odecore bench``).  Each
 case records ``nfe``, ``steps``, ``func_us`` and ``loop_us_per_step`` (from the
 benchmark's minimum round), and the op counts of its counting solve
 (``solver_ops_per_step``, ``host_reads_per_step``, ``func_ops_per_eval``, ...) in
-``benchmark.extra_info``; a summary table is printed at the end of the session.
+``benchmark.extra_info``; a summary table is printed at the end of the session. The
+whole-program implementations (odecore-compiled, diffrax; diffrax skipped without jax) record
+their first, compiling call instead of a loop time: ``first_call_s`` and ``compile_s``.
 Nothing here asserts on timings.  (The GPU suite runs through ``odecore bench --suite gpu``.)
 """
 
@@ -61,10 +63,11 @@ def test_solve(benchmark, bench_rows, problem_name, impl_name):
     if not impl.applicable(inst):
         pytest.skip(f"{impl_name} does not support {problem_name} ({inst.method})")
 
-    counts = bench.count_solve(impl, inst, grad=GRAD)
-    solution = counts.pop("solution", None)
     y0 = bench.prepare_y0(inst, GRAD)
     run = impl.prepare(inst, inst.func, y0)
+    first_call_s = bench.first_call(impl, run, DEVICE, GRAD)  # the compile, before any other call
+    counts = bench.count_solve(impl, inst, grad=GRAD)
+    solution = counts.pop("solution", None)
 
     benchmark.group = problem_name
     # func time sampled right before and after this case's rounds, so that the
@@ -93,8 +96,13 @@ def test_solve(benchmark, bench_rows, problem_name, impl_name):
     if stats is not None:  # None under --benchmark-disable
         info["solve_ms"] = stats.min * 1e3
         info["solve_ms_median"] = stats.median * 1e3
-        lp = bench.loop_per_step(stats.min, counts.get("nfe"), ft, counts.get("steps"))
-        info["loop_us_per_step"] = None if lp is None else lp * 1e6
+        if impl.whole_program:  # func runs inside the program: no loop / func split
+            info["loop_us_per_step"] = None
+            info["first_call_s"] = first_call_s
+            info["compile_s"] = first_call_s - stats.min
+        else:
+            lp = bench.loop_per_step(stats.min, counts.get("nfe"), ft, counts.get("steps"))
+            info["loop_us_per_step"] = None if lp is None else lp * 1e6
         bench_rows.append(dict(info))
     benchmark.extra_info.update(info)
 

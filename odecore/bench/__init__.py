@@ -1,10 +1,13 @@
-"""Side-by-side solver benchmarks: odecore (fused and reference backends) against torchdiffeq
-and torchode, the engine behind ``odecore bench`` and ``benchmarks/test_bench.py``.
+"""Side-by-side solver benchmarks: odecore (fused and reference backends, the compiled whole
+solve) against torchdiffeq, torchode and diffrax, the engine behind ``odecore bench`` and
+``benchmarks/test_bench.py``.
 
-Problems in :mod:`.problems`, one adapter per library in :mod:`.impls`, op / host-read /
-kernel counting in :mod:`.counting`, wall times in :mod:`.timing`, the solve suite's runner in
-:mod:`.runner`, the adjoint suite in :mod:`.adjoint`, tables in :mod:`.report`, the command line
-in :mod:`.cli`. What each column measures: benchmarks/README.md. Nothing here asserts on timings.
+Problems in :mod:`.problems` (their jax.numpy twins for diffrax in :mod:`.jax_fields`), one
+adapter per library in :mod:`.impls`, op / host-read / kernel counting in :mod:`.counting`, wall
+times in :mod:`.timing`, the solve suite's runner in :mod:`.runner`, the adjoint suite in
+:mod:`.adjoint`, compile times in fresh processes in :mod:`.compile_times`, tables in
+:mod:`.report`, the command line in :mod:`.cli`. What each column measures: benchmarks/README.md.
+Nothing here asserts on timings.
 """
 
 from .adjoint import (
@@ -16,6 +19,7 @@ from .adjoint import (
     vjp_samples,
 )
 from .cli import DTYPES, MAX_THREADS, build_parser, main
+from .compile_times import first_call_in_this_process, fresh_process_first_call, run_compile_times
 from .counting import (
     AdjointCountingFunc,
     BudgetExceeded,
@@ -29,15 +33,21 @@ from .impls import (
     BASELINE,
     IMPLEMENTATIONS,
     AdjointImplementation,
+    DiffraxImpl,
     Implementation,
     OdecoreAdjointImpl,
+    OdecoreCompiledImpl,
     OdecoreImpl,
     TorchdiffeqAdjointImpl,
     TorchdiffeqImpl,
     TorchodeImpl,
+    WholeProgramImplementation,
     available_implementations,
+    default_implementations,
     get_implementation,
+    whole_program_implementations,
 )
+from .jax_fields import has_jax_twin, jax_twin
 from .problems import (
     ADJOINT_PROBLEMS,
     GPU_FAMILIES,
@@ -58,8 +68,16 @@ from .problems import (
     gpu_problems,
     prepare_y0,
 )
-from .report import TABLE_FOOTER, TABLE_FOOTER_CUDA, environment, format_adjoint_table, format_table, print_tables
-from .runner import bench_one, count_solve, max_abs_diff, run, sync_every_support
+from .report import (
+    TABLE_FOOTER,
+    TABLE_FOOTER_CUDA,
+    environment,
+    format_adjoint_table,
+    format_compile_table,
+    format_table,
+    print_tables,
+)
+from .runner import bench_one, count_solve, first_call, max_abs_diff, run, sync_every_support
 from .timing import func_samples, grad_context, loop_per_step, time_func, time_solve
 
 __all__ = [
@@ -73,6 +91,9 @@ __all__ = [
     "MAX_THREADS",
     "build_parser",
     "main",
+    "first_call_in_this_process",
+    "fresh_process_first_call",
+    "run_compile_times",
     "AdjointCountingFunc",
     "BudgetExceeded",
     "CountingFunc",
@@ -83,14 +104,21 @@ __all__ = [
     "BASELINE",
     "IMPLEMENTATIONS",
     "AdjointImplementation",
+    "DiffraxImpl",
     "Implementation",
     "OdecoreAdjointImpl",
+    "OdecoreCompiledImpl",
     "OdecoreImpl",
     "TorchdiffeqAdjointImpl",
     "TorchdiffeqImpl",
     "TorchodeImpl",
+    "WholeProgramImplementation",
     "available_implementations",
+    "default_implementations",
     "get_implementation",
+    "whole_program_implementations",
+    "has_jax_twin",
+    "jax_twin",
     "ADJOINT_PROBLEMS",
     "GPU_FAMILIES",
     "PROBLEMS",
@@ -113,10 +141,12 @@ __all__ = [
     "TABLE_FOOTER_CUDA",
     "environment",
     "format_adjoint_table",
+    "format_compile_table",
     "format_table",
     "print_tables",
     "bench_one",
     "count_solve",
+    "first_call",
     "max_abs_diff",
     "run",
     "sync_every_support",

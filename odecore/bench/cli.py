@@ -1,5 +1,5 @@
-"""``odecore bench``: the command line over the solve, GPU and adjoint suites (arguments,
-their checks, the runs, the printed tables and the --json / --markdown files)."""
+"""``odecore bench``: the command line over the solve, GPU, adjoint and compile-time suites
+(arguments, their checks, the runs, the printed tables and the --json / --markdown files)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from typing import Any
 import torch
 
 from .adjoint import run_adjoint
-from .impls import IMPLEMENTATIONS
+from .compile_times import run_compile_times
+from .impls import IMPLEMENTATIONS, default_implementations, whole_program_implementations
 from .problems import ADJOINT_PROBLEMS, GPU_FAMILIES, PROBLEMS, Problem, gpu_problems
 from .report import environment, print_tables
 from .runner import run
@@ -34,8 +35,8 @@ def _parse_list(s: str) -> list[str]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="odecore bench",
-        description="Benchmark odecore (fused and reference backends) against torchdiffeq "
-        "and torchode side by side. Loop time per step = "
+        description="Benchmark odecore (fused and reference backends, compiled whole solve) against "
+        "torchdiffeq, torchode and diffrax side by side. Loop time per step = "
         "(solve time - nfe * func time) / steps; solver ops and host reads per step "
         "are counted in one extra solve.",
     )
@@ -82,7 +83,8 @@ def _add_selection_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         default=None,
         metavar="NAME",
-        help=f"subset of implementations; default all installed: {','.join(IMPLEMENTATIONS)}",
+        help=f"subset of implementations ({','.join(IMPLEMENTATIONS)}); default all installed but the "
+        f"whole-program ones: {','.join(default_implementations())}",
     )
 
 
@@ -116,6 +118,13 @@ def _add_run_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         metavar="K",
         help="pass options={'sync_every': K} to odecore (where this odecore takes it; else a note)",
+    )
+    p.add_argument(
+        "--compile-times",
+        action="store_true",
+        help="instead of the solve suite: the first-call (compile) time of the whole-program "
+        f"implementations ({','.join(whole_program_implementations())}) on the --problems, each in two "
+        "fresh processes sharing one new on-disk compile cache (cold, then warm)",
     )
     p.add_argument("--no-ops", action="store_true", help="skip the op / host-read counting solve")
     p.add_argument("--no-kernels", action="store_true", help="skip the profiled solve (kernels/step on CUDA)")
@@ -221,6 +230,7 @@ class _Plan:
     adjoint_problems: list[str] | None  # None: every adjoint problem
     solve_suite: bool
     adjoint_suite: bool
+    compile_suite: bool = False
 
 
 def _plan(args: argparse.Namespace, device: torch.device) -> _Plan:
@@ -247,9 +257,30 @@ def _plan(args: argparse.Namespace, device: torch.device) -> _Plan:
         solve_suite = bool(solve_problems) or (problems is None and not args.adjoint)
         adjoint_suite = args.adjoint or adjoint_problems is not None
     impls = [x for s in (args.impls or []) for x in _parse_list(s)] or None
+    if args.compile_times:
+        return _compile_times_plan(args, device, problems, impls)
     return _Plan(
         device, DTYPES[args.dtype], budget, impls, solve_problems, adjoint_problems, solve_suite, adjoint_suite
     )
+
+
+def _compile_times_plan(
+    args: argparse.Namespace, device: torch.device, problems: list[str] | None, impls: list[str] | None
+) -> _Plan:
+    """``--compile-times``: the compile-time suite alone, on solve problems and whole-program impls."""
+    if args.suite != "solve" or args.adjoint:
+        raise ValueError("--compile-times measures the solve problems only (not with --suite gpu or --adjoint)")
+    not_solve = [n for n in problems or [] if n not in PROBLEMS]
+    if not_solve:
+        raise ValueError(f"--compile-times measures the solve problems only, not {not_solve[0]!r}")
+    if impls is not None:
+        for name in impls:
+            if name not in IMPLEMENTATIONS:
+                raise ValueError(f"unknown implementation {name!r}; choose from {sorted(IMPLEMENTATIONS)}")
+        impls = [n for n in impls if n in whole_program_implementations()]
+        if not impls:
+            raise ValueError(f"--compile-times measures {', '.join(whole_program_implementations())} only")
+    return _Plan(device, DTYPES[args.dtype], None, impls, problems or list(PROBLEMS), None, False, False, True)
 
 
 def _replace_file(path: str, text: str) -> None:
@@ -329,6 +360,16 @@ def _run_and_report(args: argparse.Namespace, plan: _Plan, argv: list[str]) -> i
     results: list[dict[str, Any]] = []
     adjoint_results: list[dict[str, Any]] = []
     try:
+        if plan.compile_suite:
+            results = run_compile_times(
+                plan.solve_problems,
+                plan.impls,
+                device=str(plan.device),
+                dtype=plan.dtype,
+                threads=args.threads,
+                batch=args.batch,
+                verbose=not args.quiet,
+            )
         if plan.solve_suite:
             results = run(
                 plan.solve_problems,

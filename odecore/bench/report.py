@@ -1,5 +1,6 @@
-"""The benchmarks' output: Markdown tables of the result rows with their footers, and the
-environment record (versions, threads, odecore's backend) saved beside them.
+"""The benchmarks' output: Markdown tables of the result rows (solve, GPU, adjoint and
+compile-time suites) with their footers, and the environment record (versions, threads,
+odecore's backend) saved beside them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,20 @@ TABLE_FOOTER = (
     "speedup = the other's loop / this row's loop. solver ops/step = ATen + odecore:: ops "
     "dispatched outside func in one solve (setup included) / steps; host reads/step = the "
     "solver's device-to-host reads (.item(), bool(tensor), .tolist(), D2H copies, nonzero...) / steps."
+)
+TABLE_FOOTER_WHOLE_PROGRAM = (
+    "odecore-compiled and diffrax run the whole solve, func included, as one compiled program: "
+    "no loop / func split (loop µs/step –), no op counts; compare solve ms. solve speedup = the "
+    "other's best solve / this row's. compile s = first call - best solve (tracing and compiling, "
+    "in this process). diffrax reports no nfe; its steps are its num_steps (accepted + rejected)."
+)
+COMPILE_TABLE_FOOTER = (
+    "Each case in two fresh processes sharing one new on-disk cache directory (TORCHINDUCTOR_CACHE_DIR; "
+    "JAX's persistent compilation cache): cold = the first process (empty cache), warm = the second. "
+    "first call s = the wall time of the first solve in the process; compile s = first call - best "
+    "of 3 later solves; process s = the whole child process (interpreter start and imports included). "
+    "JAX does not write programs with host callbacks to its persistent cache, and diffrax's solve has "
+    "them (its runtime checks): its warm first call compiles again."
 )
 TABLE_FOOTER_CUDA = (
     "CUDA syncs/step: synchronising calls flagged by torch.cuda.set_sync_debug_mode('warn') "
@@ -67,6 +82,7 @@ class _SolveColumns:
     kernels: bool
     ops: bool
     notes: bool
+    whole_program: bool  # rows of implementations whose first call compiles
 
     @classmethod
     def of(cls, results: Sequence[dict[str, Any]], kernels: bool | None) -> _SolveColumns:
@@ -78,6 +94,7 @@ class _SolveColumns:
             kernels=(gpu or cuda) if kernels is None else kernels,
             ops=any(r.get("solver_ops_per_step") is not None for r in results),
             notes=any(r.get("notes") for r in results),
+            whole_program=any(r.get("first_call_s") is not None for r in results),
         )
 
     def head(self) -> list[str]:
@@ -93,6 +110,8 @@ class _SolveColumns:
         ]
         if self.gpu:
             head.append("loop speedup vs reference")
+        if self.whole_program:
+            head += ["solve speedup vs reference" if self.gpu else "solve speedup vs torchdiffeq", "compile s"]
         if self.ops:
             head += ["solver ops/step", "host reads/step"]
         if self.cuda:
@@ -121,6 +140,9 @@ class _SolveColumns:
         ]
         if self.gpu:
             cells.append(_speedup(r.get("loop_speedup_vs_reference"), ".1f"))
+        if self.whole_program:
+            solve_key = "solve_speedup_vs_reference" if self.gpu else "solve_speedup_vs_torchdiffeq"
+            cells += [_speedup(r.get(solve_key), ".1f"), _fmt(r.get("compile_s"), ".2f")]
         if self.ops:
             cells += [_fmt(r.get("solver_ops_per_step"), ".1f"), _fmt(r.get("host_reads_per_step"), ".2f")]
         on_cuda = str(r.get("device", "")).startswith("cuda")
@@ -194,6 +216,41 @@ def _adjoint_cells(r: dict[str, Any]) -> list[str]:
     ]
 
 
+_COMPILE_HEAD = [
+    "problem",
+    "impl",
+    "first call s (cold / warm cache)",
+    "compile s (cold / warm cache)",
+    "one solve ms",
+    "process s (cold / warm cache)",
+]
+
+
+def _cold_warm(r: dict[str, Any], key: str) -> str:
+    return f"{_fmt(r.get('cold_' + key), '.2f')} / {_fmt(r.get('warm_' + key), '.2f')}"
+
+
+def format_compile_table(results: Sequence[dict[str, Any]]) -> str:
+    """Markdown table of ``run_compile_times()`` results (first calls in fresh processes)."""
+    head = _COMPILE_HEAD
+    lines = _header_lines(head)
+    for r in results:
+        if "error" in r or "skipped" in r:
+            text = f"error: {r['error'][:160]}" if "error" in r else f"skipped: {r['skipped']}"
+            lines.append(f"| {r['problem']} | {r['impl']} | {text.replace('|', '/')} |" + " |" * (len(head) - 3))
+            continue
+        cells = [
+            r["problem"],
+            r["impl"],
+            _cold_warm(r, "first_call_s"),
+            _cold_warm(r, "compile_s"),
+            _fmt(r.get("solve_ms"), ".2f"),
+            _cold_warm(r, "process_s"),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def format_adjoint_table(results: Sequence[dict[str, Any]]) -> str:
     """Markdown table of ``run_adjoint()`` results."""
     head = _ADJOINT_HEAD
@@ -206,26 +263,36 @@ def format_adjoint_table(results: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# the suites whose tables are not solve tables: their formatter and footer
+_OTHER_TABLES = {
+    "adjoint": (format_adjoint_table, ADJOINT_TABLE_FOOTER),
+    "compile": (format_compile_table, COMPILE_TABLE_FOOTER),
+}
+
+
 def print_tables(results: Sequence[dict[str, Any]], out: TextIO | None = None) -> None:
-    """The tables of a run, one per suite (solve, gpu, adjoint), each with its footer."""
+    """The tables of a run, one per suite (solve, gpu, adjoint, compile), each with its footer."""
     out = out or sys.stdout
     groups: dict[str, list[dict[str, Any]]] = {}
     for r in results:
         groups.setdefault(r.get("suite") or "solve", []).append(r)
     first = True
-    for suite in ("solve", "gpu", "adjoint"):
+    for suite in ("solve", "gpu", "adjoint", "compile"):
         rows = groups.get(suite)
         if not rows:
             continue
         if not first:
             print(file=out)
         first = False
-        if suite == "adjoint":
-            print(format_adjoint_table(rows), file=out)
-            print("\n" + ADJOINT_TABLE_FOOTER, file=out)
+        if suite in _OTHER_TABLES:
+            table, footer = _OTHER_TABLES[suite]
+            print(table(rows), file=out)
+            print("\n" + footer, file=out)
             continue
         print(format_table(rows), file=out)
         print("\n" + TABLE_FOOTER, file=out)
+        if any(r.get("first_call_s") is not None for r in rows):
+            print(TABLE_FOOTER_WHOLE_PROGRAM, file=out)
         if any(str(r.get("device", "")).startswith("cuda") for r in rows):
             print(TABLE_FOOTER_CUDA, file=out)
 
@@ -245,7 +312,7 @@ def environment(device, dtype: torch.dtype, grad: bool) -> dict[str, Any]:
         grad=grad,
         odecore=getattr(odecore, "__version__", "installed") if hasattr(odecore, "odeint") else None,
     )
-    for peer in ("torchdiffeq", "torchode"):
+    for peer in ("torchdiffeq", "torchode", "jax", "diffrax"):
         try:
             env[peer] = getattr(importlib.import_module(peer), "__version__", "installed")
         except Exception:

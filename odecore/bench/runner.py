@@ -3,9 +3,9 @@
 Per case one counted solve (nfe, steps, op and host-read counts), the warm-up solves and, on
 CUDA, one profiled solve; then rounds that each time a batch of ``func`` calls and one solve of
 every implementation in rotating order, so that all of them see the same machine load. The
-result rows carry the loop time per step = (solve - nfe * func) / steps and the comparison
-with torchdiffeq and odecore's reference path (see benchmarks/README.md). Nothing here asserts
-on timings.
+result rows carry the loop time per step = (solve - nfe * func) / steps (the compile time of a
+whole-program implementation instead) and the comparison with torchdiffeq and odecore's
+reference path (see benchmarks/README.md). Nothing here asserts on timings.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from .counting import (
     count_kernels,
     per,
 )
-from .impls import BASELINE, IMPLEMENTATIONS, Implementation, get_implementation
+from .impls import BASELINE, IMPLEMENTATIONS, Implementation, default_implementations, get_implementation
 from .problems import PROBLEMS, Instance, Problem, get_problem, prepare_y0
 from .timing import func_samples, grad_context, loop_per_step, time_solve, timed_call
 
@@ -61,7 +61,8 @@ def count_solve(
     deadline: float | None = None,
     cuda_syncs: bool | None = None,
 ) -> dict[str, Any]:
-    """One solve with a counting wrapper: nfe, steps, accepted/rejected, solution.
+    """One solve with a counting wrapper: nfe, steps, accepted/rejected, solution. (A whole-program
+    implementation counts nothing itself: nfe and steps come from its statistics, no ops.)
 
     With ``count_ops`` (default) the solve runs inside an :class:`OpCounter`: adds
     ``solver_ops``/``solver_ops_per_step`` (ops outside ``func``), ``func_ops``/``func_ops_per_eval``,
@@ -74,6 +75,8 @@ def count_solve(
     y0 = prepare_y0(inst, grad)
     if cuda_syncs is None:
         cuda_syncs = y0.device.type == "cuda"
+    if impl.whole_program:  # the dispatcher sees one program, not the solver's ops
+        count_ops = cuda_syncs = False
     counter = OpCounter() if count_ops else None
     syncs = CudaSyncWarnings() if cuda_syncs else None
     if syncs is not None:
@@ -179,6 +182,15 @@ def _skip_row(problem, impl_name, inst, settings, why) -> dict[str, Any]:
     return dict(_base_row(problem, impl_name, inst, settings), skipped=why, notes=[why])
 
 
+def first_call(impl: Implementation, run_: Callable[[], Any], device: torch.device, grad: bool) -> float | None:
+    """Seconds of the first call of a whole-program implementation's solve (it compiles; the
+    first of its warm-up calls); None for the others, whose first call is nothing special."""
+    if not impl.whole_program:
+        return None
+    with grad_context(grad):
+        return timed_call(run_, device)
+
+
 def _result(
     problem: Problem,
     impl: Implementation,
@@ -201,6 +213,11 @@ def _result(
         solve_ms_median=med * 1e3,
         solve_ms_all=[x * 1e3 for x in times],
     )
+    if impl.whole_program:  # func runs inside the program: its time has no loop / func split
+        res["loop_us_per_step"] = res["loop_us_per_step_median"] = None
+        first = counts.get("first_call_s")
+        res["compile_s"] = None if first is None else first - best
+        return res
     lp = loop_per_step(best, nfe, func_med, steps)
     lpm = loop_per_step(med, nfe, func_med, steps)
     res["loop_us_per_step"] = None if lp is None else lp * 1e6
@@ -224,9 +241,12 @@ def bench_one(
     inst = problem.make(device, dtype)
     y0 = prepare_y0(inst, grad)
     ft = func_samples(inst, y0, grad=grad, min_calls=30, max_calls=2000, budget_s=0.25)
+    run_ = impl.prepare(inst, inst.func, y0)
+    first = first_call(impl, run_, device, grad)
     counts = count_solve(impl, inst, grad=grad, count_ops=count_ops)
     counts.pop("solution", None)
-    run_ = impl.prepare(inst, inst.func, y0)
+    if first is not None:
+        counts["first_call_s"] = first
     times = time_solve(run_, device, grad=grad, repeats=repeats, warmup=warmup)
     return _result(problem, impl, inst, _Settings(device, dtype, grad), counts, ft, times)
 
@@ -239,6 +259,8 @@ def _consistency_notes(counts: dict[str, Any]) -> list[str]:
     acc, rej, steps = counts.get("n_accepted"), counts.get("n_rejected"), counts.get("steps")
     if None not in (acc, rej, steps) and acc + rej != steps:
         notes.append(f"n_accepted {acc} + n_rejected {rej} != n_steps {steps}")
+    if counts.get("compiles") not in (None, 1):
+        notes.append(f"{counts['compiles']} compiles of its program (recompiled)")
     return notes
 
 
@@ -261,6 +283,8 @@ _PER_STEP_KERNEL_KEYS = ("kernels", "memcpys", "memsets", "launch_calls", "sync_
 _COMPARISON_KEYS = (
     "loop_speedup_vs_torchdiffeq",
     "loop_speedup_vs_reference",
+    "solve_speedup_vs_torchdiffeq",
+    "solve_speedup_vs_reference",
     "max_abs_diff_vs_torchdiffeq",
     "max_abs_diff_vs_reference",
 )
@@ -288,7 +312,8 @@ def run(
     suite: str = "solve",
     on_problem: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Benchmark every problem x available implementation.
+    """Benchmark every problem x available implementation (``impls``; default: all but the
+    whole-program ones, see :func:`default_implementations`).
 
     ``problems``: names in ``PROBLEMS`` or :class:`Problem` objects (e.g. ``gpu_problems()``).
     Per problem: one counting solve (nfe, steps, and with ``count_ops`` the op and host-read
@@ -304,8 +329,11 @@ def run(
     ``batch``: overrides every problem's batch size. ``on_problem(results so far)`` is called
     after each problem (e.g. to save partial results).
 
-    Adds ``loop_speedup_vs_torchdiffeq``/``_vs_reference`` and ``max_abs_diff_vs_torchdiffeq``/
-    ``_vs_reference`` to every row, and ``notes`` (e.g. step counts that differ from the peers').
+    Adds ``loop_speedup_vs_torchdiffeq``/``_vs_reference``, ``solve_speedup_vs_torchdiffeq``/
+    ``_vs_reference`` and ``max_abs_diff_vs_torchdiffeq``/``_vs_reference`` to every row, and
+    ``notes`` (e.g. step counts that differ from the peers'). A whole-program implementation's row
+    has ``first_call_s`` (its first, compiling call) and ``compile_s`` (that minus the best solve)
+    instead of a loop time.
     """
     device = torch.device(device)
     plist = [_resolve_problem(p) for p in (problems if problems else list(PROBLEMS))]
@@ -314,7 +342,7 @@ def run(
         for n in impl_names:
             get_implementation(n)
     else:
-        impl_names = list(IMPLEMENTATIONS)
+        impl_names = default_implementations()
     kernels = device.type == "cuda" if kernels is None else kernels
     settings = _Settings(device, dtype, grad, repeats, warmup, count_ops, kernels, case_budget_s, suite)
     log = progress_logger(verbose)
@@ -398,9 +426,14 @@ def _prepare_case(problem, impl, inst, y0, settings, odecore_notes, over_budget,
 def _count_and_warm_up(problem, impl, inst, y0, settings, odecore_notes, log) -> _Case:
     start = time.perf_counter()
     deadline = None if settings.case_budget_s is None else start + settings.case_budget_s
+    run_ = impl.prepare(inst, inst.func, y0)
+    first = first_call(impl, run_, settings.device, settings.grad)
+    count_start = time.perf_counter()
     counts = count_solve(impl, inst, grad=settings.grad, count_ops=settings.count_ops, deadline=deadline)
-    t_count = time.perf_counter() - start
+    t_count = time.perf_counter() - count_start
     solution = counts.pop("solution", None)
+    if first is not None:
+        counts["first_call_s"] = first
     is_odecore = impl.name.startswith("odecore")
     notes = list(odecore_notes) if is_odecore else []
     if is_odecore and "sync_every" in inst.odecore_options:
@@ -408,7 +441,6 @@ def _count_and_warm_up(problem, impl, inst, y0, settings, odecore_notes, log) ->
     for note in _consistency_notes(counts):
         log(f"{problem.name}/{impl.name}: WARNING {note}")
         notes.append(note)
-    run_ = impl.prepare(inst, inst.func, y0)
     n_warm = settings.warmup
     if settings.case_budget_s is not None and n_warm and t_count > settings.case_budget_s / 4:
         n_warm = 0  # the counting solve was the warm-up
@@ -486,8 +518,10 @@ def _compare_with_peers(problem: Problem, ordered, rows, solutions, suite: str) 
             bl, rl = other.get("loop_us_per_step"), r.get("loop_us_per_step")
             if bl is not None and rl is not None and rl > 0:
                 r[f"loop_speedup_vs_{tag}"] = bl / rl
+            r[f"solve_speedup_vs_{tag}"] = other["solve_ms"] / r["solve_ms"] if r["solve_ms"] > 0 else None
             r[f"max_abs_diff_vs_{tag}"] = max_abs_diff(solutions.get(r["impl"]), solutions.get(other["impl"]))
         other = base or ref
         if other is not None and other is not r and r.get("steps") != other.get("steps"):
-            why = " (per-sample step control)" if r["impl"] == "torchode" else ""
+            control = IMPLEMENTATIONS[r["impl"]].step_control if r["impl"] in IMPLEMENTATIONS else ""
+            why = f" ({control})" if control else ""
             r["notes"].append(f"steps differ from {other['impl']}: {r.get('steps')} vs {other.get('steps')}{why}")
