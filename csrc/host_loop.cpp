@@ -6,7 +6,7 @@
 // dispatcher (so autograd records the same graph and dispatch modes see the same ops), the
 // same float64 time arithmetic, rounding and step-size factor, the same 0-d time tensors
 // handed to func, one host read per step (the error ratio). Its results are bitwise the
-// Python loop's (tests/test_compiled_loop.py). It covers the common case only; the solver
+// Python loop's (tests/test_host_loop.py). It covers the common case only; the solver
 // falls back to the Python loop for a user norm, step_t/jump_t, callbacks, checkpoint
 // recording and solver classes that override a step method.
 //

@@ -33,6 +33,7 @@ from ._problem import (
     wrap_callbacks,
 )
 from .ops import get_ops
+from .solvers import compiled
 from .solvers.base import ADJOINT_CALLBACK_NAMES, CALLBACK_NAMES
 from .solvers.per_sample import odeint_per_sample
 
@@ -73,6 +74,9 @@ def odeint_adjoint(
     With ``event_fn`` it returns ``(event_t, solution)`` as `odeint` does, the adjoint pass
     running from the (fixed) event time; ``odeint_event`` adds the event time's gradient.
     """
+    if torch.compiler.is_compiling() and event_fn is None:
+        # inside the caller's program: its gradient is backpropagation through the traced loop
+        return compiled.traced_odeint(func, y0, t, rtol, atol, method, options)
     if adjoint_params is None and not isinstance(func, nn.Module):
         raise ValueError(
             "func must be an instance of nn.Module to specify the adjoint parameters; alternatively they "

@@ -11,7 +11,7 @@ import torch
 
 from . import events
 from ._problem import TensorOrTuple, Tolerance, prepare, solve, time_sensitivity
-from .solvers import SOLVERS
+from .solvers import SOLVERS, compiled
 from .solvers.per_sample import odeint_per_sample
 
 
@@ -58,6 +58,8 @@ def odeint(
         A tensor of shape ``(len(t), *y0.shape)`` (a tuple of such for a tuple ``y0``), and
         the statistics dict when ``options['return_stats']`` is true.
     """
+    if torch.compiler.is_compiling() and event_fn is None:
+        return compiled.traced_odeint(func, y0, t, rtol, atol, method, options)  # inside the caller's program
     if event_fn is not None:
         return events.event_odeint(func, y0, t, rtol, atol, method, options, event_fn)
     if isinstance(options, dict) and options.get("batch_dim") is not None:

@@ -46,6 +46,7 @@ def training_arguments(args: argparse.Namespace, name: str) -> argparse.Namespac
         batch_size=args.batch_size,
         lr=args.lr,
         seed=args.seed,
+        compile=getattr(args, "compile", False),
         device="cpu",
         out=os.path.join(args.out, name),
         resume=False,

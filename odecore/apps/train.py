@@ -28,6 +28,7 @@ def build_model(
     method: str = "dopri5",
     tol: float = 1e-3,
     gradient: str | None = None,
+    compile: bool = False,
 ) -> nn.Module:
     """The classifier `name` of odecore.nn with the paper's layout (its default 'res'
     downsampling takes MNIST's 28x28 to 7x7 and digits' 8x8 to 2x2)."""
@@ -36,7 +37,8 @@ def build_model(
         return ResNet(**kwargs)
     if name in ("odenet", "rknet"):
         mode = gradient or ("direct" if name == "rknet" else "adjoint")
-        return ODENet(method=method, rtol=tol, atol=tol, gradient=mode, **kwargs)
+        options = {"compile": True} if compile else None
+        return ODENet(method=method, rtol=tol, atol=tol, gradient=mode, options=options, **kwargs)
     raise ValueError("unknown model %r (choose %s)" % (name, ", ".join(MODELS)))
 
 
@@ -160,7 +162,9 @@ def train(args: argparse.Namespace) -> dict:
     (x_train, y_train), (x_test, y_test) = data.load(args.data, args.data_dir)
     x_train, y_train, x_test, y_test = data.take_first(getattr(args, "limit", None), x_train, y_train, x_test, y_test)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    model = build_model(args.model, x_train.shape[1], num_classes, args.method, args.tol, gradient_mode(args))
+    model = build_model(
+        args.model, x_train.shape[1], num_classes, args.method, args.tol, gradient_mode(args), args.compile
+    )
     model = model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs)
@@ -263,6 +267,11 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--limit", type=int, default=None, help="use only the first N training and test images (quick runs)"
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="solve the ODE block as compiled programs (options={'compile': True}; the first batch compiles)",
     )
 
 

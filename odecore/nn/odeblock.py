@@ -108,7 +108,8 @@ class ODEBlock(nn.Module):
         self.adjoint_atol = adjoint_atol
         self.adjoint_options = adjoint_options
         self.forward_nfe = 0
-        self.backward_nfe = 0
+        self._backward_nfe = 0
+        self._compiled_stats: list[dict[str, Any]] = []  # compiled solves report their backward NFE here
         self.last_stats: dict[str, Any] | None = None
         self._in_forward = False
 
@@ -123,6 +124,15 @@ class ODEBlock(nn.Module):
         self._gradient = value
 
     @property
+    def backward_nfe(self) -> int:
+        """Evaluations of odefunc during backward passes (those of compiled backward solves included)."""
+        return self._backward_nfe + sum(s.get("backward_nfe") or 0 for s in self._compiled_stats)
+
+    @backward_nfe.setter
+    def backward_nfe(self, value: int) -> None:
+        self._backward_nfe = value - sum(s.get("backward_nfe") or 0 for s in self._compiled_stats)
+
+    @property
     def nfe(self) -> int:
         """forward_nfe + backward_nfe."""
         return self.forward_nfe + self.backward_nfe
@@ -130,21 +140,27 @@ class ODEBlock(nn.Module):
     def reset_nfe(self) -> None:
         """Zeroes ``forward_nfe``, ``backward_nfe`` and the odefunc's own ``nfe`` counter."""
         self.forward_nfe = 0
-        self.backward_nfe = 0
+        self._backward_nfe = 0
+        self._compiled_stats = []
         if hasattr(self.odefunc, "nfe"):
             self.odefunc.nfe = 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.integration_time.to(dtype=x.dtype, device=x.device)
+        compiled = bool(self.options and self.options.get("compile"))
         self._in_forward = True
         try:
-            out, stats = self._solve(_CountingFunc(self), x, t)
+            # a compiled solve traces func: it counts its evaluations in its stats, not in Python
+            out, stats = self._solve(self.odefunc if compiled else _CountingFunc(self), x, t)
         finally:
             self._in_forward = False
+        if compiled:
+            self.forward_nfe += stats["nfe"]
+            self._compiled_stats.append(stats)
         self.last_stats = stats
         return out[-1]
 
-    def _solve(self, func: _CountingFunc, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _solve(self, func: Any, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """The solution at every time of ``t`` and the solver's statistics, by the solver of
         the gradient mode."""
         options = dict(self.options) if self.options else {}

@@ -14,7 +14,7 @@ Two loops run this arithmetic:
   common case (no user norm, step_t/jump_t, callbacks or checkpoint recording) runs as the
   compiled host loop (`odecore._C.host_loop`, csrc/host_loop.cpp): the same loop, operation for
   operation and bitwise, in C++, so that a step costs no Python beyond the user's func.
-  `COMPILED_LOOP = False` here turns it off (the tests compare the two).
+  `CPP_HOST_LOOP = False` here turns it off (the tests compare the two).
 * the device loop (`_integrate_device`, option ``sync_every=K``): t, dt, the accept/reject
   decision, the step counters and the status live in a small float64 tensor on the state's
   device, updated by the fused `rk_control` op; the stages take dt as a device tensor
@@ -52,7 +52,7 @@ _KNOWN = {
 }
 
 # Whether the host loop's common case runs in C++ (odecore._C.host_loop) where the ops have it.
-COMPILED_LOOP = True
+CPP_HOST_LOOP = True
 
 # Default K of the device loop on CUDA: one host read per 16 steps.
 DEFAULT_SYNC_EVERY = 16
@@ -73,7 +73,7 @@ def rms_segments(x, segments):
     return max(torch.stack([chunk.pow(2).mean() for chunk in chunks]).sqrt().tolist())
 
 
-def _number(name, value, positive=False, minimum=None, finite=True):
+def number_option(name, value, positive=False, minimum=None, finite=True):
     """options[name] as a float, checked; the error names the option."""
     if (
         isinstance(value, bool)
@@ -145,12 +145,12 @@ class AdaptiveRKSolver:
                 "rtol and atol are both zero: the error tolerance atol + rtol * |y| vanishes where y does; "
                 "give atol > 0 (or rtol > 0 for a state that never crosses zero)"
             )
-        self.first_step = None if first_step is None else _number("first_step", first_step, positive=True)
-        self.min_step = _number("min_step", min_step, minimum=0.0)
-        self.max_step = _number("max_step", max_step, positive=True, finite=False)
-        self.safety = _number("safety", safety, positive=True)
-        self.ifactor = _number("ifactor", ifactor, positive=True)
-        self.dfactor = _number("dfactor", dfactor, positive=True)
+        self.first_step = None if first_step is None else number_option("first_step", first_step, positive=True)
+        self.min_step = number_option("min_step", min_step, minimum=0.0)
+        self.max_step = number_option("max_step", max_step, positive=True, finite=False)
+        self.safety = number_option("safety", safety, positive=True)
+        self.ifactor = number_option("ifactor", ifactor, positive=True)
+        self.dfactor = number_option("dfactor", dfactor, positive=True)
         if (
             isinstance(max_num_steps, bool)
             or not isinstance(max_num_steps, (int, float))
@@ -312,7 +312,7 @@ class AdaptiveRKSolver:
         solve needs nothing that only the Python loop does."""
         cls = type(self)
         return (
-            COMPILED_LOOP
+            CPP_HOST_LOOP
             and hasattr(self.ops, "host_loop")
             and recorder is None
             and self.norm is None

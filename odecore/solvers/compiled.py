@@ -25,7 +25,8 @@ import torch
 
 from ..ops import control
 from ..ops.control import NUM_SLOTS, ControlParams, Slot
-from .adaptive import AdaptiveRKSolver
+from . import SOLVERS
+from .adaptive import AdaptiveRKSolver, number_option
 from .fixed_grid import FixedGridRKSolver
 
 WINDOW = 4  # output rows written per iteration; a step covering more writes the rest in extra iterations
@@ -100,6 +101,8 @@ class Rhs:
         """func at solver times t (B,) (already times the sign) and the state (B, per)."""
         time = t.to(self.dtype).reshape(self.time_shape)
         out = self.func(time, y_rows.reshape(-1)).reshape(y_rows.shape)
+        if self.negate is None:  # the time direction is a tensor (traced inside the caller's program)
+            return out * self.sign.to(out.dtype)
         return -out if self.negate else out
 
 
@@ -650,3 +653,85 @@ def _finish(solver, solution, state, program):
     if int(s[Slot.STATUS]) != control.DONE:
         solver._raise_status(int(s[Slot.STATUS]), s[Slot.ERR_T], s[Slot.ERR_DT])
     return solution, stats
+
+
+# -- inside the caller's compiled program ------------------------------------------------------
+
+TRACED_OPTIONS = ("first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "dtype")
+
+
+def _traced_settings(options, order, n, t, grad):
+    """Settings and the parameter vector of a solve traced into the caller's program."""
+    defaults = {"min_step": 0.0, "max_step": math.inf, "safety": 0.9, "ifactor": 10.0, "dfactor": 0.2}
+    unknown = set(options) - set(TRACED_OPTIONS)
+    if unknown:
+        raise ValueError(
+            "inside torch.compile odecore takes the options %s, got %s" % (TRACED_OPTIONS, sorted(unknown))
+        )
+    values = {
+        k: number_option(
+            k,
+            options.get(k, v),
+            positive=k != "min_step",
+            minimum=0.0 if k == "min_step" else None,
+            finite=k != "max_step",
+        )
+        for k, v in defaults.items()
+    }
+    steps = options.get("max_num_steps", 2**31 - 1)
+    first = options.get("first_step")
+    first = math.nan if first is None else number_option("first_step", first, positive=True)
+    f32 = options.get("dtype", torch.float64) == torch.float32
+    sign = torch.where(t[-1] < t[0], -1.0, 1.0).to(torch.float64)
+    settings = Settings(order, sign, None, f32, (n,), 1, first == first, WINDOW, grad or t.shape[0] <= CARRIED_OUTPUTS)
+    vector = [
+        values["safety"],
+        values["ifactor"],
+        values["dfactor"],
+        values["min_step"],
+        values["max_step"],
+        float(steps),
+        first,
+    ]
+    return settings, torch.tensor(vector, dtype=torch.float64, device=t.device), sign
+
+
+def _traced_tolerance(tol, y0):
+    tol = torch.as_tensor(tol, dtype=torch.float64, device=y0.device)
+    return tol.reshape(1) if tol.numel() == 1 else torch.broadcast_to(tol, y0.shape).reshape(-1)
+
+
+def traced_odeint(func, y0, t, rtol, atol, method, options):
+    """odeint while torch.compile traces its caller: the adaptive loop inlined into the caller's
+    program, with no host read. Inputs are not checked for NaN or monotonic t there (that needs a
+    host read), and a solve that stops early raises from the program without t and dt."""
+    method = "dopri5" if method is None else method
+    cls = SOLVERS.get(method)
+    if cls is None or not issubclass(cls, AdaptiveRKSolver):
+        raise NotImplementedError("inside torch.compile odecore solves with the adaptive methods, got %r" % (method,))
+    if not isinstance(y0, torch.Tensor) or y0.dtype not in (torch.float32, torch.float64):
+        raise NotImplementedError("inside torch.compile odecore solves a float32 or float64 tensor state")
+    options = {k: v for k, v in (options or {}).items() if k not in ("compile", "backend", "return_stats")}
+    if t.shape[0] == 1:
+        return y0.unsqueeze(0)
+    grad = torch.is_grad_enabled()
+    settings, vector, sign = _traced_settings(options, float(cls.order), y0.numel(), t, grad)
+    run = adaptive_program(_shaped(func, y0.shape), cls.tableau, settings, (), y0.dtype)
+    times = t.to(torch.float64) * sign
+    out, state, _, _, _ = run(
+        y0.reshape(1, -1), times, _traced_tolerance(rtol, y0), _traced_tolerance(atol, y0), vector
+    )
+    if out.requires_grad:
+        # torch's while_loop backward differentiates the step-size control too and gives wrong
+        # gradients for parameters when the state does not require grad: refuse rather than mislead
+        raise NotImplementedError(
+            "odecore: gradients through odeint inside torch.compile are not supported; compile the caller for "
+            "inference (torch.no_grad()), or train with odecore.odeint_adjoint(..., options={'compile': True}) "
+            "called outside torch.compile, which compiles its forward and backward solves"
+        )
+    torch._assert_async(
+        (state[:, Slot.STATUS] == control.DONE).all(),
+        "odecore: the solve inside a compiled program stopped early (non-finite values, step-size underflow or "
+        "max_num_steps); run it outside torch.compile to see where",
+    )
+    return out.reshape(t.shape[0], *y0.shape)
