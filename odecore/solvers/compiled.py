@@ -15,6 +15,7 @@ of them run the same program. Recompiles (new shapes, dtypes or devices) are cou
 """
 
 import functools
+import inspect
 import math
 import types
 import warnings
@@ -430,6 +431,13 @@ def program_for(func, key, build):
     return programs[full_key]
 
 
+def _fall_back(mode, error):
+    """A solve that cannot be compiled: raised in mode 'strict', else one warning per reason."""
+    if mode == "strict":
+        raise NotCompilable("options['compile']='strict': the solve cannot be compiled: %s" % error) from None
+    _warn_once(str(error))
+
+
 @functools.cache
 def _warn_once(reason):
     warnings.warn("odecore: options['compile'] falls back to the uncompiled solve: %s" % reason)
@@ -598,9 +606,7 @@ def solve(factory, y0, mode):
         times = torch.tensor(factory.times, dtype=torch.float64).to(y0.device)
         out, state, program = run_adaptive(solver, times, check)
     except NotCompilable as error:
-        if mode == "strict":
-            raise NotCompilable("options['compile']='strict': the solve cannot be compiled: %s" % error) from None
-        _warn_once(str(error))
+        _fall_back(mode, error)
         solver = factory(y0)
         return factory.integrate(solver), solver.stats()
     return _finish(solver, out.reshape(len(factory.times), *y0.shape), state[0], program)
@@ -619,9 +625,7 @@ def solve_per_sample(solver, times, mode):
         _check_compilable(solver, y0, None)
         out, state, program = run_adaptive(solver, times, check, samples=samples, time_shape=(samples,))
     except NotCompilable as error:
-        if mode == "strict":
-            raise NotCompilable("options['compile']='strict': the solve cannot be compiled: %s" % error) from None
-        _warn_once(str(error))
+        _fall_back(mode, error)
         return None
     return out, state, _adaptive_nfe(solver, program), program.compiles
 
@@ -657,12 +661,16 @@ def _finish(solver, solution, state, program):
 
 # -- inside the caller's compiled program ------------------------------------------------------
 
+# the adaptive solvers' option defaults, from their one definition (AdaptiveRKSolver's signature)
+_SOLVER_DEFAULTS = {
+    name: parameter.default for name, parameter in inspect.signature(AdaptiveRKSolver.__init__).parameters.items()
+}
 TRACED_OPTIONS = ("first_step", "min_step", "max_step", "safety", "ifactor", "dfactor", "max_num_steps", "dtype")
 
 
 def _traced_settings(options, order, n, t, grad):
     """Settings and the parameter vector of a solve traced into the caller's program."""
-    defaults = {"min_step": 0.0, "max_step": math.inf, "safety": 0.9, "ifactor": 10.0, "dfactor": 0.2}
+    defaults = {k: _SOLVER_DEFAULTS[k] for k in ("min_step", "max_step", "safety", "ifactor", "dfactor")}
     unknown = set(options) - set(TRACED_OPTIONS)
     if unknown:
         raise ValueError(
@@ -678,10 +686,10 @@ def _traced_settings(options, order, n, t, grad):
         )
         for k, v in defaults.items()
     }
-    steps = options.get("max_num_steps", 2**31 - 1)
+    steps = options.get("max_num_steps", _SOLVER_DEFAULTS["max_num_steps"])
     first = options.get("first_step")
     first = math.nan if first is None else number_option("first_step", first, positive=True)
-    f32 = options.get("dtype", torch.float64) == torch.float32
+    f32 = options.get("dtype", _SOLVER_DEFAULTS["dtype"]) == torch.float32
     sign = torch.where(t[-1] < t[0], -1.0, 1.0).to(torch.float64)
     settings = Settings(order, sign, None, f32, (n,), 1, first == first, WINDOW, grad or t.shape[0] <= CARRIED_OUTPUTS)
     vector = [
