@@ -33,7 +33,10 @@ at::Tensor AdjointDynamics::operator()(const at::Tensor& t, const at::Tensor& z)
       torch::autograd::variable_list inputs{tg, y};
       inputs.insert(inputs.end(), params_.begin(), params_.end());
       py::gil_scoped_release no_gil;  // as torch.autograd.grad: backward nodes may run elsewhere
-      grads = torch::autograd::grad({f}, inputs, {a}, /*retain_graph=*/false, /*create_graph=*/false,
+      // retain_graph: func may use tensors whose graph was built outside it (torchcde's coefficients,
+      // adjoint_params=(..., coeffs)); every evaluation backpropagates through that shared graph, as
+      // torchdiffeq's (retain_graph=True). This evaluation's own graph is freed with f on return.
+      grads = torch::autograd::grad({f}, inputs, {a}, /*retain_graph=*/true, /*create_graph=*/false,
                                     /*allow_unused=*/true);
     }
   }

@@ -26,6 +26,7 @@ from ._problem import (
     SolverFactory,
     TensorOrTuple,
     Tolerance,
+    _flip,
     prepare,
     solve,
     tolerance,
@@ -168,33 +169,113 @@ class _Reversed:
         return -self.func(-t, y)
 
 
+def _rms(x):
+    return x.abs().pow(2).mean().sqrt()
+
+
 class _Backward:
     """The augmented backward system: flat state [a_t (1), y (N), a (N), a_theta (P)], its
-    tolerances, method, options and error-norm segments."""
+    tolerances, method, options and error-norm segments.
+
+    ``settings`` holds what torchdiffeq keeps on the output's grad_fn (adjoint_rtol, adjoint_atol,
+    adjoint_method and adjoint_options, whose 'norm' is the callable the backward pass uses on the
+    tuple (a_t, y, adj_y, *adj_params)); code may replace them before calling backward, and
+    `configure` rebuilds the system from them."""
 
     def __init__(self, p, params, rtol, atol, method, options):
         self.params = params
         self.n = p.y0.numel()
         self.param_sizes = [q.numel() for q in params]
         self.parts = [1, self.n, self.n] + self.param_sizes
-        self.method = p.method if method is None else method
+        # torchdiffeq's default adjoint norm measures y and adj_y with the forward norm
+        forward_norm = p.options.get("norm") if p.complex_shape is None else None
+        self.state_norm = forward_norm if callable(forward_norm) else None
+        self.default_norm, self.seminorm = self._default_norms(p)
+        options = dict(options, norm=self._exposed_norm(options.get("norm"), p))
+        self.settings = (rtol, atol, method, options)
+        self.configure(p, rtol, atol, method, options)
+
+    def configure(self, p, rtol, atol, method, options):
+        """The backward solves' method, backend, options, norm and tolerances from torchdiffeq's settings."""
+        options = dict(options)
         options.pop("return_stats", None)
+        self.method = p.method if method is None else method
         self.backend = options.pop("backend", p.backend)
-        norm = options.pop("norm", None)
-        if norm is None or norm == "seminorm":
-            # torchdiffeq's default adjoint norm: the largest of |a_t|, the state norm of y and
-            # of a, and the RMS of each parameter adjoint; the seminorm leaves those out.
-            sign = -1 if norm == "seminorm" else 1
-            self.segments = [1] + p.segments + p.segments + [sign * size for size in self.param_sizes]
-        elif callable(norm):
-            self.segments = [sum(self.parts)]
-            options["norm"] = self._wrap_norm(norm, p)
-        else:
-            raise ValueError("adjoint_options['norm'] must be a callable or 'seminorm', got %r" % (norm,))
+        self.segments = self._segments(options.pop("norm", None), options, p)
+        if not p.reverse:
+            # the backward solves run in negated time (-t); decreasing t already was negated forward
+            for key in ("step_t", "jump_t"):
+                if key in options:
+                    options[key] = _flip(options[key])
+            if options.get("grid_constructor") is not None:
+                grid_constructor = options["grid_constructor"]  # sees [t_i, t_(i-1)], as torchdiffeq's
+                options["grid_constructor"] = lambda f, y, tt: -grid_constructor(f, y, -tt)
         self.options = options
         like = p.y0.new_empty(sum(self.parts))
         self.rtol = self._tolerance("adjoint_rtol", rtol, like)
         self.atol = self._tolerance("adjoint_atol", atol, like)
+
+    def changed(self, rtol, atol, method, options):
+        """Whether grad_fn's settings were replaced after the forward pass (by identity, not by value)."""
+        rtol0, atol0, method0, options0 = self.settings
+        if rtol is not rtol0 or atol is not atol0 or method is not method0 or options.keys() != options0.keys():
+            return True
+        return any(options[key] is not value for key, value in options0.items())
+
+    def _segments(self, norm, options, p):
+        """The error norm as fused-norm segments, or options['norm'] on the flat state for any other norm."""
+        if norm is None:
+            norm = self.default_norm
+        elif isinstance(norm, str) and norm == "seminorm":
+            norm = self.seminorm
+        if not callable(norm):
+            raise ValueError("adjoint_options['norm'] must be a callable or 'seminorm', got %r" % (norm,))
+        if self.state_norm is None and (norm is self.default_norm or norm is self.seminorm):
+            # the largest of |a_t|, the state norm of y and of a, and the RMS of each parameter
+            # adjoint; the seminorm leaves those out (negative segments)
+            sign = -1 if norm is self.seminorm else 1
+            return [1] + p.segments + p.segments + [sign * size for size in self.param_sizes]
+        options["norm"] = self._flat_norm(norm, p)
+        return [sum(self.parts)]
+
+    def _default_norms(self, p):
+        """torchdiffeq's default adjoint norm and seminorm on (a_t, y, adj_y, *adj_params)."""
+        state_norm = self.state_norm
+        if state_norm is None:
+
+            def state_norm(y):
+                return max(_rms(part) for part in y.reshape(-1).split(p.segments))
+
+        def default_adjoint_norm(tensor_tuple):
+            a_t, y, adj_y, *adj_params = tensor_tuple
+            return max(a_t.abs(), state_norm(y), state_norm(adj_y), *[_rms(x) for x in adj_params])
+
+        def adjoint_seminorm(tensor_tuple):
+            a_t, y, adj_y, *_ = tensor_tuple
+            return max(a_t.abs(), state_norm(y), state_norm(adj_y))
+
+        return default_adjoint_norm, adjoint_seminorm
+
+    def _exposed_norm(self, norm, p):
+        """The user's adjoint norm as torchdiffeq stores it: one taking (a_t, y, adj_y, *adj_params),
+        y and adj_y flat for a tuple state, which it hands on as (a_t, *y, *adj_y, *adj_params)."""
+        if norm is None:
+            return self.default_norm
+        if isinstance(norm, str) and norm == "seminorm":
+            return self.seminorm
+        if not callable(norm):
+            raise ValueError("adjoint_options['norm'] must be a callable or 'seminorm', got %r" % (norm,))
+        if p.shapes is None:
+            return norm
+
+        def split(flat):
+            return tuple(x[0] for x in p.unflatten(flat.reshape(1, -1)))
+
+        def tuple_adjoint_norm(tensor_tuple):
+            a_t, y, adj_y, *adj_params = tensor_tuple
+            return norm((a_t, *split(y), *split(adj_y), *adj_params))
+
+        return tuple_adjoint_norm
 
     def _tolerance(self, name, tol, like):
         """A float or one-element tensor, or (as torchdiffeq) one entry per augmented part."""
@@ -212,13 +293,13 @@ class _Backward:
             )
         return tolerance(name, tol, None, like)
 
-    def _wrap_norm(self, norm, p):
+    def _flat_norm(self, norm, p):
+        """`norm` of (a_t, y, adj_y, *adj_params) as a norm of the flat augmented state; y and adj_y
+        have y0's shape (flat for a tuple state), as torchdiffeq's backward odeint gives them."""
+
         def adjoint_norm(flat):
             a_t, y, adj_y, *adj_params = flat.split(self.parts)
-            if p.shapes is not None:
-                y = tuple(x[0] for x in p.unflatten(y.unsqueeze(0)))
-                adj_y = tuple(x[0] for x in p.unflatten(adj_y.unsqueeze(0)))
-            else:
+            if p.shapes is None:
                 y, adj_y = y.view(p.y0.shape), adj_y.view(p.y0.shape)
             adj_params = [x.view_as(q) for x, q in zip(adj_params, self.params)]
             return norm((a_t.reshape(()), y, adj_y, *adj_params))
@@ -237,12 +318,16 @@ except ImportError:  # pragma: no cover - older or newer torch
 
 def vector_jacobian_product(f, inputs, v):
     """v^T df/d(inputs) for each input (None where f does not depend on it); `v` has f's
-    shape and dtype (checked by the caller), so torch.autograd.grad's checks are skipped."""
+    shape and dtype (checked by the caller), so torch.autograd.grad's checks are skipped.
+
+    The graph is retained, as torchdiffeq's VJP retains it: f may depend on tensors whose graph
+    was built outside func (torchcde's coefficients in adjoint_params), which every evaluation
+    backpropagates through. f's own graph is still freed with f, on return (tests/test_adjoint_dropin.py)."""
     if not f.requires_grad:
         return (None,) * len(inputs)
     if _engine_run_backward is not None:
-        return _engine_run_backward((f,), (v,), False, False, inputs, True, False)
-    return torch.autograd.grad(f, inputs, v, allow_unused=True)
+        return _engine_run_backward((f,), (v,), True, False, inputs, True, False)
+    return torch.autograd.grad(f, inputs, v, allow_unused=True, retain_graph=True)
 
 
 def _check_backward_output(f, shape, dtype):
@@ -374,6 +459,37 @@ class TracedAugmentedDynamics:
         return torch.cat(pieces)
 
 
+_SETTING_NAMES = ("adjoint_rtol", "adjoint_atol", "adjoint_method", "adjoint_options")
+
+
+def expose_settings(ctx, p, back, params, event_mode):
+    """Keeps on ctx (the output's grad_fn) what torchdiffeq 0.2.5's OdeintAdjointMethod keeps, by the
+    same names: shapes (None for a tensor state), the backward pass's settings (adjoint_options['norm']
+    the callable it uses) and event_mode. Code that replaces one before calling backward changes the
+    backward pass (see `_current_backward`)."""
+    ctx.shapes = p.shapes
+    rtol, atol, method, options = back.settings
+    ctx.adjoint_rtol, ctx.adjoint_atol, ctx.adjoint_method = rtol, atol, method
+    ctx.adjoint_options = dict(options)  # a copy: the original tells what was changed
+    ctx.adjoint_params = tuple(params)  # torchdiffeq's are saved_tensors[2:] (t and y saved here too)
+    ctx.event_mode = event_mode
+
+
+def _current_backward(ctx):
+    """ctx.back, or a copy configured from the settings on ctx where code replaced them after forward."""
+    back = ctx.back
+    if not hasattr(ctx, "adjoint_options"):
+        return back
+    settings = [getattr(ctx, name) for name in _SETTING_NAMES]
+    if not isinstance(settings[3], dict):
+        raise TypeError("grad_fn.adjoint_options must be a dict, got %s" % type(settings[3]).__name__)
+    if not back.changed(*settings):
+        return back
+    back = copy.copy(back)
+    back.configure(ctx.p, *settings)
+    return back
+
+
 def _backward_dynamics(func, back, shape):
     """The augmented dynamics the backward solves integrate: traceable when they will be compiled."""
     has_callbacks = any(callable(getattr(func, name, None)) for name in ADJOINT_CALLBACK_NAMES)
@@ -399,13 +515,15 @@ class _AdjointSolve(torch.autograd.Function):
         stats.update(forward_stats)
         ctx.p, ctx.back, ctx.func, ctx.stats = p, back, func, stats
         ctx.t_requires_grad = t.requires_grad
+        expose_settings(ctx, p, back, params, event_mode=False)
         ctx.save_for_backward(t, solution)
         return solution
 
     @staticmethod
     def backward(ctx, grad_solution):
         t, solution = ctx.saved_tensors
-        p, back, stats = ctx.p, ctx.back, ctx.stats
+        p, stats = ctx.p, ctx.stats
+        back = _current_backward(ctx)
         n, shape = back.n, p.y0.shape
         dynamics = _backward_dynamics(ctx.func, back, shape)
         times = t.tolist()

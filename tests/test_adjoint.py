@@ -428,14 +428,15 @@ def test_adjoint_options_default_to_options(backend):
     out.sum().backward()
     assert stats["n_steps"] == 10 and stats["nfe"] == 40
     assert stats["backward_n_steps"] == 10 and stats["backward_nfe"] == 40
-    # a forward norm is not passed on to the backward pass (its state has another size)
+    # a forward norm is not the adjoint norm, but (as torchdiffeq's default adjoint norm) it
+    # measures the y and adj_y parts of the augmented state
     out, stats = odecore.odeint_adjoint(
         func, y0, t, rtol=1e-8, atol=1e-8, options=dict(norm=norm, backend=backend, return_stats=True)
     )
     n_forward = len(forward_norm_calls)
     assert n_forward > 0 and all(s == (3,) for s in forward_norm_calls)
     out.sum().backward()
-    assert len(forward_norm_calls) == n_forward
+    assert len(forward_norm_calls) > n_forward and all(s == (3,) for s in forward_norm_calls)
     assert stats["backward_nfe"] > 0
 
 
@@ -676,10 +677,8 @@ def test_custom_adjoint_norm_tuple_state(backend):
     calls = []
 
     def adjoint_norm(args):
-        a_t, y, adj_y, *adj_params = args
-        calls.append(args)
-        assert isinstance(y, tuple) and isinstance(adj_y, tuple)
-        return max(a_t.abs(), *[rms(x) for x in y + adj_y], *[rms(p) for p in adj_params])
+        calls.append(args)  # torchdiffeq's (a_t, *y, *adj_y, *adj_params) for a tuple state
+        return max(rms(x) for x in args)
 
     with pytest.warns(UserWarning, match="without requiring gradient"):
         a, b = odecore.odeint_adjoint(
@@ -695,10 +694,9 @@ def test_custom_adjoint_norm_tuple_state(backend):
     loss = a.sum() + (b * b).sum()
     g_custom = torch.autograd.grad(loss, (a0, b0, w))
     assert calls
-    a_t, y, adj_y, *adj_params = calls[0]
+    a_t, y_a, y_b, adj_a, adj_b, *adj_params = calls[0]
     assert a_t.shape == ()
-    assert [x.shape for x in y] == [a0.shape, b0.shape]
-    assert [x.shape for x in adj_y] == [a0.shape, b0.shape]
+    assert [y_a.shape, y_b.shape, adj_a.shape, adj_b.shape] == [a0.shape, b0.shape] * 2
     assert [p.shape for p in adj_params] == [w.shape]  # frozen is left out
     a, b = odecore.odeint(f, (a0, b0), t, rtol=1e-9, atol=1e-9, options=dict(backend=backend))
     g_direct = torch.autograd.grad(a.sum() + (b * b).sum(), (a0, b0, w))
