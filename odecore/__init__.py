@@ -8,7 +8,16 @@ from .adjoint import odeint_adjoint
 from .api import odeint, odeint_event
 from .dense import DenseSolution, odeint_dense
 from .ops import backend_info, get_backend, set_backend
-from .sde import BrownianInterval, BrownianPath, BrownianTree, sdeint, sdeint_adjoint
+from .sde import (
+    BaseSDE,
+    BrownianInterval,
+    BrownianPath,
+    BrownianTree,
+    SDEIto,
+    SDEStratonovich,
+    sdeint,
+    sdeint_adjoint,
+)
 from .solvers import SOLVERS
 from .solvers.base import Perturb
 
@@ -25,6 +34,9 @@ __all__ = [
     "BrownianInterval",
     "BrownianPath",
     "BrownianTree",
+    "BaseSDE",
+    "SDEIto",
+    "SDEStratonovich",
     "backend_info",
     "set_backend",
     "get_backend",

@@ -760,7 +760,7 @@ def test_fuzz_sdeint(
         "ts_repeated": torch.tensor([0.0, 0.0, 1.0]),
         "ts_nan": torch.tensor([0.0, math.nan]),
         "ts_0d": torch.tensor(0.0),
-        "ts_list": [0.0, 1.0],
+        "ts_list": [[0.0, 1.0]],  # a list of floats is fine (torchsde); a nested one is not 1-D
     }.get(fault, torch.tensor([0.0, 0.5, 1.0]))
     if isinstance(ts, torch.Tensor) and isinstance(y0, torch.Tensor) and y0.is_floating_point():
         ts = ts.to(y0.dtype)

@@ -291,15 +291,15 @@ def test_unsupported_options_and_bad_input():
     net, y0 = Net("ito", "diagonal"), make_y0(2)
     ts = torch.tensor([0.0, 1.0], dtype=F64)
     for kwargs, name in [
-        (dict(adaptive=True), "adaptive"),
         (dict(adjoint_adaptive=True), "adjoint_adaptive"),
         (dict(logqp=True), "logqp"),
-        (dict(extra=True), "extra"),
-        (dict(extra_solver_state=(y0,)), "extra_solver_state"),
         (dict(adjoint_method="srk"), "srk"),
+        (dict(adjoint_method="euler_heun"), "euler_heun"),
     ]:
         with pytest.raises(NotImplementedError, match=name):
             sdeint_adjoint(net, y0, ts, **kwargs)
+    with pytest.raises(ValueError, match="extra_solver_state"):  # euler keeps no extra state
+        sdeint_adjoint(net, y0, ts, extra_solver_state=(y0,))
     with pytest.raises(NotImplementedError, match="general noise"):
         sdeint_adjoint(Net("ito", "general"), y0, ts)
     with pytest.raises(ValueError, match="does not solve stratonovich"):
@@ -316,13 +316,6 @@ def test_unsupported_options_and_bad_input():
         sdeint_adjoint(net, y0.detach().float(), ts.float())
     with pytest.raises(ValueError, match="strictly increasing"):  # sdeint's own checks still apply
         sdeint_adjoint(net, y0, torch.tensor([0.0, 0.0], dtype=F64))
-
-
-def test_double_backward_raises():
-    net, y0 = Net("stratonovich", "diagonal"), make_y0(2)
-    ys = sdeint_adjoint(net, y0, torch.tensor([0.0, 1.0], dtype=F64), dt=0.1)
-    with pytest.raises(NotImplementedError, match="double backward"):
-        torch.autograd.grad(ys.sum(), y0, create_graph=True)
 
 
 def test_exported():

@@ -1,11 +1,11 @@
-"""Stochastic differential equations with torchsde's interface: `sdeint`, `sdeint_adjoint` and
-seeded Brownian motion."""
+"""Stochastic differential equations with torchsde's interface: `sdeint`, `sdeint_adjoint`,
+seeded Brownian motion and torchsde's base classes BaseSDE, SDEIto and SDEStratonovich."""
 
 from .adjoint import sdeint_adjoint
 from .brownian import LEVY_AREA_APPROXIMATIONS, BrownianInterval, BrownianPath, BrownianTree, ReverseBrownian
 from .methods import DEFAULT_METHOD, METHODS, SOLVERS, SRK_NOISE_TYPES
 from .sdeint import MAX_NUM_STEPS, sdeint
-from .system import NOISE_TYPES, SDE_TYPES, SDESystem
+from .system import NOISE_TYPES, SDE_TYPES, BaseSDE, SDEIto, SDEStratonovich, SDESystem
 
 __all__ = [
     "sdeint",
@@ -23,4 +23,7 @@ __all__ = [
     "SDE_TYPES",
     "MAX_NUM_STEPS",
     "SDESystem",
+    "BaseSDE",
+    "SDEIto",
+    "SDEStratonovich",
 ]

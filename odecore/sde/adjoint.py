@@ -2,15 +2,48 @@
 
 Li, Wong, Chen & Duvenaud, "Scalable Gradients for Stochastic Differential Equations",
 AISTATS 2020; torchsde 0.2.6's ``sdeint_adjoint`` interface.
+
+Gradients reach ``y0`` and every adjoint parameter that requires grad (a parameter that ``sde``
+does not use gets a zero gradient). ``ts`` (a tensor or a list of floats) must not require
+grad. ``bm`` is any Brownian motion sdeint accepts (queried as ``bm(ta, tb)``, forwards and then
+backwards); by default the same seeded ``BrownianInterval`` that sdeint would create. The
+forward solve is sdeint's, adaptive with ``adaptive=True`` (rtol, atol, dt_min); ``extra=True``
+also returns its final extra solver state and ``extra_solver_state`` starts it, as sdeint's.
+``adjoint_method`` defaults as in torchsde (Ito: milstein for diagonal noise, euler otherwise;
+Stratonovich: midpoint; ``method='reversible_heun'``: adjoint_reversible_heun); the backward
+solve takes fixed steps of ``dt`` from each output time. ``adjoint_options`` (odecore:
+``backend``, ``max_num_steps``) defaults to ``options`` without milstein's ``grad_free``. The
+gradients are those of the continuous problem discretised backwards, so they agree with
+backpropagation through ``sdeint`` only up to the discretisation error (it vanishes as dt -> 0,
+at the schemes' strong order); with ``method='reversible_heun'`` and
+``adjoint_method='adjoint_reversible_heun'`` they are those of the forward solution itself (to
+rounding; odecore.sde.reversible), also for adaptive steps and output times off the step grid.
+
+Double backward (``create_graph=True``) differentiates the backward solve itself: the second
+derivatives are those of the computed gradients (the outputs' own sensitivities again from the
+adjoint; memory then grows with the steps of the backward solve); third derivatives raise
+NotImplementedError. torchsde differentiates the adjoint SDE again instead (Stratonovich only).
+With adjoint_reversible_heun the first derivatives are still computed under create_graph=True,
+and differentiating them raises NotImplementedError.
+
+Supported: noise types diagonal (g_i a function of y_i, as for Milstein), scalar and additive;
+general noise for Stratonovich SDEs; forward methods those of sdeint; adjoint methods euler
+(Ito), milstein (Ito or Stratonovich; diagonal/additive noise), midpoint and heun
+(Stratonovich), adjoint_reversible_heun (for method='reversible_heun'). Not supported
+(NotImplementedError): adjoint_adaptive, logqp, general noise for Ito SDEs and the adjoint
+methods srk, euler_heun and reversible_heun; log_ode and a grad_free Milstein adjoint raise
+torchsde's ValueErrors.
 """
 
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
 
-from .methods import DEFAULT_METHOD, METHODS, needs_levy_area, solver_for
-from .sdeint import default_brownian, sdeint
+from .methods import ADJOINT_REVERSIBLE_HEUN, DEFAULT_METHOD, METHODS, default_levy_area, solver_for
+from .reversible import reversible_heun_gradients
+from .sdeint import Trajectory, as_times, default_brownian, integrate, sdeint
 from .system import SDESystem
 
 __all__ = ["sdeint_adjoint"]
@@ -23,12 +56,17 @@ DEFAULT_ADJOINT_METHOD = {
 # The sdeint method that steps the augmented system for each adjoint method (see _AdjointSDE:
 # milstein is an Euler step whose increment includes the Milstein term).
 _STEPPER = {"euler": "euler", "milstein": "euler", "midpoint": "midpoint", "heun": "heun"}
+_NO_REVERSIBLE_DOUBLE_BACKWARD = (
+    "odecore.sdeint_adjoint: the gradients of adjoint_method='adjoint_reversible_heun' cannot be "
+    "differentiated again (double backward); use another adjoint_method or odecore.sdeint"
+)
+_NO_THIRD_DERIVATIVES = "odecore.sdeint_adjoint supports second derivatives (double backward), not third ones"
 
 
 def sdeint_adjoint(
     sde: object,
     y0: torch.Tensor,
-    ts: torch.Tensor,
+    ts: torch.Tensor | Sequence[float],
     bm: Callable | None = None,
     method: str | None = None,
     adjoint_method: str | None = None,
@@ -46,39 +84,19 @@ def sdeint_adjoint(
     names: dict | None = None,
     logqp: bool = False,
     extra: bool = False,
-    extra_solver_state: object = None,
-) -> torch.Tensor:
+    extra_solver_state: tuple | None = None,
+) -> torch.Tensor | tuple:
     """Like ``odecore.sdeint`` (torchsde 0.2.6's ``sdeint_adjoint`` signature), with gradients
     from the stochastic adjoint: the backward pass solves the adjoint SDE backwards in time on
-    the same Brownian path, so memory does not grow with the number of steps.
-
-    ``sde`` must be an ``nn.Module`` unless ``adjoint_params`` (possibly ``()``) lists the
-    tensors to differentiate; gradients reach ``y0`` and every one of them that requires grad
-    (a parameter that ``sde`` does not use gets a zero gradient). ``ts`` must not require
-    grad. ``bm`` is any Brownian motion sdeint accepts (queried as ``bm(ta, tb)``, forwards
-    and then backwards); by default the same seeded ``BrownianInterval`` that sdeint would
-    create. ``adjoint_method`` defaults as in torchsde (Ito: milstein for diagonal noise,
-    euler otherwise; Stratonovich: midpoint); the backward solve uses the same ``dt``.
-    ``adjoint_options`` (odecore: ``backend``) defaults to ``options``. rtol, atol,
-    adjoint_rtol, adjoint_atol and dt_min only matter for adaptive steps, which are not
-    supported. The gradients are those of the continuous problem discretised backwards, so
-    they agree with backpropagation through ``sdeint`` only up to the discretisation error
-    (it vanishes as dt -> 0, at the schemes' strong order).
-
-    Supported: noise types diagonal (g_i a function of y_i, as for Milstein), scalar and
-    additive; general noise for Stratonovich SDEs; forward methods those of sdeint; adjoint
-    methods euler (Ito), milstein (Ito or Stratonovich; diagonal/additive noise), midpoint and
-    heun (Stratonovich). Not supported (NotImplementedError): adaptive, adjoint_adaptive,
-    logqp, extra, extra_solver_state, general noise for Ito SDEs, adjoint_method='srk', and
-    double backward (differentiating the gradients again raises).
+    the same Brownian path (fixed steps of ``dt``), so memory does not grow with the number of
+    steps. ``sde`` must be an ``nn.Module`` unless ``adjoint_params`` (possibly ``()``) lists
+    the tensors to differentiate. The forward solve is sdeint's (``adaptive``, ``extra``,
+    ``extra_solver_state`` as there); ``adjoint_method`` defaults as in torchsde. With
+    ``method='reversible_heun'`` the default adjoint_reversible_heun gives the gradients of the
+    forward solution itself; create_graph=True gives second derivatives. The module docstring
+    has the details, what is supported and the differences from torchsde.
     """
-    for flag, name in (
-        (adaptive, "adaptive=True"),
-        (adjoint_adaptive, "adjoint_adaptive=True"),
-        (logqp, "logqp=True"),
-        (extra, "extra=True"),
-        (extra_solver_state is not None, "extra_solver_state"),
-    ):
+    for flag, name in ((adjoint_adaptive, "adjoint_adaptive=True"), (logqp, "logqp=True")):
         if flag:
             raise NotImplementedError("odecore.sdeint_adjoint does not support %s yet" % name)
     if adjoint_params is None and not isinstance(sde, nn.Module):
@@ -87,24 +105,49 @@ def sdeint_adjoint(
             "can be specified explicitly via the `adjoint_params` argument. If there are no parameters "
             "then it is allowable to set `adjoint_params=()`."
         )
+    problem, extra_in = _prepare(
+        sde, y0, ts, bm, method, adjoint_method, dt, adaptive, rtol, atol, dt_min, options, adjoint_options,
+        adjoint_params, names, extra_solver_state,
+    )  # fmt: skip
+    ys, *final = _SdeintAdjoint.apply(problem, y0, *extra_in, *problem.params)
+    return (ys, tuple(final)) if extra else ys
+
+
+def _prepare(
+    sde, y0, ts, bm, method, adjoint_method, dt, adaptive, rtol, atol, dt_min, options, adjoint_options,
+    adjoint_params, names, extra_solver_state,
+):  # fmt: skip
+    """(the _Problem of a call, the forward solve's initial extra state) once the arguments are
+    checked and the defaults chosen."""
     system = SDESystem(sde, names)
-    _check_supported(system, y0, ts)
+    ts = _check_supported(system, y0, ts)
     method = DEFAULT_METHOD[system.sde_type] if method is None else method
     if adjoint_method is None:
-        adjoint_method = DEFAULT_ADJOINT_METHOD[system.sde_type][system.noise_type]
-    _check_adjoint_method(adjoint_method, system)
-    options = dict(options or {})
-    adjoint_options = dict(options if adjoint_options is None else adjoint_options)
+        adjoint_method = (
+            ADJOINT_REVERSIBLE_HEUN
+            if method == "reversible_heun"
+            else DEFAULT_ADJOINT_METHOD[system.sde_type][system.noise_type]
+        )
+    adjoint_options = _adjoint_options(dict(options or {}), adjoint_options, adjoint_method)
+    _check_adjoint_method(adjoint_method, method, system)
     params = _differentiated(tuple(sde.parameters()) if adjoint_params is None else tuple(adjoint_params), y0)
     if bm is None:
         with torch.no_grad():  # what sdeint does with bm=None, so that the same seed gives the same path
-            bm = default_brownian(system, y0.detach(), float(ts[0]), float(ts[-1]), needs_levy_area(method))
-    problem = _Problem(sde, system, names, ts, bm, method, adjoint_method, dt, options, adjoint_options, params)
-    return _SdeintAdjoint.apply(problem, y0, *params)
+            bm = default_brownian(system, y0.detach(), float(ts[0]), float(ts[-1]), default_levy_area(method))
+    extra_in = _initial_extra(system, method, y0, ts, extra_solver_state)
+    problem = _Problem(
+        sde=sde, system=system, names=names, ts=ts, bm=bm, method=method, adjoint_method=adjoint_method, dt=dt,
+        adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min, options=dict(options or {}),
+        adjoint_options=adjoint_options, params=params, n_extra=len(extra_in),
+        extra_given=extra_solver_state is not None or method == "reversible_heun",
+        reversible=adjoint_method == ADJOINT_REVERSIBLE_HEUN,
+    )  # fmt: skip
+    return problem, extra_in
 
 
 def _check_supported(system, y0, ts):
-    """The noise and SDE types, y0 and ts are ones the adjoint handles (sdeint checks the rest)."""
+    """The noise and SDE types, y0 and ts are ones the adjoint handles (sdeint checks the rest);
+    returns ts as a tensor."""
     if system.noise_type == "general" and system.sde_type == "ito":
         raise NotImplementedError(
             "odecore.sdeint_adjoint does not support general noise (noise_type='general') for "
@@ -115,21 +158,81 @@ def _check_supported(system, y0, ts):
         raise TypeError("y0 must be a floating point tensor")
     if y0.dim() != 2:
         raise ValueError("y0 must be of shape (batch, d), got %s" % (tuple(y0.shape),))
-    if not isinstance(ts, torch.Tensor) or ts.dim() != 1 or len(ts) < 1:
-        raise ValueError("ts must be a non-empty 1-D tensor")
+    ts = as_times(ts, y0)
     if ts.requires_grad:
         raise ValueError(
             "ts must not require grad: odecore.sdeint_adjoint gives no gradient with respect to the output times"
         )
+    return ts
 
 
-def _check_adjoint_method(adjoint_method, system):
+def _adjoint_options(options, adjoint_options, adjoint_method):
+    """adjoint_options, by default options without milstein's grad_free; torchsde's ValueError
+    for a derivative-free Milstein adjoint."""
+    if adjoint_options is None:
+        return {k: v for k, v in options.items() if k != "grad_free"}
+    if not isinstance(adjoint_options, dict):
+        raise TypeError("adjoint_options must be a dict, got %s" % type(adjoint_options).__name__)
+    if adjoint_method == "milstein" and adjoint_options.get("grad_free", False) is True:
+        raise ValueError(
+            "Derivative-free Milstein cannot be used for adjoint SDEs, because it requires "
+            "direct access to the diffusion, whilst adjoint SDEs rely on a more efficient "
+            "diffusion-vector product. Use derivative-using Milstein instead: "
+            "`adjoint_options=dict(grad_free=False)`"
+        )
+    return dict(adjoint_options)
+
+
+def _check_adjoint_method(adjoint_method, method, system):
+    if adjoint_method == ADJOINT_REVERSIBLE_HEUN:
+        if method != "reversible_heun":
+            raise ValueError(
+                "adjoint_method=%r differentiates method='reversible_heun' only, got method=%r"
+                % (ADJOINT_REVERSIBLE_HEUN, method)
+            )
+        return
+    if method == "reversible_heun":
+        warnings.warn("method='reversible_heun', but adjoint_method!='adjoint_reversible_heun'.")
+    if adjoint_method == "log_ode":
+        raise ValueError(
+            "Log-ODE schemes cannot be used for adjoint SDEs, because they require "
+            "direct access to the diffusion, whilst adjoint SDEs rely on a more efficient "
+            "diffusion-vector product. Use a different method instead. (adjoint_method='log_ode')"
+        )
     if adjoint_method in METHODS and adjoint_method not in _STEPPER:
         raise NotImplementedError(
             "odecore.sdeint_adjoint does not support adjoint_method=%r yet; use one of %s"
-            % (adjoint_method, sorted(_STEPPER))
+            % (adjoint_method, sorted(_STEPPER) + [ADJOINT_REVERSIBLE_HEUN])
         )
     solver_for(adjoint_method, system, "adjoint_method", "; the adjoint SDE has the forward SDE's type")
+    if adjoint_method == "milstein" and system.noise_type == "scalar":
+        raise ValueError("adjoint_method 'milstein' needs diagonal or additive noise, got scalar")
+    if not _plain(system, adjoint_method):
+        system.require_g("the adjoint of an Ito SDE (or adjoint_method 'milstein')")
+
+
+def _plain(system, adjoint_method):
+    """Whether the adjoint's increment needs only f and g dW (no derivative of g): Stratonovich
+    SDEs without the Milstein term, and additive noise."""
+    if system.noise_type in ("additive", "general"):
+        return True
+    return not (system.sde_type == "ito" or (adjoint_method == "milstein" and system.noise_type == "diagonal"))
+
+
+def _initial_extra(system, method, y0, ts, extra_solver_state):
+    """The forward solve's initial extra state, as inputs of the autograd function (so that
+    gradients reach what it was computed from): reversible_heun's (f, g, z) at (ts[0], y0)."""
+    if extra_solver_state is not None:
+        if not isinstance(extra_solver_state, (tuple, list)):
+            raise ValueError(
+                "extra_solver_state must be a tuple of tensors, got %s" % type(extra_solver_state).__name__
+            )
+        return tuple(extra_solver_state)
+    if method != "reversible_heun":
+        return ()
+    system.require_g("method 'reversible_heun'")
+    f, g = system.f_and_g(torch.scalar_tensor(float(ts[0]), dtype=y0.dtype, device=y0.device), y0)
+    return (f, g, y0)
 
 
 def _differentiated(params, y0):
@@ -149,59 +252,96 @@ def _differentiated(params, y0):
 class _Problem:
     """Everything the forward and backward solves need (the autograd.Function's context)."""
 
-    def __init__(self, sde, system, names, ts, bm, method, adjoint_method, dt, options, adjoint_options, params):
-        self.sde, self.system, self.names, self.ts, self.bm = sde, system, names, ts, bm
-        self.method, self.adjoint_method, self.dt = method, adjoint_method, dt
-        self.options, self.adjoint_options, self.params = options, adjoint_options, params
+    def __init__(self, **fields):
+        self.__dict__.update(fields)
 
 
 class _SdeintAdjoint(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, problem, y0, *params):
+    def forward(ctx, problem, y0, *extra_and_params):
         p = problem
+        extra_in, params = extra_and_params[: p.n_extra], extra_and_params[p.n_extra :]
+        trajectory = Trajectory() if p.reversible else None
         with torch.no_grad():
-            ys = sdeint(p.sde, y0.detach(), p.ts, bm=p.bm, method=p.method, dt=p.dt, options=p.options, names=p.names)
-        ctx.problem = p
+            ys, _, final = integrate(
+                p.sde,
+                y0.detach(),
+                p.ts,
+                p.bm,
+                p.method,
+                p.dt,
+                p.adaptive,
+                p.rtol,
+                p.atol,
+                p.dt_min,
+                p.options,
+                p.names,
+                False,
+                tuple(x.detach() for x in extra_in) if p.extra_given else None,
+                trajectory,
+            )
+            final = tuple(x.clone() for x in final)
+        ctx.problem, ctx.trajectory, ctx.n_final = p, trajectory, len(final)
         # The parameters are saved only so that autograd reports their in-place modification
         # between forward and backward; the backward uses the same tensors through p.params.
-        ctx.save_for_backward(ys, *params)
-        return ys
+        ctx.save_for_backward(ys, *(final if p.reversible else ()), *params)
+        return (ys, *final)
 
     @staticmethod
-    def backward(ctx, grad_ys):
-        if torch.is_grad_enabled():
-            # create_graph=True: the gradients would silently be constants of any later
-            # differentiation, so refuse (torchsde differentiates the adjoint again instead).
-            raise NotImplementedError(
-                "odecore.sdeint_adjoint does not support double backward (differentiating its "
-                "gradients, e.g. backward with create_graph=True); use odecore.sdeint"
-            )
-        with torch.no_grad():
-            return _SdeintAdjoint._backward(ctx, grad_ys)
-
-    @staticmethod
-    def _backward(ctx, grad_ys):
+    def backward(ctx, grad_ys, *grad_final):
         p = ctx.problem
         ys = ctx.saved_tensors[0]
-        shape, n = ys.shape[1:], ys[0].numel()
-        sizes = [q.numel() for q in p.params]
-        aug = _AdjointSDE(p.system, p.params, shape, p.adjoint_method)
-        bm = _ReplayedBrownian(p.bm, aug, ys)
-        grad_ys = grad_ys.reshape(len(ys), n)
-        flat_ys = ys.reshape(len(ys), n)
-        adj_y = grad_ys[-1].clone()
-        adj_params = ys.new_zeros(sum(sizes))
-        for i in range(len(ys) - 1, 0, -1):
-            z = torch.cat([flat_ys[i], adj_y, adj_params]).unsqueeze(0)
-            span = torch.stack([-p.ts[i], -p.ts[i - 1]]).detach()
-            z = sdeint(aug, z, span, bm=bm, method=_STEPPER[p.adjoint_method], dt=p.dt, options=p.adjoint_options)[
-                -1, 0
-            ]
-            # y restarts from the saved forward value; a collects this output's gradient.
-            adj_y = z[n : 2 * n] + grad_ys[i - 1]
-            adj_params = z[2 * n :]
-        grads = [g.view_as(q) for g, q in zip(adj_params.split(sizes), p.params)]
-        return (None, adj_y.view(shape), *grads)
+        if p.reversible:
+            final = ctx.saved_tensors[1 : 1 + ctx.n_final]
+            with torch.no_grad():
+                adj_y, adj_extra, adj_params = reversible_heun_gradients(
+                    p.system, p.bm, p.params, ys, final, grad_ys, grad_final, ctx.trajectory
+                )
+            grads = (adj_y, *adj_extra, *adj_params)
+            if torch.is_grad_enabled():  # create_graph=True: first derivatives only
+                grads = _FirstOrderOnly.apply(_NO_REVERSIBLE_DOUBLE_BACKWARD, len(grads), *grads, grad_ys, *p.params)
+            return (None, *grads)
+        # create_graph=True (grad mode on): the backward solve is recorded, so that its result
+        # can be differentiated again (see _Increment)
+        differentiable = torch.is_grad_enabled()
+        with torch.set_grad_enabled(differentiable):
+            adj_y, grads = _adjoint_solve(p, ys, grad_ys, differentiable)
+        return (None, adj_y, *([None] * p.n_extra), *grads)
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """The first n inputs, passed on (as gradients of the inputs after them); differentiating
+    them raises NotImplementedError(message), their own graph not being recorded."""
+
+    @staticmethod
+    def forward(ctx, message, n, *tensors):
+        ctx.message = message
+        return tuple(x.clone() for x in tensors[:n])
+
+    @staticmethod
+    def backward(ctx, *grads):
+        raise NotImplementedError(ctx.message)
+
+
+def _adjoint_solve(p, ys, grad_ys, differentiable):
+    """dL/dy0 and dL/d each parameter by the adjoint SDE, solved backwards between the outputs."""
+    shape, n = ys.shape[1:], ys[0].numel()
+    sizes = [q.numel() for q in p.params]
+    aug = _AdjointSDE(p.system, p.params, shape, p.adjoint_method, differentiable)
+    bm = _ReplayedBrownian(p.bm, aug, ys)
+    grad_ys = grad_ys.reshape(len(ys), n)
+    flat_ys = ys.reshape(len(ys), n)
+    adj_y = grad_ys[-1].clone()
+    adj_params = ys.new_zeros(sum(sizes))
+    for i in range(len(ys) - 1, 0, -1):
+        z = torch.cat([flat_ys[i], adj_y, adj_params]).unsqueeze(0)
+        span = torch.stack([-p.ts[i], -p.ts[i - 1]]).detach()
+        z = sdeint(aug, z, span, bm=bm, method=_STEPPER[p.adjoint_method], dt=p.dt, options=p.adjoint_options)[-1, 0]
+        # y restarts from the saved forward value; a collects this output's gradient.
+        adj_y = z[n : 2 * n] + grad_ys[i - 1]
+        adj_params = z[2 * n :]
+    grads = [g.view_as(q) for g, q in zip(adj_params.split(sizes), p.params)]
+    return adj_y.view(shape), grads
 
 
 class _ReplayedBrownian:
@@ -238,30 +378,36 @@ class _AdjointSDE:
         dy = -f ds - g o dW,   da = (a df/dy) ds + (a dg/dy) o dW,   da_theta = (a df/dtheta) ds + (a dg/dtheta) o dW
 
     (the y-part re-integrates the forward path backwards; at every output time it is reset to
-    the saved forward value and a receives that output's incoming gradient). An Ito SDE is the
-    Stratonovich one with drift f - 1/2 g dg/dy; its adjoint is solved in Ito form, like
-    torchsde 0.2.6: the Stratonovich adjoint plus the Ito-Stratonovich correction of the
-    *augmented* diffusion, which for diagonal noise (g' = dg_i/dy_i, ( )_c a constant factor)
-    comes out as
+    the saved forward value and a receives that output's incoming gradient); it needs only f and
+    g dW, from the sde's f_and_g_prod where it has one. An Ito SDE is the Stratonovich one with
+    drift f - 1/2 g dg/dy; its adjoint is solved in Ito form, like torchsde 0.2.6: the
+    Stratonovich adjoint plus the Ito-Stratonovich correction of the *augmented* diffusion,
+    which for diagonal noise (g' = dg_i/dy_i, ( )_c a constant factor) comes out as
 
         dy = -(f - g g') ds - g dW,   d(a, a_theta) = grad_(y, theta)[a.f - (a g)_c . g'] ds + (a dg/d(y, theta)) dW
 
     and similarly with a Jacobian-vector product for scalar noise. Each evaluation costs one call
-    each of f and g and one ``torch.autograd.grad`` (the drift's and the noise's VJPs together,
-    as one scalar); with Ito diagonal noise or the Milstein adjoint g' is taken with
-    ``create_graph`` first, so that grad includes second derivatives (as torchsde's).
-    ``adjoint_method='milstein'`` is sdeint's Euler step on an increment that includes the
-    Milstein term 1/2 sum_j (dG_j/dz G_j)(dW_j^2 - h) (Ito; dW_j^2 for Stratonovich) of the
-    augmented system, which for diagonal noise needs no Brownian cross terms."""
+    each of f and g (or one of f_and_g / f_and_g_prod) and one ``torch.autograd.grad`` (the
+    vector-Jacobian products of f, g and g' with their weights together); with Ito diagonal noise
+    or the Milstein adjoint g' is taken with ``create_graph`` first, so that grad includes second
+    derivatives (as torchsde's). ``adjoint_method='milstein'`` is sdeint's Euler step on an
+    increment that includes the Milstein term 1/2 sum_j (dG_j/dz G_j)(dW_j^2 - h) (Ito; dW_j^2 for
+    Stratonovich) of the augmented system, which for diagonal noise needs no Brownian cross terms.
+
+    ``differentiable`` (double backward): each evaluation is an `_Increment` node, so that the
+    backward solve's result is a differentiable function of the saved outputs, the incoming
+    gradients and the parameters."""
 
     noise_type = "scalar"
 
-    def __init__(self, system, params, shape, adjoint_method):
+    def __init__(self, system, params, shape, adjoint_method, differentiable=False):
         self.system, self.params, self.shape = system, params, shape
         self.n = shape.numel()
         self.ito = system.sde_type == "ito"
         self.milstein = adjoint_method == "milstein"
+        self.plain = _plain(system, adjoint_method)
         self.sde_type = "ito" if _STEPPER[adjoint_method] == "euler" else "stratonovich"
+        self.differentiable = differentiable
         self.checked = False
         self._h = self._dw = None
         self._at = (None, None)
@@ -283,63 +429,116 @@ class _AdjointSDE:
     def _evaluate(self, t, z):
         if self._at[0] is t and self._at[1] is z:
             return
-        n, system, h, dw = self.n, self.system, self._h, self._dw
-        y = z[0, :n].view(self.shape).detach().requires_grad_(True)
-        a = z[0, n : 2 * n].view(self.shape)
-        with torch.enable_grad():
-            f, g = system.f(-t, y), system.g(-t, y)
-            if not self.checked:
-                system.check(y, f, g)
-                self.checked = True
-            if system.noise_type == "diagonal":
-                y_inc, phi = self._diagonal(y, a, f, g, h, dw)
-            elif system.noise_type == "scalar":
-                y_inc, phi = self._scalar(y, a, f, g, h, dw)
-            else:  # additive, or general for Stratonovich SDEs: g does not enter the Ito correction
-                gdw = torch.bmm(g, dw.unsqueeze(-1)).squeeze(-1)
-                y_inc = -(h * f + gdw).detach()
-                phi = (a * (h * f + gdw)).sum()
-            inputs = (y,) + self.params
-            if phi.requires_grad:
-                vjps = torch.autograd.grad(phi, inputs, allow_unused=True)
-            else:  # neither f nor g depends on y or a parameter
-                vjps = (None,) * len(inputs)
-        pieces = [y_inc.reshape(-1)]
-        for x, vjp in zip(inputs, vjps):
-            pieces.append(torch.zeros(x.numel(), dtype=z.dtype, device=z.device) if vjp is None else vjp.reshape(-1))
-        self._increment = torch.cat(pieces).view(1, -1, 1)
+        if self.differentiable:
+            self._increment = _Increment.apply(self, t, z, *self.params)
+        else:
+            self._increment = self.increment_at(t, z, create_graph=False)
         self._at = (t, z)
 
-    def _diagonal(self, y, a, f, g, h, dw):
+    def increment_at(self, t, z, create_graph):
+        """h F(z) + G(z) dW (+ Milstein term) at z for the announced step, shape (1, 2N + P, 1):
+        with ``create_graph`` a differentiable function of z (y's part included) and the
+        parameters; else a constant."""
+        n, system, h, dw = self.n, self.system, self._h, self._dw
+        y = z[0, :n].view(self.shape)
+        if not create_graph:
+            y = y.detach().requires_grad_(True)
+        a = z[0, n : 2 * n].view(self.shape)
+        with torch.enable_grad():
+            if self.plain:  # f and g dW suffice: Stratonovich without the Milstein term, or additive noise
+                f, gdw = system.f_and_g_prod(-t, y, dw)
+                self._check(y, f, gdw)
+                y_inc, outputs, weights = -(h * f + gdw), [f, gdw], [h * a, a]
+            else:
+                f, g = system.f_and_g(-t, y)
+                self._check(y, f, None, g)
+                split = self._diagonal if system.noise_type == "diagonal" else self._scalar
+                y_inc, outputs, weights = split(y, a, f, g, h, dw, create_graph)
+            inputs = (y,) + self.params
+            pairs = [(o, w) for o, w in zip(outputs, weights) if o.requires_grad]
+            vjps = (None,) * len(inputs)
+            if pairs:  # else neither f nor g depends on y or a parameter
+                vjps = torch.autograd.grad(
+                    [o for o, _ in pairs], inputs, [w for _, w in pairs], allow_unused=True, create_graph=create_graph
+                )
+        pieces = [(y_inc if create_graph else y_inc.detach()).reshape(-1)]
+        for x, vjp in zip(inputs, vjps):
+            pieces.append(torch.zeros(x.numel(), dtype=z.dtype, device=z.device) if vjp is None else vjp.reshape(-1))
+        return torch.cat(pieces).view(1, -1, 1)
+
+    def _check(self, y, f, gdw, g=None):
+        if self.checked:
+            return
+        if g is not None:
+            self.system.check(y, f, g)
+        else:
+            self.system.check_drift(y, f)
+            self.system.check_drift(y, gdw, "sde.g_prod (g dW)")
+        self.checked = True
+
+    def _diagonal(self, y, a, f, g, h, dw, create_graph):
         """Diagonal noise, g_i a function of y_i: with g' = dg_i/dy_i, v2 = dW^2 - h (Ito) or
         dW^2 (Stratonovich) for the Milstein term and 0 otherwise, and k = h for the Ito
         correction (0 for Stratonovich), the y-increment is -h f - g dW + g g' (k + v2/2) and
         the (a, a_theta)-increment is the gradient over (y, theta) of
-            h a.f + (a (dW + v2/2 g'))_c . g - (a g (k + v2/2))_c . g'."""
+            h a.f + (a (dW + v2/2 g'))_c . g - (a g (k + v2/2))_c . g'
+        (outputs [f, g, g'] and their weights, the ( )_c)."""
         y_inc = -(h * f + g * dw)
-        phi = (a * (h * f + g * dw)).sum()
+        outputs, weights = [f, g], [h * a, a * dw]
         if (self.ito or self.milstein) and g.requires_grad:
             (gp,) = torch.autograd.grad(g, y, torch.ones_like(g), create_graph=True, allow_unused=True)
             if gp is not None:
                 v2 = (dw * dw - h if self.ito else dw * dw) if self.milstein else torch.zeros_like(dw)
                 c = (h if self.ito else 0.0) + 0.5 * v2
                 y_inc = y_inc + g * gp * c
-                phi = phi + ((0.5 * v2 * a * gp).detach() * g).sum() - ((a * g * c).detach() * gp).sum()
-        return y_inc.detach(), phi
+                weights[1] = weights[1] + 0.5 * v2 * a * gp
+                outputs.append(gp)
+                weights.append(-(a * g * c))
+        return y_inc, outputs, weights
 
-    def _scalar(self, y, a, f, g, h, dw):
+    def _scalar(self, y, a, f, g, h, dw, create_graph):
         """Scalar noise, column c = g[..., 0] and one Brownian coordinate per batch row. Ito:
         the y-increment gains h J c (J = dc/dy, a Jacobian-vector product by double
         backward) and the (a, a_theta)-gradient's scalar loses h (J^T a) . c_c."""
         c = g[..., 0]
         y_inc = -(h * f + c * dw)
-        phi = (a * (h * f + c * dw)).sum()
+        outputs, weights = [f, c], [h * a, a * dw]
         if self.ito and c.requires_grad:
             probe = torch.zeros_like(c, requires_grad=True)
             (jt_probe,) = torch.autograd.grad(c, y, probe, create_graph=True, allow_unused=True)
             if jt_probe is not None:  # c depends on y
-                (jc,) = torch.autograd.grad(jt_probe, probe, c.detach(), retain_graph=True)
+                weight = c if create_graph else c.detach()
+                (jc,) = torch.autograd.grad(jt_probe, probe, weight, retain_graph=True, create_graph=create_graph)
                 (jt_a,) = torch.autograd.grad(c, y, a, create_graph=True, retain_graph=True)
                 y_inc = y_inc + h * jc
-                phi = phi - h * (jt_a * c.detach()).sum()
-        return y_inc.detach(), phi
+                outputs.append(jt_a)
+                weights.append(-h * c)
+        return y_inc, outputs, weights
+
+
+class _Increment(torch.autograd.Function):
+    """One evaluation of the adjoint's increment as an autograd node (double backward): the
+    forward records the increment's graph from a leaf copy of z and the parameters (so that its
+    vector-Jacobian products are partial derivatives), the backward differentiates that graph."""
+
+    @staticmethod
+    def forward(ctx, aug, t, z, *params):
+        with torch.enable_grad():
+            leaf = z.detach().requires_grad_(True)
+            increment = aug.increment_at(t, leaf, create_graph=True)
+        ctx.graph = (increment, leaf, params)
+        return increment.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        increment, leaf, params = ctx.graph
+        inputs = (leaf,) + tuple(params)
+        if not increment.requires_grad:
+            return (None, None) + (None,) * len(inputs)
+        with torch.no_grad():
+            grads = torch.autograd.grad(increment, inputs, grad, allow_unused=True, retain_graph=True)
+        if torch.is_grad_enabled():  # create_graph=True on the second derivatives: they cannot be differentiated
+            present = [g for g in grads if g is not None]
+            passed = iter(_FirstOrderOnly.apply(_NO_THIRD_DERIVATIVES, len(present), *present, grad, *params))
+            grads = tuple(None if g is None else next(passed) for g in grads)
+        return (None, None) + tuple(grads)
