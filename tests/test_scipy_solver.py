@@ -118,6 +118,46 @@ def test_rtol_atol_pass_through():
     assert (out - loose).abs().max().item() > 0
 
 
+def test_min_max_step_reach_scipy(monkeypatch):
+    """options['min_step'] and ['max_step'] reach LSODA exactly as solve_ivp would get them, and a
+    min_step changes the solve exactly as it changes scipy's own (torchdiffeq's test_min_max_step
+    problem: a linear system on [1, 8]). scipy >= 1.15's LSODA ignores min_step, so the count may
+    not drop with it; what is checked is that odecore adds or loses nothing on the way."""
+    seen = []
+    real = scipy_integrate._ivp.lsoda.LSODA.__init__
+
+    def recording(self, *args, **kwargs):
+        seen.append((kwargs.get("min_step"), kwargs.get("max_step")))
+        real(self, *args, **kwargs)
+
+    monkeypatch.setattr(scipy_integrate._ivp.lsoda.LSODA, "__init__", recording)
+    A = torch.tensor([[-0.1, 2.0], [-2.0, -0.1]], dtype=torch.float64)
+    y0 = torch.tensor([2.0, 0.0], dtype=torch.float64)
+    t = torch.linspace(1.0, 8.0, 10, dtype=torch.float64)
+    for min_step, max_step in [(0, math.inf), (2.0, math.inf), (0, 5.0), (2.0, 5.0)]:
+        calls = [0]
+
+        def f(tt, y):
+            calls[0] += 1
+            return y @ A.T
+
+        options = {"solver": "LSODA", "min_step": min_step, "max_step": max_step}
+        odecore.odeint(f, y0, t, method="scipy_solver", options=options)
+        direct = scipy_integrate.solve_ivp(
+            lambda tt, y: y @ A.numpy().T,
+            [1.0, 8.0],
+            y0.numpy(),
+            t_eval=t.numpy(),
+            method="LSODA",
+            rtol=1e-7,
+            atol=1e-9,
+            min_step=min_step,
+            max_step=max_step,
+        )
+        assert seen[-1] == (min_step, max_step)
+        assert calls[0] == direct.nfev
+
+
 ROBERTSON_T40 = [0.7158270687, 9.185534764e-6, 0.2841637457]  # Hairer & Wanner's reference values at t = 40
 
 
