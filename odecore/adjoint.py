@@ -73,7 +73,8 @@ def odeint_adjoint(
     backward error norm. Gradients reach ``y0``, ``t`` (when it requires grad) and every
     parameter; a parameter that ``func`` does not use gets a zero gradient.
     With ``event_fn`` it returns ``(event_t, solution)`` as `odeint` does, the adjoint pass
-    running from the (fixed) event time; ``odeint_event`` adds the event time's gradient.
+    running from the (fixed) event time; ``event_t`` carries the implicit function theorem's
+    gradient (torchdiffeq's backpropagates zeros there), the solution is the one at the fixed time.
     """
     if torch.compiler.is_compiling() and event_fn is None:
         # inside the caller's program: its gradient is backpropagation through the traced loop
@@ -579,10 +580,14 @@ class _AdjointSolve(torch.autograd.Function):
 
 def adjoint_event_solve(p, back, params, t, event_fn):
     """odeint_adjoint(..., event_fn=event_fn), from odeint_adjoint's prepared problem `p` and
-    backward system `back`: the adjoint pass runs from the event time (held fixed) to t0."""
+    backward system `back`: the adjoint pass runs from the event time (held fixed) to t0.
+    event_t gets the implicit function theorem's gradient (events.implicit_gradient) through
+    y(event_t) and its adjoint; the solution is the one at the fixed event time, as torchdiffeq's,
+    so odeint_event(..., odeint_interface=odeint_adjoint) adds the event time's terms once."""
     events.check_event_problem(p)
     p = copy.copy(p)
-    p.event = events.combine_event_fn(event_fn, t[0], p.y0, events.event_splitter(p))
+    split = events.event_splitter(p)
+    p.event = events.combine_event_fn(event_fn, t[0], p.y0, split)
     # solve in increasing time, as odeint_adjoint does
     t_solve = -t if p.reverse else t
     func_solve = _Reversed(p.func) if p.reverse else p.func
@@ -590,13 +595,15 @@ def adjoint_event_solve(p, back, params, t, event_fn):
     event_t, solution = _AdjointEventSolve.apply(p, back, func_solve, stats, p.y0, t_solve, *params)
     if p.reverse:
         event_t = -event_t
+    flat_event_fn = lambda tt, y: event_fn(tt, split(y))  # noqa: E731
+    event_t, _ = events.implicit_gradient(p.func, p.y0, t, flat_event_fn, event_t, solution)
     solution = p.unflatten(solution)
     return (event_t, solution, stats) if p.return_stats else (event_t, solution)
 
 
 class _AdjointEventSolve(_AdjointSolve):
     """_AdjointSolve whose forward pass stops at the event; the backward pass is the adjoint
-    from [t0, event_t] (event_t fixed, as in torchdiffeq: its gradient is odeint_event's)."""
+    from [t0, event_t] (event_t fixed, as in torchdiffeq; adjoint_event_solve adds event_t's gradient)."""
 
     @staticmethod
     def forward(ctx, p, back, func, stats, y0, t, *params):
@@ -616,6 +623,7 @@ class _AdjointEventSolve(_AdjointSolve):
         event_s = torch.tensor(s, dtype=t.dtype, device=t.device)
         ctx.p, ctx.back, ctx.func, ctx.stats = p, back, func, stats
         ctx.t_requires_grad = t.requires_grad
+        expose_settings(ctx, p, back, params, event_mode=True)
         ctx.save_for_backward(torch.stack([t[0].detach(), event_s]), solution)
         ctx.mark_non_differentiable(event_s)
         return event_s, solution

@@ -2,12 +2,16 @@
 
 ``odeint(func, y0, t, event_fn=...)`` (t = [t0, anything in the direction of integration])
 steps from t0 with the method's own step control until ``event_fn`` has changed sign at the
-end of an accepted step, then finds the crossing on that step's dense output (the same
-polynomial `rk_interp` evaluates for output times) to about 2 ulp of t. It returns
+end of an accepted step (reaching exactly 0 counts, as in torchdiffeq), then finds the first
+crossing on that step's dense output (the same polynomial `rk_interp` evaluates for output
+times) to about 2 ulp of t; a step ending at an exact 0 is searched the same way, so an
+earlier crossing inside it is the event. It returns
 ``(event_t, solution)`` with ``solution = [y0, y(event_t)]``. As in torchdiffeq, a vector
 ``event_fn`` is combined as ``min(event_fn(t, y) * sign(event_fn(t0, y0)))``, so the first
 component to change sign ends the solve, and ``y(event_t)`` is differentiable at a *fixed*
-event time while ``event_t`` itself carries no gradient.
+event time while ``event_t`` itself carries no gradient. ``odeint_adjoint(..., event_fn=...)``
+returns the same solution (adjoint gradients at the fixed event time) and an ``event_t`` with
+the implicit gradient below (torchdiffeq's supports backward() but its gradient is zero).
 
 ``odeint_event`` adds the gradient of the event time by the implicit function theorem:
 with g(t*, y(t*; theta); theta) = 0,
@@ -23,7 +27,8 @@ The root finder is ITP (interpolate, truncate, project): regula falsi kept withi
 iteration of bisection's worst case, so superlinear on smooth crossings and at most about 54
 evaluations of the dense output for a float64 time (a hard cap of `MAX_ROOT_ITERS`, after
 which it raises). The event time returned is the last point found before the sign change,
-within 2 ulp of the crossing, so that a solve restarted there sees event_fn with its old sign.
+within 2 ulp of the crossing, so that a solve restarted there sees event_fn with its old sign
+(or, where the bracket ends at an exact 0 of event_fn, that point on the crossing).
 """
 
 import math
@@ -94,23 +99,30 @@ class _Probe:
 
 
 def find_root(h, a, b, ha, hb, eps):
-    """A crossing of h in [a, b] with h(a) = ha > 0 > h(b) = hb, by the ITP method (Oliveira &
+    """A crossing of h in [a, b] with h(a) = ha > 0 >= h(b) = hb, by the ITP method (Oliveira &
     Takahashi, "An Enhancement of the Bisection Method Average Performance Preserving Minmax
     Optimality", ACM TOMS 47(1), 2020; kappa1 = 0.2 / (b - a), kappa2 = 2, n0 = 1): regula
     falsi, truncated and projected so that it never takes more than one iteration beyond
-    bisection's ceil(log2((b - a) / (2 delta))), superlinear on smooth crossings.
+    bisection's ceil(log2((b - a) / (2 delta))) (plus the one probe below), superlinear on
+    smooth crossings.
 
     The bracket is narrowed to 2 delta, delta = eps * max(|a|, |b|, b - a) (an ulp of t, or of
-    the step when t is near 0). Returns (s, iterations): the last point found on a's side
-    (h > 0), or a point where h is exactly 0."""
+    the step when t is near 0). h <= 0 is the far side (torchdiffeq's find_event counts a 0 as
+    a changed sign), so where h is 0 on part of the bracket the first point where it stops
+    being positive is found, not any zero. The first exact 0 met inside the bracket is most
+    likely the crossing itself, so h is tried once 2 delta before it (which ends the search
+    where h > 0 there) instead of letting regula falsi creep up on it from one side.
+    Returns (s, evaluations of h): the bracket's far end where h is exactly 0 there (a point on
+    the crossing), else the last point found on a's side (h > 0)."""
     delta = eps * max(abs(a), abs(b), b - a)
     n_max = max(0, math.ceil(math.log2((b - a) / (2 * delta)))) + 1
     kappa1 = 0.2 / (b - a)
+    probed = False
     for j in range(MAX_ROOT_ITERS):
         width = b - a
         mid = a + 0.5 * width
         if width <= 2 * delta or not a < mid < b:
-            return a, j
+            return (b if hb == 0.0 else a), j + probed
         radius = delta * 2.0 ** (n_max - j) - 0.5 * width
         falsi = a + width * (ha / (ha - hb))
         sigma = 1.0 if mid >= falsi else -1.0
@@ -121,8 +133,11 @@ def find_root(h, a, b, ha, hb, eps):
         if not a < c < b:
             c = mid
         hc = h(c)
-        if hc == 0.0:
-            return c, j + 1
+        if hc == 0.0 and not probed and c - 2 * delta > a:
+            probed = True
+            b, hb = c, hc
+            c = c - 2 * delta
+            hc = h(c)
         if hc > 0:
             a, ha = c, hc
         else:
@@ -201,8 +216,7 @@ def solve_until_event(factory, y0, combined):
             "event_fn is supported for the adaptive and fixed-grid Runge-Kutta and the Adams "
             "methods, not %r" % (factory.method,)
         )
-    if gb == 0.0:
-        return tb, yb, _stats(solver, probe, 0)
+    # an exact 0 at tb is searched like a sign change: an earlier crossing in the step comes first
     ops, span = solver.ops, tb - ta
 
     def h(s):
